@@ -1,0 +1,661 @@
+"""The HardenedModel spec: parse, default, validate (pure).
+
+This module is the single source of the API. ``crd.py`` generates the CRD's
+openAPIV3Schema from these models (as controller-gen does from Go types), so
+field types, enums, bounds, patterns and defaults cannot drift apart.
+
+Rules that span fields are written once, in CEL (`CelRule`). The apiserver
+evaluates them from the CRD's ``x-kubernetes-validations``; ``parse_spec``
+evaluates the very same expressions with cel-python, so ``kubectl apply`` and
+``hardened-model up`` reject the same spec with the same message.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Mapping
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "hardened.dev"
+API_VERSION = "v1alpha1"
+KIND = "HardenedModel"
+PLURAL = "hardenedmodels"
+SINGULAR = "hardenedmodel"
+SHORT_NAMES = ["hm"]
+
+# Child objects are named "<model>-<role>-<hash8>" (Job names) and Pod names
+# add 6 more characters; 40 keeps every derived name within the 63-character
+# DNS label limit.
+MAX_NAME_LENGTH = 40
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# k8s.io/apimachinery resource.Quantity, as in the core API's OpenAPI schema.
+QUANTITY = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+            r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+IMAGE = r"^[a-z0-9]+([._/:@-][a-zA-Z0-9_.-]+)*$"
+ARCHITECTURES = ("cnn-28x28", "cnn-8x8", "mlp")
+
+
+class SpecError(ValueError):
+    """An invalid HardenedModel: every problem, each naming its field path and value."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems  # [(field path, message)]
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+
+    @property
+    def fields(self) -> list[str]:
+        return [path for path, _ in self.problems]
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """One ``x-kubernetes-validations`` entry, checked by the apiserver and by ``parse_spec``.
+
+    ``field`` is the offending field relative to the rule's object (used as the
+    rule's ``fieldPath`` and to name the value in the error).
+    """
+
+    rule: str
+    message: str
+    field: str
+    message_expression: str | None = None
+
+    def to_crd(self) -> dict:
+        out = {"rule": self.rule, "message": self.message,
+               "fieldPath": "." + self.field, "reason": "FieldValueInvalid"}
+        if self.message_expression:
+            out["messageExpression"] = self.message_expression
+        return out
+
+
+class _Base(BaseModel):
+    """camelCase on the wire, unknown fields are errors (never silently dropped)."""
+
+    # strict: JSON types as the apiserver sees them (no "5" -> 5, no true -> 1).
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, strict=True,
+                              extra="forbid", frozen=True, validate_default=True)
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+
+def _obj(cls):
+    """A nested section that may be omitted: defaults to ``{}``, then its own defaults apply."""
+    return Field(default_factory=cls)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _quantity(value: str | int) -> str | int:
+    if isinstance(value, bool) or (isinstance(value, str) and not re.fullmatch(QUANTITY, value)):
+        raise ValueError("must be a Kubernetes quantity such as 500m, 2 or 4Gi")
+    return value
+
+
+# int-or-string like core/v1 resource quantities ("2", 2, "500m", "4Gi"); the CRD
+# carries the same QUANTITY pattern.
+Quantity = Annotated[int | str, AfterValidator(_quantity),
+                     Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY})]
+
+
+class SecretKeyRef(_Base):
+    """A key of a Secret in the model's namespace."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=253, description="Secret name.")
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="Key within the Secret.")
+
+
+# --------------------------------------------------------------------- model
+class ModelSection(_Base):
+    """What to train: an architecture from the built-in registry and its input/output shape."""
+
+    architecture: Literal[ARCHITECTURES] = Field(  # type: ignore[valid-type]
+        description="Built-in architecture (registry name); all are Opacus-compatible (GroupNorm, no BatchNorm).")
+    input_shape: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        min_length=1, max_length=4, description="Input shape of one example, channels first, e.g. [1, 28, 28].")
+    num_classes: int = Field(ge=2, le=1000, description="Number of output classes.")
+    labels: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
+        default=None, max_length=1000, description="Class names, one per class; defaults to the class indices.")
+
+    cel_rules = (
+        CelRule("!has(self.labels) || size(self.labels) == self.numClasses",
+                "labels must have exactly numClasses entries", "labels",
+                "'labels has ' + string(size(self.labels)) + ' entries but numClasses is ' + string(self.numClasses)"),
+        CelRule("self.architecture != 'cnn-28x28' || self.inputShape == [1, 28, 28]",
+                "architecture cnn-28x28 needs inputShape [1, 28, 28]", "inputShape"),
+        CelRule("self.architecture != 'cnn-8x8' || self.inputShape == [1, 8, 8]",
+                "architecture cnn-8x8 needs inputShape [1, 8, 8]", "inputShape"),
+    )
+
+
+# ---------------------------------------------------------------------- data
+class Sanitization(_Base):
+    """Poisoning defence run before training: drop examples whose label disagrees with their neighbourhood."""
+
+    enabled: bool = Field(default=True, description="Filter suspected poisoned (label-flipped) examples.")
+    method: Literal["knn-label-consistency", "loss"] = Field(
+        default="knn-label-consistency",
+        description="knn-label-consistency: drop examples whose label disagrees with most of their k nearest "
+                    "neighbours in feature space; loss: drop the highest-loss examples of a cross-validated model.")
+    k: int = Field(default=10, ge=1, le=100, description="Neighbours consulted (knn-label-consistency).")
+    max_remove_fraction: float = Field(
+        default=0.2, ge=0.0, le=0.5, description="Upper bound on the fraction of training examples removed.")
+
+
+class DataSection(_Base):
+    """Where the training data comes from and how it is split."""
+
+    source: str = Field(
+        pattern=r"^(builtin:digits|file:///.+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+)$", max_length=1024,
+        description="builtin:digits (scikit-learn, offline), file:///path (an .npz with x and y, or a folder of "
+                    "MNIST IDX files, gzip or raw), or s3://bucket/key.")
+    validation_split: float = Field(default=0.2, gt=0.0, lt=1.0,
+                                    description="Fraction held out for evaluation (fixed-seed split).")
+    max_samples: int | None = Field(default=None, ge=10, description="Use at most this many examples.")
+    sanitization: Sanitization = _obj(Sanitization)
+
+
+# ------------------------------------------------------------------ training
+class Toleration(_Base):
+    """A core/v1 Toleration."""
+
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+    cel_rules = (
+        CelRule("self.operator != 'Exists' || !has(self.value)",
+                "a toleration with operator Exists must not set value", "value"),
+    )
+
+
+class Resources(_Base):
+    """Compute resources of one container."""
+
+    gpus: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu count (requests = limits).")
+    cpu: Quantity = Field(default="1", description="CPU request, e.g. 500m or 2.")
+    memory: Quantity = Field(default="2Gi", description="Memory request and limit, e.g. 4Gi.")
+
+
+class Adversarial(_Base):
+    """Adversarial training (Madry et al.): mix attacked examples into every batch."""
+
+    enabled: bool = Field(default=False, description="Train on adversarial examples.")
+    attack: Literal["fgsm", "pgd"] = Field(default="pgd", description="Attack that makes training examples.")
+    eps: float = Field(default=0.1, gt=0.0, le=1.0, description="L-infinity radius, in input units ([0, 1] pixels).")
+    eps_step: float | None = Field(default=None, gt=0.0, le=1.0,
+                                   description="PGD step size; defaults to 2.5 * eps / maxIter.")
+    max_iter: int = Field(default=10, ge=1, le=1000, description="PGD iterations.")
+    ratio: float = Field(default=0.5, gt=0.0, le=1.0,
+                         description="Fraction of each batch replaced by adversarial examples.")
+
+    cel_rules = (
+        CelRule("!has(self.epsStep) || self.epsStep <= self.eps", "epsStep must be <= eps", "epsStep",
+                "'epsStep (' + string(self.epsStep) + ') must be <= eps (' + string(self.eps) + ')'"),
+    )
+
+
+class Privacy(_Base):
+    """Differentially private training (DP-SGD with Opacus)."""
+
+    enabled: bool = Field(default=False, description="Train with DP-SGD.")
+    target_epsilon: float | None = Field(default=None, gt=0.0, le=100.0,
+                                         description="Privacy budget epsilon to reach at the last epoch.")
+    target_delta: float | None = Field(default=None, gt=0.0, lt=1.0,
+                                       description="delta; should be well below 1/number of training examples.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0, le=100.0, description="Per-sample gradient clipping norm.")
+    accountant: Literal["rdp", "prv", "gdp"] = Field(default="prv", description="Opacus privacy accountant.")
+
+    cel_rules = (
+        CelRule("!self.enabled || has(self.targetEpsilon)",
+                "privacy enabled needs targetEpsilon > 0", "targetEpsilon"),
+        CelRule("!self.enabled || has(self.targetDelta)",
+                "privacy enabled needs 0 < targetDelta < 1", "targetDelta"),
+    )
+
+
+class TrainingSection(_Base):
+    """How the training Job runs."""
+
+    image: str = Field(default="ghcr.io/hardened-model/trainer:0.1.0", pattern=IMAGE, max_length=512,
+                       description="Trainer image.")
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for splits, initialisation and sampling.")
+    resources: Resources = _obj(Resources)
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the Job's pod requires.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    active_deadline_seconds: int = Field(default=3600, ge=60, le=7 * 86400,
+                                         description="Kill the training Job after this long.")
+    backoff_limit: int = Field(default=1, ge=0, le=10, description="Retries of a failed training pod.")
+    adversarial: Adversarial = _obj(Adversarial)
+    privacy: Privacy = _obj(Privacy)
+
+
+# ---------------------------------------------------------------- evaluation
+class EvaluationSection(_Base):
+    """What the trainer measures after training; the gates read these figures."""
+
+    attacks: list[Literal["fgsm", "pgd"]] = Field(
+        default_factory=lambda: ["fgsm", "pgd"], max_length=2,
+        description="Attacks (ART implementations) for robust accuracy; the gate uses the lowest.")
+    eps: float = Field(default=0.1, gt=0.0, le=1.0, description="L-infinity radius of the evaluation attacks.")
+    pgd_iter: int = Field(default=10, ge=1, le=1000, description="Iterations of the evaluation PGD attack.")
+    membership_inference: bool = Field(default=True,
+                                       description="Run a loss-threshold membership-inference attack and report its AUC.")
+    max_samples: int = Field(default=1000, ge=10, le=100000, description="Test examples attacked.")
+
+
+class GatesSection(_Base):
+    """A model that misses any gate is never rolled out."""
+
+    min_clean_accuracy: Fraction = Field(default=0.0, description="Lowest accepted clean test accuracy.")
+    min_robust_accuracy: Fraction | None = Field(default=None,
+                                                 description="Lowest accepted accuracy under the evaluation attacks.")
+    max_epsilon: float | None = Field(default=None, gt=0.0, le=100.0, description="Highest accepted epsilon spent.")
+    max_membership_auc: Annotated[float, Field(ge=0.5, le=1.0)] | None = Field(
+        default=None, alias="maxMembershipAUC", description="Highest accepted membership-inference AUC (0.5 = chance).")
+
+
+# ----------------------------------------------------------------- artifacts
+class ArtifactsSection(_Base):
+    """Where signed model versions are stored."""
+
+    store: str = Field(
+        default="pvc://hardened-models",
+        pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?|file:///[^\s]*)$",
+        max_length=1024,
+        description="s3://bucket/prefix, pvc://claim/path (a PersistentVolumeClaim), or file:///path (hardened-model up only).")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$",
+                               description="S3 region.")
+    endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=1024,
+                                 description="S3 endpoint URL (S3-compatible stores).")
+    kms_key_id: str | None = Field(default=None, min_length=1, max_length=2048,
+                                   description="Encrypt uploads with SSE-KMS using this key id or ARN.")
+
+    cel_rules = (
+        CelRule("!has(self.kmsKeyId) || self.store.startsWith('s3://')",
+                "kmsKeyId needs an s3:// store", "kmsKeyId"),
+        CelRule("!has(self.region) || self.store.startsWith('s3://')",
+                "region needs an s3:// store", "region"),
+        CelRule("!has(self.endpoint) || self.store.startsWith('s3://')",
+                "endpoint needs an s3:// store", "endpoint"),
+    )
+
+
+# ------------------------------------------------------------------- signing
+class Keyless(_Base):
+    """Sigstore keyless: the trainer signs with its workload OIDC identity; the verifier trusts identity + issuer."""
+
+    identity: str = Field(min_length=1, max_length=1024,
+                          description="Expected certificate identity (SAN), e.g. a service-account URI or e-mail.")
+    oidc_issuer: str = Field(pattern=r"^https://[^\s]+$", max_length=1024, description="Expected OIDC issuer URL.")
+
+
+class SigningSection(_Base):
+    """How the trainer signs and what the verifier trusts."""
+
+    mode: Literal["Enforce", "Warn"] = Field(
+        default="Enforce", description="Enforce never serves an unverified model; Warn serves it with a Warning condition.")
+    method: Literal["key", "keyless"] = Field(default="key", description="key: EC private key; keyless: Sigstore.")
+    private_key_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret holding the PEM private key (method key). Omitted with publicKeySecret: "
+                                  "a key pair is generated for this model.")
+    public_key_secret: SecretKeyRef | None = Field(default=None, description="Secret holding the PEM public key the verifier trusts.")
+    keyless: Keyless | None = None
+
+    cel_rules = (
+        CelRule("has(self.privateKeySecret) == has(self.publicKeySecret)",
+                "privateKeySecret and publicKeySecret are set together", "publicKeySecret"),
+        CelRule("self.method != 'keyless' || has(self.keyless)",
+                "method keyless needs keyless.identity and keyless.oidcIssuer", "keyless"),
+        CelRule("self.method != 'key' || !has(self.keyless)",
+                "keyless is only used with method keyless", "keyless"),
+        CelRule("self.method != 'keyless' || !has(self.privateKeySecret)",
+                "method keyless signs without a private key; remove privateKeySecret", "privateKeySecret"),
+    )
+
+
+# ------------------------------------------------------------------- serving
+class Validation(_Base):
+    """Input checks of the validation sidecar."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Examples per request.")
+    max_body_bytes: int = Field(default=1048576, ge=1024, le=64 * 1048576,
+                                description="Request bodies above this get 413 before they are read in full.")
+    min_value: float = Field(default=0.0, ge=-1e6, le=1e6, description="Lowest accepted input value.")
+    max_value: float = Field(default=1.0, ge=-1e6, le=1e6, description="Highest accepted input value.")
+    ood_threshold: float | None = Field(
+        default=None, gt=0.0, description="Reject inputs whose out-of-distribution score exceeds this.")
+
+    cel_rules = (
+        CelRule("self.minValue < self.maxValue", "minValue must be < maxValue", "minValue",
+                "'minValue (' + string(self.minValue) + ') must be < maxValue (' + string(self.maxValue) + ')'"),
+    )
+
+
+class Bucket(_Base):
+    """A token bucket."""
+
+    requests_per_second: float = Field(gt=0.0, le=1e6)
+    burst: float = Field(ge=1.0, le=1e7, description="Bucket size; at least requestsPerSecond.")
+
+    cel_rules = (
+        CelRule("self.burst >= self.requestsPerSecond", "burst must be >= requestsPerSecond", "burst",
+                "'burst (' + string(self.burst) + ') must be >= requestsPerSecond (' + string(self.requestsPerSecond) + ')'"),
+    )
+
+
+def _default_per_key() -> Bucket:
+    return Bucket(requests_per_second=10.0, burst=20.0)
+
+
+class RateLimit(_Base):
+    """Token buckets of the rate-limit sidecar (limits library)."""
+
+    per_key: Bucket = Field(default_factory=_default_per_key, description="Limit of each API key.")
+    global_: Bucket | None = Field(default=None, alias="global", description="Limit over all keys together.")
+    storage: str = Field(default="memory://", pattern=r"^(memory://|redis://[^\s]+|rediss://[^\s]+)$",
+                         description="memory:// (per replica) or redis://host:port (shared across replicas).")
+
+
+class Output(_Base):
+    """Output hardening against extraction and membership inference."""
+
+    mode: Literal["probabilities", "rounded", "label"] = Field(
+        default="rounded", description="probabilities: full vector; rounded: rounded to `decimals`; label: top label only.")
+    decimals: int = Field(default=2, ge=0, le=6)
+    min_confidence: Fraction = Field(default=0.0, description="Outputs below this top-class probability are acted on.")
+    low_confidence_action: Literal["flag", "abstain"] = "flag"
+
+
+class ServingSection(_Base):
+    """The serving Deployment: model server behind validation and rate-limit sidecars."""
+
+    replicas: int = Field(default=2, ge=1, le=100)
+    image: str = Field(default="ghcr.io/hardened-model/server:0.1.0", pattern=IMAGE, max_length=512)
+    resources: Resources = _obj(Resources)
+    validation: Validation = _obj(Validation)
+    rate_limit: RateLimit = _obj(RateLimit)
+    api_keys_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret with one API key per line; omitted: a Secret with one random key is generated.")
+    output: Output = _obj(Output)
+
+
+# ---------------------------------------------------------------- monitoring
+class Alerts(_Base):
+    """Alert thresholds of the PrometheusRule."""
+
+    rate_limited_ratio: Fraction = Field(default=0.2, description="Share of requests rejected with 429.")
+    validation_rejected_ratio: Fraction = Field(default=0.1, description="Share of requests rejected by validation.")
+    low_confidence_ratio: Fraction = Field(default=0.2, description="Share of low-confidence outputs (evasion probing).")
+    client_dominance_ratio: Fraction = Field(default=0.5, description="Share of traffic from one API key (extraction).")
+    p99_latency_seconds: float = Field(default=0.5, gt=0.0, le=60.0)
+
+
+class MonitoringSection(_Base):
+    """Prometheus Operator objects, created when their CRDs exist."""
+
+    service_monitor: bool = True
+    prometheus_rule: bool = True
+    labels: dict[str, str] = Field(default_factory=dict,
+                                   description="Labels Prometheus selects on, e.g. release: kube-prometheus-stack.")
+    alerts: Alerts = _obj(Alerts)
+
+
+class AwsSection(_Base):
+    """EKS: the IRSA service account that may read and write the artifact store."""
+
+    service_account_name: str | None = Field(default=None, pattern=DNS_LABEL, max_length=253,
+                                             description="ServiceAccount annotated with the IRSA role.")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
+
+
+# ---------------------------------------------------------------------- spec
+class HardenedModelSpec(_Base):
+    """Desired state of a HardenedModel."""
+
+    model: ModelSection
+    data: DataSection
+    training: TrainingSection = _obj(TrainingSection)
+    evaluation: EvaluationSection = _obj(EvaluationSection)
+    gates: GatesSection = _obj(GatesSection)
+    artifacts: ArtifactsSection = _obj(ArtifactsSection)
+    signing: SigningSection = _obj(SigningSection)
+    serving: ServingSection = _obj(ServingSection)
+    monitoring: MonitoringSection = _obj(MonitoringSection)
+    aws: AwsSection = _obj(AwsSection)
+
+    cel_rules = (
+        CelRule("!has(self.gates.maxEpsilon) || self.training.privacy.enabled",
+                "gates.maxEpsilon needs training.privacy.enabled (without DP-SGD epsilon is unbounded)",
+                "gates.maxEpsilon"),
+        CelRule("!has(self.gates.maxEpsilon) || !self.training.privacy.enabled "
+                "|| !has(self.training.privacy.targetEpsilon) "
+                "|| self.training.privacy.targetEpsilon <= self.gates.maxEpsilon",
+                "training.privacy.targetEpsilon must be <= gates.maxEpsilon, or the gate always fails",
+                "training.privacy.targetEpsilon",
+                "'training.privacy.targetEpsilon (' + string(self.training.privacy.targetEpsilon) + ') must be <= "
+                "gates.maxEpsilon (' + string(self.gates.maxEpsilon) + '), or the gate always fails'"),
+        CelRule("!has(self.gates.minRobustAccuracy) || size(self.evaluation.attacks) > 0",
+                "gates.minRobustAccuracy needs at least one evaluation attack", "gates.minRobustAccuracy"),
+        CelRule("!has(self.gates.maxMembershipAUC) || self.evaluation.membershipInference",
+                "gates.maxMembershipAUC needs evaluation.membershipInference", "gates.maxMembershipAUC"),
+        CelRule("self.data.source != 'builtin:digits' || self.model.inputShape == [1, 8, 8]",
+                "data builtin:digits has inputShape [1, 8, 8]", "model.inputShape"),
+        CelRule("self.data.source != 'builtin:digits' || self.model.numClasses == 10",
+                "data builtin:digits has 10 classes", "model.numClasses"),
+        CelRule("!has(self.artifacts.kmsKeyId) || !self.artifacts.store.startsWith('s3://') "
+                "|| has(self.artifacts.region) || has(self.aws.region)",
+                "an S3 store with kmsKeyId needs artifacts.region or aws.region", "artifacts.region"),
+    )
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads; the rest passes through untouched."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(pattern=DNS_LABEL, max_length=MAX_NAME_LENGTH)
+    namespace: str = Field(default="default", pattern=DNS_LABEL, max_length=63)
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    api_version: Literal[f"{API_GROUP}/{API_VERSION}"] = Field(alias="apiVersion")  # type: ignore[valid-type]
+    kind: Literal["HardenedModel"]
+    metadata: ObjectMeta
+
+
+class HardenedModel(_Envelope):
+    """A whole HardenedModel manifest (what ``kubectl apply`` and ``hardened-model up`` read)."""
+
+    spec: HardenedModelSpec
+
+
+# ---------------------------------------------------------------- CEL engine
+def submodels(annotation) -> list[type[BaseModel]]:
+    """The pydantic models inside a field annotation (X, X | None, list[X], ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in submodels(arg)]
+
+
+@functools.cache
+def _cel_program(expr: str):
+    import celpy  # cel-python: a pure-Python CEL implementation
+
+    env = celpy.Environment()
+    return env.program(env.compile(expr))
+
+
+def cel_eval(expr: str, obj: Any) -> Any:
+    """Evaluate a CEL expression with ``self`` bound to ``obj`` (plain JSON data)."""
+    import celpy
+
+    return _cel_program(expr).evaluate({"self": celpy.json_to_cel(obj)})
+
+
+def _lookup(obj: Mapping, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(obj, Mapping) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+def check_cel(cls: type[_Base], data: Mapping, path: str) -> list[tuple[str, str]]:
+    """Apply ``cls.cel_rules`` to defaulted wire data (camelCase, None fields dropped)."""
+    problems = []
+    for rule in cls.cel_rules:
+        if not bool(cel_eval(rule.rule, data)):
+            msg = rule.message
+            if rule.message_expression:
+                msg = str(cel_eval(rule.message_expression, data))
+            value = _lookup(data, rule.field)
+            problems.append((f"{path}.{rule.field}", f"Invalid value: {value!r}: {msg}"))
+    return problems
+
+
+def _walk_cel(cls: type[_Base], data: Any, path: str) -> list[tuple[str, str]]:
+    if not isinstance(data, Mapping):
+        return []
+    problems = check_cel(cls, data, path)
+    for name, field in cls.model_fields.items():
+        key = field.alias or name
+        if key not in data:
+            continue
+        for sub in submodels(field.annotation):
+            value = data[key]
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    problems += _walk_cel(sub, item, f"{path}.{key}[{i}]")
+            else:
+                problems += _walk_cel(sub, value, f"{path}.{key}")
+    return problems
+
+
+# ------------------------------------------------------------------- parsing
+def _loc(loc: tuple, prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _problems(err: ValidationError, prefix: str) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+        if e["type"] == "missing":
+            problems.append((_loc(loc, prefix), "Required value"))
+        elif e["type"] == "extra_forbidden":
+            problems.append((_loc(loc, prefix), "unknown field (not in the HardenedModel schema)"))
+        else:
+            problems.append((_loc(loc, prefix), f"Invalid value: {e['input']!r}: {e['msg']}"))
+    return problems
+
+
+def to_wire(spec: HardenedModelSpec) -> dict:
+    """The defaulted spec as the apiserver stores it: camelCase keys, unset optionals absent."""
+    return spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def prune_nulls(data: Any) -> Any:
+    """Drop null values, as the apiserver prunes nulls of non-nullable fields before defaulting."""
+    if isinstance(data, Mapping):
+        return {k: prune_nulls(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [prune_nulls(v) for v in data]
+    return data
+
+
+def parse_spec(data: Any, *, path: str = "spec") -> HardenedModelSpec:
+    """Parse and default a spec mapping; raise SpecError naming every bad field and its value."""
+    if not isinstance(data, Mapping):
+        raise SpecError([(path, f"Invalid value: {type(data).__name__}: must be an object")])
+    try:
+        spec = HardenedModelSpec.model_validate(prune_nulls(data))
+    except ValidationError as err:
+        raise SpecError(_problems(err, path)) from None
+    problems = _walk_cel(HardenedModelSpec, to_wire(spec), path)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def parse_manifest(data: Any) -> HardenedModel:
+    """Parse a whole HardenedModel manifest (apiVersion, kind, metadata, spec)."""
+    if not isinstance(data, Mapping):
+        raise SpecError([("manifest", f"Invalid value: {type(data).__name__}: must be an object")])
+    problems: list[tuple[str, str]] = []
+    try:
+        _Envelope.model_validate({k: v for k, v in data.items() if k != "spec"})
+    except ValidationError as err:
+        problems += [(p.lstrip("."), m) for p, m in _problems(err, "")]
+    spec = None
+    try:
+        spec = parse_spec(data.get("spec"), path="spec")
+    except SpecError as err:
+        problems += err.problems
+    if problems:
+        raise SpecError(problems)
+    return HardenedModel.model_validate({**data, "spec": spec})
+
+
+def yaml_loader():
+    """A safe YAML loader that reads floats as YAML 1.2 (and kubectl) do.
+
+    PyYAML follows YAML 1.1, where ``1e-5`` (no dot) is a *string*; kubectl reads it
+    as a number, so ``targetDelta: 1e-5`` must parse here too.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?"
+                   r"|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+                   r"|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+                   r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+        list("-+0123456789."))
+    return Loader
+
+
+def load_yaml_documents(text: str) -> list[Any]:
+    import yaml
+
+    return [d for d in yaml.load_all(text, Loader=yaml_loader()) if d is not None]  # noqa: S506 - SafeLoader subclass
+
+
+def load_manifest(path: str) -> HardenedModel:
+    """Read one HardenedModel from a YAML file."""
+    with open(path, encoding="utf-8") as fh:
+        docs = load_yaml_documents(fh.read())
+    if len(docs) != 1:
+        raise SpecError([("manifest", f"Invalid value: {path}: expected one YAML document, found {len(docs)}")])
+    return parse_manifest(docs[0])
+
+
+def spec_digest(spec: HardenedModelSpec, *sections: str) -> str:
+    """sha256 over the canonical JSON of the named sections (all when none): decides retraining."""
+    import hashlib
+    import json
+
+    wire = to_wire(spec)
+    picked = {k: wire[k] for k in sections} if sections else wire
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+__all__ = ["HardenedModel", "HardenedModelSpec", "SpecError", "CelRule", "parse_spec", "parse_manifest",
+           "load_manifest", "load_yaml_documents", "to_wire", "spec_digest", "cel_eval", "prune_nulls"]

@@ -1,0 +1,1 @@
+"""Model server, validation sidecar, rate-limit sidecar and the `verify` command."""

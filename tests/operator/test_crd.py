@@ -1,0 +1,209 @@
+"""The generated CRD: fresh, structural, and in agreement with the spec model.
+
+``crd_admission.CrdAdmission`` does what the apiserver does with the CRD alone
+(strict fields, null pruning, defaulting, OpenAPI validation, CEL). Every
+example must be admitted and stored exactly as ``to_wire(parse_spec(...))``
+defaults it; every invalid case and random mutation must get the same verdict
+from both.
+"""
+import copy
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import EXAMPLES, ROOT, example, merge_patch
+from crd_admission import CrdAdmission
+from hardened_operator import crd as crdgen
+from hardened_operator.spec import SpecError, _cel_program, load_yaml_documents, parse_manifest, parse_spec, to_wire
+
+CRD_FILE = ROOT / "crds/hardenedmodels.hardened.dev.yaml"
+INVALID = yaml.safe_load((ROOT / "tests/operator/invalid_specs.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict:
+    return yaml.safe_load(CRD_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def admission(crd) -> CrdAdmission:
+    return CrdAdmission(crd)
+
+
+def schema_nodes(node, path="$"):
+    yield path, node
+    for key, sub in node.get("properties", {}).items():
+        yield from schema_nodes(sub, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        yield from schema_nodes(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from schema_nodes(node["additionalProperties"], f"{path}{{}}")
+
+
+class TestGeneratedFile:
+    def test_committed_crd_is_current(self, crd):
+        assert CRD_FILE.read_text() == crdgen.render_crd_yaml(), \
+            "crds/ is stale: run `hardened-model crd > crds/hardenedmodels.hardened.dev.yaml`"
+
+    def test_names_scope_and_subresource(self, crd):
+        spec = crd["spec"]
+        assert crd["metadata"]["name"] == "hardenedmodels.hardened.dev"
+        assert spec["group"] == "hardened.dev" and spec["scope"] == "Namespaced"
+        assert spec["names"] == {"kind": "HardenedModel", "listKind": "HardenedModelList",
+                                 "plural": "hardenedmodels", "singular": "hardenedmodel", "shortNames": ["hm"]}
+        (version,) = spec["versions"]
+        assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+        assert version["subresources"] == {"status": {}}
+
+    def test_printer_columns(self, crd):
+        cols = {c["name"]: c["jsonPath"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+        assert list(cols) == ["Ready", "Phase", "Epsilon", "RobustAcc", "Verified", "Age"]
+        assert cols["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
+        assert cols["Epsilon"] == ".status.metrics.epsilon"
+
+    def test_status_schema_matches_design(self, crd):
+        status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        assert set(status) == {"observedGeneration", "phase", "conditions", "training", "metrics", "artifact",
+                               "serving", "lastFailure"}
+        assert status["phase"]["enum"] == ["Pending", "Training", "Verifying", "RollingOut", "Serving", "Failed"]
+        cond = status["conditions"]
+        assert cond["x-kubernetes-list-type"] == "map" and cond["x-kubernetes-list-map-keys"] == ["type"]
+        assert set(cond["items"]["required"]) == {"type", "status", "reason", "lastTransitionTime"}
+        assert set(status["metrics"]["properties"]) == {"cleanAccuracy", "robustAccuracy", "epsilon", "membershipAUC"}
+
+
+class TestStructural:
+    """The rules the apiserver enforces on a CRD schema (apiextensions structural schema)."""
+
+    def test_every_node_has_a_type_or_is_int_or_string(self, crd):
+        root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for path, node in schema_nodes(root):
+            if node.get("x-kubernetes-int-or-string"):
+                assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+                assert "type" not in node, path
+            else:
+                assert node.get("type") in {"object", "array", "string", "integer", "number", "boolean"}, path
+                assert "anyOf" not in node and "oneOf" not in node and "allOf" not in node, path
+            assert "$ref" not in node and "nullable" not in node and "const" not in node, path
+            assert not ("properties" in node and "additionalProperties" in node), path
+            for bound in ("exclusiveMinimum", "exclusiveMaximum"):  # OpenAPI v3: a flag, not a number
+                assert isinstance(node.get(bound, True), bool), path
+
+    def test_every_cel_rule_compiles_and_names_a_field(self, crd):
+        root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        rules = [(p, r) for p, n in schema_nodes(root) for r in n.get("x-kubernetes-validations", [])]
+        assert len(rules) >= 15
+        for path, rule in rules:
+            assert rule["message"] and rule["fieldPath"].startswith("."), path
+            _cel_program(rule["rule"])  # raises on a syntax error
+
+    def test_defaults_are_admitted_values(self, crd, admission):
+        """A default must itself be valid, or the apiserver rejects the CRD."""
+        root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        import jsonschema
+        for path, node in schema_nodes(root):
+            if "default" in node:
+                jsonschema.Draft4Validator({k: v for k, v in node.items() if k != "default"}).validate(node["default"])
+
+    def test_optional_sections_default_to_empty_objects(self, crd):
+        spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        assert spec["required"] == ["model", "data"]
+        for section in ("training", "evaluation", "gates", "artifacts", "signing", "serving", "monitoring", "aws"):
+            assert spec["properties"][section]["default"] == {}, section
+
+
+class TestAgreement:
+    @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+    def test_examples_are_admitted_and_defaulted_identically(self, admission, path):
+        doc = load_yaml_documents(path.read_text())[0]
+        stored, errors = admission.admit(doc)
+        assert errors == []
+        assert stored["spec"] == to_wire(parse_manifest(doc).spec)
+
+    def test_minimal_spec_defaults_identically(self, admission):
+        doc = {"apiVersion": "hardened.dev/v1alpha1", "kind": "HardenedModel", "metadata": {"name": "m"},
+               "spec": {"model": {"architecture": "mlp", "inputShape": [4], "numClasses": 3},
+                        "data": {"source": "file:///d.npz"}}}
+        stored, errors = admission.admit(doc)
+        assert errors == []
+        assert stored["spec"] == to_wire(parse_spec(doc["spec"]))
+
+    @pytest.mark.parametrize("case", INVALID, ids=lambda c: c["name"])
+    def test_invalid_case_is_rejected_by_the_crd_at_the_same_field(self, admission, case):
+        doc = example("digits-demo")
+        doc["spec"] = merge_patch(doc["spec"], case["patch"])
+        _, errors = admission.admit(doc)
+        assert errors, "the CRD admitted an invalid spec"
+        field = case["field"]
+        parent, _, leaf = field.rpartition(".")
+        assert any(p == field or (p == parent and f"'{leaf}'" in m) for p, m in errors), errors
+        if case.get("cel"):
+            assert any(case["message"] in m for _, m in errors), errors  # CEL: the very same message
+
+    def test_name_length_rule(self, admission):
+        doc = example("digits-demo")
+        doc["metadata"]["name"] = "m" * 41
+        _, errors = admission.admit(doc)
+        assert errors == [("metadata.name", "metadata.name must be at most 40 characters "
+                                             "(child object names derive from it)")]
+
+
+# Random mutations of a valid spec: both validators must give the same verdict.
+LEAVES = []
+
+
+def _leaves(value, path=()):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, path + (k,))
+    elif isinstance(value, list) and value and not isinstance(value[0], (dict, list)):
+        yield path
+        for i in range(len(value)):
+            yield from _leaves(value[i], path + (i,))
+    else:
+        yield path
+
+
+BASE = {name: to_wire(parse_manifest(example(name)).spec) for name in ("digits-demo", "mnist-adv-dp", "eks-s3-irsa")}
+values = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 70000), st.sampled_from([0, 1, 2, 10, 16, 17, 1024, 2**31]),
+    st.floats(-2, 20, allow_nan=False).filter(lambda f: f != int(f)),
+    st.sampled_from([0.0, 0.05, 0.5, 0.99, 1.5, 1e-5]),
+    st.sampled_from(["", "pgd", "fgsm", "Enforce", "keyless", "500m", "4Gi", "lots", "s3://b/k", "pvc://x",
+                     "file:///d", "builtin:digits", "memory://", "redis://r:6379", "us-east-1", "label",
+                     "cnn-28x28", "mlp", "https://issuer.example.com", "x" * 70]),
+    st.lists(st.integers(0, 30), max_size=5),
+    st.dictionaries(st.sampled_from(["enabled", "eps", "name", "key", "bogus"]),
+                    st.sampled_from([True, 0.1, "k", 3]), max_size=3),
+)
+
+
+def _set(doc, path, value):
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    if value is None and isinstance(node, dict):
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=st.sampled_from(sorted(BASE)), data=st.data(), n=st.integers(1, 2))
+def test_crd_and_spec_model_agree_on_random_mutations(admission, base, data, n):
+    spec = copy.deepcopy(BASE[base])
+    for _ in range(n):
+        leaves = list(_leaves(spec))
+        path = data.draw(st.sampled_from(leaves))
+        _set(spec, path, data.draw(values))
+    doc = {"apiVersion": "hardened.dev/v1alpha1", "kind": "HardenedModel", "metadata": {"name": "m"}, "spec": spec}
+    stored, crd_errors = admission.admit(doc)
+    try:
+        parsed = parse_spec(spec)
+        model_errors = []
+    except SpecError as err:
+        model_errors = err.problems
+    assert bool(crd_errors) == bool(model_errors), (spec, crd_errors, model_errors)
+    if not crd_errors:
+        assert stored["spec"] == to_wire(parsed)

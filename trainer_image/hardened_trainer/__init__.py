@@ -1,0 +1,1 @@
+"""The training Job's program: data, sanitization, adversarial + DP-SGD training, evaluation, signing."""
