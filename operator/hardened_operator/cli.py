@@ -46,6 +46,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_main(args.rest)
 
 
+# Subcommands that hand their own arguments to another program's parser.
+PASSTHROUGH = {"train"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hardened-model",
@@ -59,15 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("train", help="run the trainer (python -m hardened_trainer); see `train -- --help`",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("train", help="run the trainer: hardened-model train --config train.json", add_help=False)
     p.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in PASSTHROUGH:
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 from hardened_operator.cli import EXIT_BAD_INPUT, main
 
 
@@ -19,7 +19,7 @@ def test_validate_accepts_the_examples(capsys):
 
 def test_validate_names_field_and_value(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "examples/digits-demo.yaml").read_text().replace("epochs: 15", "epochs: -3"))
+    bad.write_text((ROOT / "examples/digits-demo.yaml").read_text().replace("epochs: 20", "epochs: -3"))
     assert main(["validate", str(bad)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert f"{bad}: spec.training.epochs: Invalid value: -3: Input should be greater than or equal to 1" in err

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import EXAMPLES, ROOT, example, merge_patch
+from helpers import EXAMPLES, ROOT, example, merge_patch
 from crd_admission import CrdAdmission
 from hardened_operator import crd as crdgen
 from hardened_operator.spec import SpecError, _cel_program, load_yaml_documents, parse_manifest, parse_spec, to_wire

@@ -4,7 +4,7 @@ import pathlib
 import pytest
 import yaml
 
-from conftest import EXAMPLES, ROOT, example, merge_patch
+from helpers import EXAMPLES, ROOT, example, merge_patch
 from hardened_operator.spec import (HardenedModelSpec, SpecError, load_manifest, load_yaml_documents,
                                     parse_manifest, parse_spec, spec_digest, to_wire)
 

@@ -1,0 +1,32 @@
+"""build_trainer_config: the trainer's input document (hardened_trainer.config is its reader)."""
+from __future__ import annotations
+
+from ..spec import HardenedModel, HardenedModelSpec, spec_digest, to_wire
+
+CONFIG_API_VERSION = "hardened.dev/trainer-config/v1"
+# A change to any of these sections trains a new model version; serving,
+# monitoring, gates and signing trust changes roll out without retraining.
+TRAINING_SECTIONS = ("model", "data", "training", "evaluation", "artifacts")
+
+
+def training_version(spec: HardenedModelSpec) -> str:
+    """The model version: 12 hex digits of the training-relevant spec's digest."""
+    return spec_digest(spec, *TRAINING_SECTIONS)[:12]
+
+
+def build_trainer_config(model: HardenedModel, *, output_dir: str, private_key_path: str | None = None,
+                         identity_token_path: str | None = None, trust_config_path: str | None = None,
+                         device: str = "auto") -> dict:
+    """The trainer config for one HardenedModel (JSON-ready dict)."""
+    signing = {k: v for k, v in {"privateKeyPath": private_key_path, "identityTokenPath": identity_token_path,
+                                 "trustConfigPath": trust_config_path}.items() if v}
+    return {
+        "apiVersion": CONFIG_API_VERSION,
+        "modelName": model.metadata.name,
+        "namespace": model.metadata.namespace,
+        "version": training_version(model.spec),
+        "spec": to_wire(model.spec),
+        "outputDir": output_dir,
+        "signing": signing,
+        "device": device,
+    }

@@ -1,0 +1,99 @@
+"""Training: DP-SGD accounting, adversarial + DP together, determinism, gates."""
+import pytest
+import torch
+
+from hardened_operator.spec import parse_spec
+from hardened_trainer.data import load_dataset, split
+from hardened_trainer.evaluate import check_gates, membership_inference
+from hardened_trainer.train import eps_step_for, train
+from helpers import tiny_manifest
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = load_dataset("builtin:digits", max_samples=300)
+    return split(ds, test_fraction=0.25, seed=0)
+
+
+def spec_with(overrides=None):
+    return parse_spec(tiny_manifest(overrides)["spec"])
+
+
+def quiet(*_, **__):
+    pass
+
+
+def test_adversarial_plus_dp_trains_within_budget(data):
+    """The Opacus pitfall: attacking through the hooked model fails with 'pop from empty list'."""
+    spec = spec_with()
+    events = []
+    res = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=lambda e, **kw: events.append(kw))
+    assert 0 < res.epsilon <= 8.0
+    assert res.noise_multiplier > 0
+    assert [e["epoch"] for e in events] == [1, 2]
+    assert all({"loss", "accuracy", "epsilon"} <= set(e) for e in events)
+    assert type(res.model).__name__ == "Sequential"  # unwrapped: no Opacus GradSampleModule
+
+
+def test_epsilon_reaches_the_target(data):
+    spec = spec_with({"training": {"epochs": 3, "privacy": {"targetEpsilon": 2.0}}})
+    res = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=quiet)
+    assert 1.8 <= res.epsilon <= 2.0
+
+
+def test_without_privacy_epsilon_is_none(data):
+    spec = spec_with({"training": {"privacy": {"enabled": False}}, "gates": {"maxEpsilon": None}})
+    res = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=quiet)
+    assert res.epsilon is None and res.noise_multiplier is None
+
+
+def test_same_seed_same_weights(data):
+    spec = spec_with()
+    a = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=quiet).model.state_dict()
+    b = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=quiet).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = train(spec_with({"training": {"seed": 1}}), data.x_train, data.y_train, device=torch.device("cpu"),
+              log=quiet).model.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_divergence_is_reported_with_the_field(data, monkeypatch):
+    import hardened_trainer.train as train_mod
+
+    real = train_mod.F.cross_entropy
+    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda out, y: real(out, y) * float("inf"))
+    spec = spec_with({"training": {"privacy": {"enabled": False}, "adversarial": {"enabled": False}},
+                      "gates": {"maxEpsilon": None}})
+    with pytest.raises(FloatingPointError, match=r"training diverged at epoch 1 .*lower spec.training.learningRate"):
+        train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=quiet)
+
+
+def test_eps_step_default():
+    assert eps_step_for(0.1, None, 10) == pytest.approx(0.025)
+    assert eps_step_for(0.1, 0.01, 10) == 0.01
+
+
+def test_gates_verdicts():
+    spec = spec_with({"gates": {"minCleanAccuracy": 0.9, "minRobustAccuracy": 0.5, "maxEpsilon": 8.0,
+                                "maxMembershipAUC": 0.6}})
+    results = {g.gate: g.passed for g in check_gates(
+        {"cleanAccuracy": 0.95, "robustAccuracy": 0.4, "epsilon": 7.9, "membershipAUC": None}, spec)}
+    assert results == {"minCleanAccuracy": True, "minRobustAccuracy": False, "maxEpsilon": True,
+                       "maxMembershipAUC": False}  # not measured fails
+
+
+def test_membership_inference_sees_memorisation():
+    """A model that memorised random labels has a loss gap the loss-threshold attack detects."""
+    torch.manual_seed(0)
+    from hardened_trainer.models import build_model
+
+    x_in, y_in = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    x_out, y_out = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    model = build_model("mlp", [1, 8, 8], 10)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x_in), y_in).backward()
+        opt.step()
+    auc, roc = membership_inference(model, x_in.numpy(), y_in.numpy(), x_out.numpy(), y_out.numpy(), seed=0)
+    assert auc > 0.9 and roc[0] == [0.0, 0.0] and roc[-1] == [1.0, 1.0]

@@ -1,0 +1,226 @@
+"""`python -m hardened_trainer --config train.json` (also `hardened-model train`).
+
+sanitize -> train (adversarial and/or DP-SGD) -> evaluate (ART attacks, membership
+inference, epsilon) -> gates -> write model/ (safetensors, model.json,
+metrics.json, report.html) -> sign -> upload (s3://).
+
+stdout carries one JSON object per line: an ``epoch`` event per epoch and a
+final ``result``. Exit codes: 0 trained and passed the gates; 2 bad config or
+data; 3 a gate failed (the artifact is still written and signed, with the
+verdict in its signed metrics.json, so the operator can show why); 1 crash.
+A gate-failing model is never rolled out: the verifier re-checks the gates
+against the signed metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+import sys
+import time
+import warnings
+
+EXIT_OK, EXIT_CRASH, EXIT_BAD_CONFIG, EXIT_GATES_FAILED = 0, 1, 2, 3
+MODEL_FORMAT = "hardened-model/v1"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hardened-model train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="trainer config JSON (see hardened_trainer.config) (default: none)")
+    p.add_argument("--termination-log", default="/dev/termination-log",
+                   help="file that receives the result JSON when writable, for the operator "
+                        "(default: /dev/termination-log)")
+    return p
+
+
+def _config_digest(cfg) -> str:
+    canonical = json.dumps(cfg.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scale: float, sanitization: dict,
+                    report_html: str) -> None:
+    import safetensors.torch
+    import torch
+
+    spec = cfg.spec
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    safetensors.torch.save_file(state, str(model_dir / "model.safetensors"),
+                                metadata={"format": MODEL_FORMAT, "architecture": spec.model.architecture})
+    norm = result.model[0]
+    labels = spec.model.labels or [str(i) for i in range(spec.model.num_classes)]
+    model_json = {
+        "format": MODEL_FORMAT,
+        "name": cfg.model_name,
+        "namespace": cfg.namespace,
+        "version": cfg.version,
+        "architecture": spec.model.architecture,
+        "inputShape": list(spec.model.input_shape),
+        "numClasses": spec.model.num_classes,
+        "labels": labels,
+        "weights": "model.safetensors",
+        "normalization": {"mean": float(norm.mean), "std": float(norm.std), "inside_model": True},
+        "input": {"range": [0.0, 1.0], "rawScale": raw_scale},
+        "configDigest": _config_digest(cfg),
+        "trainingDigest": cfg.version,
+        "framework": {"torch": torch.__version__.split("+")[0]},
+    }
+    metrics = {
+        **ev.metrics(),
+        "delta": spec.training.privacy.target_delta if spec.training.privacy.enabled else None,
+        "noiseMultiplier": result.noise_multiplier,
+        "attackAccuracy": ev.attack_accuracy,
+        "attackEps": spec.evaluation.eps,
+        "perClassAccuracy": ev.per_class_accuracy,
+        "membershipInferenceAttack": "loss-threshold (Yeom et al. 2018)" if ev.membership_auc is not None else None,
+        "evaluatedSamples": ev.samples,
+        "gates": [g.__dict__ for g in gates],
+        "gatesPassed": all(g.passed for g in gates),
+        "sanitization": sanitization,
+        "history": result.history,
+        "trainingSeconds": round(result.seconds, 3),
+    }
+    (model_dir / "model.json").write_text(json.dumps(model_json, indent=2, sort_keys=True) + "\n")
+    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    (model_dir / "report.html").write_text(report_html)
+
+
+def run(cfg, *, log) -> tuple[int, dict]:
+    """The whole training run for a parsed config; returns (exit code, result)."""
+    import numpy as np
+
+    from hardened_operator import artifacts, signing
+
+    from . import data as data_mod
+    from .evaluate import check_gates, evaluate
+    from .report import render_report
+    from .sanitize import sanitize
+    from .train import select_device, train
+
+    spec = cfg.spec
+    t0 = time.perf_counter()
+    device = select_device(cfg.device)
+    log("start", model=cfg.model_name, version=cfg.version, device=str(device))
+
+    ds = data_mod.load_dataset(spec.data.source, max_samples=spec.data.max_samples, seed=spec.training.seed,
+                               s3_client=_s3(spec) if spec.data.source.startswith("s3://") else None)
+    data_mod.check_shape(ds, spec.model.input_shape, spec.model.num_classes)
+    parts = data_mod.split(ds, test_fraction=spec.data.validation_split, seed=spec.training.seed)
+    x_train, y_train = parts.x_train, parts.y_train
+    san = {"enabled": spec.data.sanitization.enabled, "trainingExamples": int(len(y_train)), "removed": 0}
+    if spec.data.sanitization.enabled:
+        s = spec.data.sanitization
+        res = sanitize(x_train, y_train, method=s.method, k=s.k, max_remove_fraction=s.max_remove_fraction,
+                       seed=spec.training.seed)
+        x_train, y_train = x_train[res.keep], y_train[res.keep]
+        san.update(method=s.method, removed=res.removed, removedFraction=round(res.removed / max(len(res.keep), 1), 4))
+        log("sanitized", **san)
+
+    result = train(spec, x_train, y_train, device=device, log=log)
+    labels = spec.model.labels or [str(i) for i in range(spec.model.num_classes)]
+    ev = evaluate(result.model, spec, x_train, y_train, parts.x_test, parts.y_test, epsilon=result.epsilon,
+                  labels=labels)
+    gates = check_gates(ev.metrics(), spec)
+    passed = all(g.passed for g in gates)
+    log("evaluated", **ev.metrics(), attackAccuracy=ev.attack_accuracy, gatesPassed=passed,
+        gates=[g.describe() for g in gates])
+
+    out = pathlib.Path(cfg.output_dir)
+    model_dir = out / signing.MODEL_DIR_NAME
+    if model_dir.exists():  # never mix files of two runs under one signature
+        import shutil
+
+        shutil.rmtree(model_dir)
+    report = render_report(model_name=cfg.model_name, version=cfg.version, architecture=spec.model.architecture,
+                           ev=ev, gates=gates, history=result.history, sanitization=san,
+                           training={"epochs": spec.training.epochs, "batchSize": spec.training.batch_size,
+                                     "learningRate": spec.training.learning_rate,
+                                     "adversarial": spec.training.adversarial.attack
+                                     if spec.training.adversarial.enabled else "off",
+                                     "dpSgd": "on" if spec.training.privacy.enabled else "off",
+                                     "noiseMultiplier": result.noise_multiplier,
+                                     "maxGradNorm": spec.training.privacy.max_grad_norm,
+                                     "device": str(device), "trainingSeconds": round(result.seconds, 2)})
+    write_model_dir(model_dir, cfg=cfg, result=result, ev=ev, gates=gates, raw_scale=ds.raw_scale,
+                    sanitization=san, report_html=report)
+    sig = out / signing.SIGNATURE_NAME
+    rt = cfg.signing
+    token = pathlib.Path(rt.identity_token_path).read_text().strip() if rt.identity_token_path else None
+    signing.sign_model(model_dir, sig,
+                       private_key=pathlib.Path(rt.private_key_path) if spec.signing.method == "key" else None,
+                       identity_token=token, use_ambient_credentials=rt.use_ambient_credentials,
+                       trust_config=pathlib.Path(rt.trust_config_path) if rt.trust_config_path else None)
+    digest, _ = signing.read_signed_manifest(sig)
+    store = artifacts.StoreURI.parse(spec.artifacts.store)
+    uri = store.version_uri(cfg.model_name, cfg.version)
+    versions = {}
+    if store.scheme == "s3":
+        versions = artifacts.upload_version(out, store, cfg.model_name, cfg.version, client=_s3(spec),
+                                            kms_key_id=spec.artifacts.kms_key_id)
+    summary = {"model": cfg.model_name, "version": cfg.version, "gatesPassed": passed, "metrics": ev.metrics(),
+               "digest": digest, "uri": uri, "localPath": str(out), "versionIds": versions,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    log("result", **summary)
+    return (EXIT_OK if passed else EXIT_GATES_FAILED), summary
+
+
+def _s3(spec):
+    from hardened_operator.artifacts import s3_client
+
+    return s3_client(region=spec.artifacts.region or spec.aws.region, endpoint=spec.artifacts.endpoint)
+
+
+def _termination_message(path: str, payload: dict) -> None:
+    """Kubernetes reads /dev/termination-log into the Pod status (4 KiB kept): the operator's input."""
+    try:
+        if os.path.exists(os.path.dirname(path) or "."):
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(payload, sort_keys=True)[:4096])
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hardened_operator.artifacts import StoreError
+    from hardened_operator.signing import SigningError
+
+    from .config import ConfigError, load_config
+    from .data import DataError
+    from .train import json_log
+
+    args = get_args_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", module=r"opacus\..*")
+    warnings.filterwarnings("ignore", message=r".*[Ff]ull backward hook.*")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for field, msg in exc.problems:
+            json_log("error", stage="config", field=field, message=msg)
+        _termination_message(args.termination_log, {"stage": "config", "reason": "BadConfig", "message": str(exc)})
+        return EXIT_BAD_CONFIG
+    try:
+        code, summary = run(cfg, log=json_log)
+    except (DataError, SigningError, StoreError) as exc:
+        stage = {DataError: "data", SigningError: "signing", StoreError: "upload"}[type(exc)]
+        json_log("error", stage=stage, message=str(exc))
+        _termination_message(args.termination_log, {"stage": stage, "reason": f"{stage.title()}Error",
+                                                    "message": str(exc)})
+        return EXIT_BAD_CONFIG if stage != "upload" else EXIT_CRASH
+    except Exception as exc:  # noqa: BLE001 - report any crash as one JSON line, then a distinct exit code
+        json_log("error", stage="training", message=f"{type(exc).__name__}: {exc}")
+        _termination_message(args.termination_log, {"stage": "training", "reason": "Crash",
+                                                    "message": f"{type(exc).__name__}: {exc}"})
+        if os.environ.get("HARDENED_DEBUG"):
+            raise
+        return EXIT_CRASH
+    _termination_message(args.termination_log, {k: summary[k] for k in
+                                                ("gatesPassed", "metrics", "digest", "uri", "versionIds")})
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

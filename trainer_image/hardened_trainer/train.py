@@ -1,0 +1,151 @@
+"""Training: plain, adversarial (Madry PGD / FGSM), DP-SGD (Opacus), or both.
+
+Adversarial + DP-SGD, done so the privacy accounting holds:
+
+- Batches come from Opacus' Poisson-sampling loader; the accountant charges
+  one step per batch, so no step is ever skipped (an empty batch still steps).
+- Adversarial examples *replace* a ``ratio`` share of the sampled batch; they
+  are never appended. Each sampled example then contributes exactly one
+  per-sample gradient, clipped to ``maxGradNorm``: the sensitivity DP-SGD's
+  noise is calibrated to. An adversarial example depends only on its own
+  example and the current (already private) weights.
+- The attack runs on the unwrapped module with the GradSampleModule's hooks
+  disabled, and takes gradients with respect to the input only, so Opacus'
+  per-sample state is untouched (attacking through the hooked model fails with
+  ``pop from empty list``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from hardened_operator.spec import HardenedModelSpec
+
+from . import attacks
+from .models import build_model
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """CUDA when present (the images target GPUs), else CPU."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def json_log(event: str, stream=None, **fields) -> None:
+    """One JSON object per line on stdout, for `kubectl logs` and log shippers."""
+    stream = stream or sys.stdout
+    stream.write(json.dumps({"event": event, **fields}, sort_keys=False) + "\n")
+    stream.flush()
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module                 # plain module (no Opacus wrapper), eval mode, on CPU
+    epsilon: float | None            # privacy spent; None without DP-SGD
+    noise_multiplier: float | None
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def eps_step_for(eps: float, eps_step: float | None, max_iter: int) -> float:
+    """Madry et al.'s rule of thumb when the spec leaves epsStep out: 2.5 * eps / iterations."""
+    return eps_step if eps_step is not None else 2.5 * eps / max_iter
+
+
+def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, device: torch.device,
+          log: Callable[..., None] = json_log) -> TrainResult:
+    t = spec.training
+    gen = seed_everything(t.seed)
+    mean, std = float(x_train.mean()), float(x_train.std() or 1.0)
+    model = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes,
+                        mean=mean, std=std).to(device)
+    dataset = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, generator=gen)
+    if t.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=0.9)
+
+    engine = None
+    noise_multiplier = None
+    attack_view = model
+    if t.privacy.enabled:
+        from opacus import PrivacyEngine
+
+        engine = PrivacyEngine(accountant=t.privacy.accountant, secure_mode=False)
+        noise_gen = torch.Generator(device=device)
+        noise_gen.manual_seed(t.seed + 1)
+        model, optimizer, loader = engine.make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, epochs=t.epochs,
+            target_epsilon=t.privacy.target_epsilon, target_delta=t.privacy.target_delta,
+            max_grad_norm=t.privacy.max_grad_norm, noise_generator=noise_gen)
+        noise_multiplier = float(optimizer.noise_multiplier)
+        attack_view = model._module  # the plain module inside the GradSampleModule
+
+    adv = t.adversarial
+    step = eps_step_for(adv.eps, adv.eps_step, adv.max_iter)
+    history = []
+    start = time.perf_counter()
+    for epoch in range(1, t.epochs + 1):
+        model.train()
+        seen = correct = 0
+        loss_sum = 0.0
+        for xb, yb in loader:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            n_adv = int(round(adv.ratio * len(xb))) if adv.enabled else 0
+            if n_adv:
+                if engine is not None:
+                    model.disable_hooks()
+                try:
+                    if adv.attack == "fgsm":
+                        x_adv = attacks.fgsm(attack_view, xb[:n_adv], yb[:n_adv], eps=adv.eps)
+                    else:
+                        x_adv = attacks.pgd(attack_view, xb[:n_adv], yb[:n_adv], eps=adv.eps, eps_step=step,
+                                            max_iter=adv.max_iter, generator=gen)
+                finally:
+                    if engine is not None:
+                        model.enable_hooks()
+                xb = torch.cat([x_adv, xb[n_adv:]])  # replace, never append: one gradient per example
+            optimizer.zero_grad(set_to_none=True)
+            out = model(xb)
+            loss = F.cross_entropy(out, yb) if len(xb) else out.sum() * 0.0
+            loss.backward()
+            optimizer.step()
+            seen += len(xb)
+            loss_sum += float(loss.detach()) * len(xb)
+            correct += int((out.argmax(1) == yb).sum())
+        epsilon = float(engine.get_epsilon(t.privacy.target_delta)) if engine is not None else None
+        record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+                  "epsilon": epsilon, "seconds": round(time.perf_counter() - start, 3)}
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {record['loss']}); "
+                                     f"lower spec.training.learningRate ({t.learning_rate})")
+        history.append(record)
+        log("epoch", **record)
+
+    plain = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes, mean=mean, std=std)
+    source = model._module if engine is not None else model
+    plain.load_state_dict({k: v.detach().cpu() for k, v in source.state_dict().items()})
+    plain.eval()
+    return TrainResult(model=plain, epsilon=history[-1]["epsilon"] if history else None,
+                       noise_multiplier=noise_multiplier, history=history,
+                       seconds=time.perf_counter() - start)
