@@ -4,7 +4,8 @@ import torch
 
 from hardened_operator.spec import parse_spec
 from hardened_trainer.data import load_dataset, split
-from hardened_trainer.evaluate import check_gates, membership_inference
+from hardened_operator.gates import check_gates
+from hardened_trainer.evaluate import membership_inference
 from hardened_trainer.train import eps_step_for, train
 from helpers import tiny_manifest
 
@@ -60,8 +61,11 @@ def test_same_seed_same_weights(data):
 def test_divergence_is_reported_with_the_field(data, monkeypatch):
     import hardened_trainer.train as train_mod
 
-    real = train_mod.F.cross_entropy
-    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda out, y: real(out, y) * float("inf"))
+    class Exploding(torch.nn.CrossEntropyLoss):
+        def forward(self, out, y):
+            return super().forward(out, y) * float("inf")
+
+    monkeypatch.setattr(train_mod.nn, "CrossEntropyLoss", Exploding)
     spec = spec_with({"training": {"privacy": {"enabled": False}, "adversarial": {"enabled": False}},
                       "gates": {"maxEpsilon": None}})
     with pytest.raises(FloatingPointError, match=r"training diverged at epoch 1 .*lower spec.training.learningRate"):
@@ -77,7 +81,7 @@ def test_gates_verdicts():
     spec = spec_with({"gates": {"minCleanAccuracy": 0.9, "minRobustAccuracy": 0.5, "maxEpsilon": 8.0,
                                 "maxMembershipAUC": 0.6}})
     results = {g.gate: g.passed for g in check_gates(
-        {"cleanAccuracy": 0.95, "robustAccuracy": 0.4, "epsilon": 7.9, "membershipAUC": None}, spec)}
+        {"cleanAccuracy": 0.95, "robustAccuracy": 0.4, "epsilon": 7.9, "membershipAUC": None}, spec.gates)}
     assert results == {"minCleanAccuracy": True, "minRobustAccuracy": False, "maxEpsilon": True,
                        "maxMembershipAUC": False}  # not measured fails
 
@@ -97,3 +101,34 @@ def test_membership_inference_sees_memorisation():
         opt.step()
     auc, roc = membership_inference(model, x_in.numpy(), y_in.numpy(), x_out.numpy(), y_out.numpy(), seed=0)
     assert auc > 0.9 and roc[0] == [0.0, 0.0] and roc[-1] == [1.0, 1.0]
+
+
+def test_ghost_clipping_computes_the_same_clipped_update_as_hooks():
+    """The fast path (ghost clipping) must clip exactly as Opacus' reference per-sample hooks do."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hardened_trainer.models import build_model
+
+    torch.manual_seed(0)
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    grads = {}
+    for mode in ("hooks", "ghost"):
+        torch.manual_seed(1)
+        model = build_model("cnn-8x8", [1, 8, 8], 10)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        loader = DataLoader(TensorDataset(x, y), batch_size=32)
+        crit = torch.nn.CrossEntropyLoss()
+        engine = PrivacyEngine()
+        kwargs = dict(module=model, optimizer=opt, data_loader=loader, noise_multiplier=0.0, max_grad_norm=0.05,
+                      poisson_sampling=False, grad_sample_mode=mode)
+        if mode == "ghost":
+            model, opt, crit, _ = engine.make_private(criterion=crit, **kwargs)
+        else:
+            model, opt, _ = engine.make_private(**kwargs)
+        opt.zero_grad()
+        crit(model(x), y).backward()
+        opt.step()
+        grads[mode] = [p.grad.clone() for p in model.parameters()]
+    for a, b in zip(grads["hooks"], grads["ghost"]):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)

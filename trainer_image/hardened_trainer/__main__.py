@@ -42,7 +42,7 @@ def _config_digest(cfg) -> str:
 
 
 def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scale: float, sanitization: dict,
-                    report_html: str) -> None:
+                    report_html: str, x_train) -> None:
     import safetensors.torch
     import torch
 
@@ -65,6 +65,9 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
         "weights": "model.safetensors",
         "normalization": {"mean": float(norm.mean), "std": float(norm.std), "inside_model": True},
         "input": {"range": [0.0, 1.0], "rawScale": raw_scale},
+        # per-pixel training statistics: the validation sidecar's out-of-distribution score
+        "inputStats": {"mean": [round(float(v), 6) for v in x_train.reshape(len(x_train), -1).mean(0)],
+                       "std": [round(float(v), 6) for v in x_train.reshape(len(x_train), -1).std(0)]},
         "configDigest": _config_digest(cfg),
         "trainingDigest": cfg.version,
         "framework": {"torch": torch.__version__.split("+")[0]},
@@ -96,7 +99,9 @@ def run(cfg, *, log) -> tuple[int, dict]:
     from hardened_operator import artifacts, signing
 
     from . import data as data_mod
-    from .evaluate import check_gates, evaluate
+    from hardened_operator.gates import check_gates
+
+    from .evaluate import evaluate
     from .report import render_report
     from .sanitize import sanitize
     from .train import select_device, train
@@ -124,7 +129,7 @@ def run(cfg, *, log) -> tuple[int, dict]:
     labels = spec.model.labels or [str(i) for i in range(spec.model.num_classes)]
     ev = evaluate(result.model, spec, x_train, y_train, parts.x_test, parts.y_test, epsilon=result.epsilon,
                   labels=labels)
-    gates = check_gates(ev.metrics(), spec)
+    gates = check_gates(ev.metrics(), spec.gates)
     passed = all(g.passed for g in gates)
     log("evaluated", **ev.metrics(), attackAccuracy=ev.attack_accuracy, gatesPassed=passed,
         gates=[g.describe() for g in gates])
@@ -146,7 +151,7 @@ def run(cfg, *, log) -> tuple[int, dict]:
                                      "maxGradNorm": spec.training.privacy.max_grad_norm,
                                      "device": str(device), "trainingSeconds": round(result.seconds, 2)})
     write_model_dir(model_dir, cfg=cfg, result=result, ev=ev, gates=gates, raw_scale=ds.raw_scale,
-                    sanitization=san, report_html=report)
+                    sanitization=san, report_html=report, x_train=x_train)
     sig = out / signing.SIGNATURE_NAME
     rt = cfg.signing
     token = pathlib.Path(rt.identity_token_path).read_text().strip() if rt.identity_token_path else None

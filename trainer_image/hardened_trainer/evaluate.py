@@ -133,31 +133,3 @@ def evaluate(model: nn.Module, spec: HardenedModelSpec, x_train: np.ndarray, y_t
     return Evaluation(clean_accuracy=clean, robust_accuracy=min(at_eps.values()) if at_eps else None,
                       attack_accuracy=at_eps, epsilon=epsilon, membership_auc=auc, per_class_accuracy=per_class,
                       sweep=sweep, mia_roc=roc, samples=len(idx))
-
-
-@dataclass
-class GateResult:
-    gate: str
-    threshold: float
-    value: float | None
-    passed: bool
-
-    def describe(self) -> str:
-        value = "not measured" if self.value is None else f"{self.value:.4f}"
-        return f"{self.gate}: {value} ({'passed' if self.passed else 'FAILED'}, threshold {self.threshold})"
-
-
-def check_gates(metrics: dict, spec: HardenedModelSpec) -> list[GateResult]:
-    """Every configured gate with its verdict. A metric that was not measured fails its gate."""
-    g = spec.gates
-    checks = [("minCleanAccuracy", g.min_clean_accuracy, "cleanAccuracy", lambda v, t: v >= t),
-              ("minRobustAccuracy", g.min_robust_accuracy, "robustAccuracy", lambda v, t: v >= t),
-              ("maxEpsilon", g.max_epsilon, "epsilon", lambda v, t: v <= t),
-              ("maxMembershipAUC", g.max_membership_auc, "membershipAUC", lambda v, t: v <= t)]
-    out = []
-    for gate, threshold, key, ok in checks:
-        if threshold is None:
-            continue
-        value = metrics.get(key)
-        out.append(GateResult(gate, threshold, value, value is not None and bool(ok(value, threshold))))
-    return out

@@ -5,7 +5,9 @@ import base64
 import html
 import io
 
-from .evaluate import Evaluation, GateResult
+from hardened_operator.gates import GateResult
+
+from .evaluate import Evaluation
 
 
 def _png(fig) -> str:

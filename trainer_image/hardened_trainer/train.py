@@ -13,6 +13,13 @@ Adversarial + DP-SGD, done so the privacy accounting holds:
   disabled, and takes gradients with respect to the input only, so Opacus'
   per-sample state is untouched (attacking through the hooked model fails with
   ``pop from empty list``).
+
+DP-SGD uses Opacus' ghost clipping (``grad_sample_mode="ghost"``): per-sample
+gradient *norms* without materialising per-sample gradients, at the price of a
+second backward pass. Measured on cnn-28x28, batch 256, 2 CPU cores: 1.69x the
+non-private epoch time, against 2.34x for the default hooks and 2.57x for
+functorch (docs/benchmarks.md). tests/trainer/test_train.py checks that it
+computes the same clipped update as the hooks mode.
 """
 from __future__ import annotations
 
@@ -26,13 +33,15 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from hardened_operator.spec import HardenedModelSpec
 
 from . import attacks
 from .models import build_model
+
+
+GRAD_SAMPLE_MODE = "ghost"
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -85,6 +94,7 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=0.9)
 
+    criterion = nn.CrossEntropyLoss()
     engine = None
     noise_multiplier = None
     attack_view = model
@@ -94,10 +104,14 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
         engine = PrivacyEngine(accountant=t.privacy.accountant, secure_mode=False)
         noise_gen = torch.Generator(device=device)
         noise_gen.manual_seed(t.seed + 1)
-        model, optimizer, loader = engine.make_private_with_epsilon(
-            module=model, optimizer=optimizer, data_loader=loader, epochs=t.epochs,
+        private = engine.make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, criterion=criterion, epochs=t.epochs,
             target_epsilon=t.privacy.target_epsilon, target_delta=t.privacy.target_delta,
-            max_grad_norm=t.privacy.max_grad_norm, noise_generator=noise_gen)
+            max_grad_norm=t.privacy.max_grad_norm, noise_generator=noise_gen, grad_sample_mode=GRAD_SAMPLE_MODE)
+        if GRAD_SAMPLE_MODE == "ghost":  # ghost clipping also wraps the loss (it runs the second backward)
+            model, optimizer, criterion, loader = private
+        else:
+            model, optimizer, loader = private
         noise_multiplier = float(optimizer.noise_multiplier)
         attack_view = model._module  # the plain module inside the GradSampleModule
 
@@ -127,11 +141,12 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
                 xb = torch.cat([x_adv, xb[n_adv:]])  # replace, never append: one gradient per example
             optimizer.zero_grad(set_to_none=True)
             out = model(xb)
-            loss = F.cross_entropy(out, yb) if len(xb) else out.sum() * 0.0
-            loss.backward()
-            optimizer.step()
+            loss = criterion(out, yb)
+            loss.backward()  # ghost clipping: both backward passes happen here
+            optimizer.step()  # also for an empty Poisson batch: the accountant counts every step
             seen += len(xb)
-            loss_sum += float(loss.detach()) * len(xb)
+            if len(xb):
+                loss_sum += float(loss.item()) * len(xb)
             correct += int((out.argmax(1) == yb).sum())
         epsilon = float(engine.get_epsilon(t.privacy.target_delta)) if engine is not None else None
         record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),

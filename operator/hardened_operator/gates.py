@@ -1,0 +1,39 @@
+"""Gates: the verdict on a model's metrics (pure, torch-free).
+
+The trainer records a verdict in metrics.json; the verifier and the operator
+re-check the *signed* metrics against the spec's gates as they are now, so a
+gate tightened after training still holds back a model that misses it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .spec import GatesSection
+
+
+@dataclass
+class GateResult:
+    gate: str
+    threshold: float
+    value: float | None
+    passed: bool
+
+    def describe(self) -> str:
+        value = "not measured" if self.value is None else f"{self.value:.4f}"
+        return f"{self.gate}: {value} ({'passed' if self.passed else 'FAILED'}, threshold {self.threshold})"
+
+
+def check_gates(metrics: dict, gates: GatesSection) -> list[GateResult]:
+    """Every configured gate with its verdict. A metric that was not measured fails its gate."""
+    checks = [("minCleanAccuracy", gates.min_clean_accuracy, "cleanAccuracy", lambda v, t: v >= t),
+              ("minRobustAccuracy", gates.min_robust_accuracy, "robustAccuracy", lambda v, t: v >= t),
+              ("maxEpsilon", gates.max_epsilon, "epsilon", lambda v, t: v <= t),
+              ("maxMembershipAUC", gates.max_membership_auc, "membershipAUC", lambda v, t: v <= t)]
+    out = []
+    for gate, threshold, key, ok in checks:
+        if threshold is None:
+            continue
+        value = metrics.get(key)
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+        out.append(GateResult(gate, threshold, value if valid else None, valid and bool(ok(value, threshold))))
+    return out

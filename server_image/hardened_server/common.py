@@ -1,0 +1,220 @@
+"""What the three serving processes share: config, errors, JSON logs, metrics, running an app.
+
+Errors follow KServe's ``errors.py``: one exception per HTTP outcome, one
+handler that turns it into a JSON body ``{"error": ..., "field": ...}``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from hardened_operator.manifests.serving_config import SERVING_CONFIG_API_VERSION
+from hardened_operator.spec import DNS_LABEL, Output, RateLimit, Validation
+
+# ----------------------------------------------------------------- config
+
+
+class ModelShape(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    input_shape: list[int] = Field(min_length=1, max_length=4)
+    num_classes: int = Field(ge=2)
+    labels: list[str]
+
+
+class ServingConfig(BaseModel):
+    """serving.json: rendered from the spec by build_serving_config; read by every serving process."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    api_version: Literal[SERVING_CONFIG_API_VERSION]  # type: ignore[valid-type]
+    model: ModelShape
+    validation: Validation
+    rate_limit: RateLimit
+    output: Output
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_serving_config(path: str) -> ServingConfig:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return ServingConfig.model_validate(json.load(fh))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not JSON: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {field}: {first['msg']}") from None
+
+
+# ----------------------------------------------------------------- errors
+class HTTPError(Exception):
+    status = 500
+    reason = "internal"
+
+    def __init__(self, message: str, field: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.message, self.field, self.headers = message, field, headers or {}
+
+    def response(self) -> web.Response:
+        body = {"error": self.message}
+        if self.field:
+            body["field"] = self.field
+        return web.json_response(body, status=self.status, headers=self.headers)
+
+
+class InvalidInput(HTTPError):
+    status, reason = 400, "invalid_input"
+
+
+class Unauthorized(HTTPError):
+    status, reason = 401, "unauthorized"
+
+
+class NotFound(HTTPError):
+    status, reason = 404, "not_found"
+
+
+class MethodNotAllowed(HTTPError):
+    status, reason = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(HTTPError):
+    status, reason = 413, "body_too_large"
+
+
+class UnsupportedMediaType(HTTPError):
+    status, reason = 415, "unsupported_media_type"
+
+
+class TooManyRequests(HTTPError):
+    status, reason = 429, "rate_limited"
+
+
+class UpstreamError(HTTPError):
+    status, reason = 502, "upstream_error"
+
+
+class ModelNotReady(HTTPError):
+    status, reason = 503, "model_not_ready"
+
+
+# ------------------------------------------------------------------- logs
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(name: str, level: str = "INFO") -> logging.Logger:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per request is the app's job
+    return logging.getLogger(name)
+
+
+def log_fields(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:
+    logger.log(level, msg, extra={"fields": fields})
+
+
+# ---------------------------------------------------------------- running
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; 413 as soon as the header or the stream says more."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds {limit}", field="body")
+    chunks, size = [], 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error_middleware(on_error=None):
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except HTTPError as exc:
+            if on_error:
+                on_error(request, exc)
+            return exc.response()
+        except web.HTTPException as exc:  # aiohttp's own (404 route, 405 method): keep our JSON shape
+            err = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge}.get(exc.status)
+            if err is None:
+                raise
+            wrapped = err(exc.reason or "error", field="path" if exc.status != 413 else "body")
+            if on_error:
+                on_error(request, wrapped)
+            return wrapped.response()
+    return middleware
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def metrics_app() -> web.Application:
+    """Metrics live on their own port, so clients reaching the Service cannot read them."""
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+async def serve(app: web.Application, *, host: str, port: int, metrics_port: int | None, logger: logging.Logger,
+                ready: asyncio.Event | None = None, shutdown_timeout: float = 10.0) -> None:
+    """Run ``app`` (and the metrics app) until SIGTERM/SIGINT, then drain in-flight requests."""
+    runners = []
+    for a, p in [(app, port), (metrics_app(), metrics_port)]:
+        if p is None:
+            continue
+        runner = web.AppRunner(a, access_log=None, shutdown_timeout=shutdown_timeout)
+        await runner.setup()
+        await web.TCPSite(runner, host, p, backlog=1024, reuse_address=True).start()
+        runners.append(runner)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log_fields(logger, logging.INFO, "listening", host=host, port=port, metrics_port=metrics_port)
+    if ready:
+        ready.set()
+    await stop.wait()
+    log_fields(logger, logging.INFO, "shutting down", drain_seconds=shutdown_timeout)
+    for runner in runners:
+        await runner.cleanup()  # stops accepting, waits for in-flight requests up to shutdown_timeout
+    log_fields(logger, logging.INFO, "stopped")
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

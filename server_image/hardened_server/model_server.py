@@ -1,0 +1,237 @@
+"""The model server: loads only a verified model, serves the Open Inference Protocol v2 over HTTP.
+
+Loading (``load_verified``): verify the signature over the whole directory,
+check the pinned digest, then read model.json and model.safetensors into
+memory *once*, hash those very bytes and compare them with the signed
+manifest, and build the model from them. A file swapped between the check and
+the load is caught; nothing is unpickled (safetensors + an architecture name).
+
+Requests from concurrent clients are batched (``Batcher``): up to
+``max_batch`` rows or ``max_wait`` seconds, one forward pass, on CUDA when present.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+from aiohttp import web
+
+from hardened_operator.signing import TrustPolicy, verify_model
+
+from .common import ModelNotReady, NotFound, Timer, error_middleware, log_fields
+from .metrics import METRICS
+from .protocol import parse_infer_request
+
+LOADED_FILES = ("model.json", "model.safetensors")
+
+
+class RefusedModel(RuntimeError):
+    """The model must not be served: the reason says why."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    digest: str
+    signer: str | None
+    architecture: str
+    input_shape: list[int]
+    labels: list[str]
+    module: object  # torch.nn.Module
+    device: object  # torch.device
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(x).to(self.device)).softmax(1)
+        return out.float().cpu().numpy()
+
+
+def load_verified(model_dir: pathlib.Path, signature: pathlib.Path, policy: TrustPolicy, *,
+                  expect_digest: str | None = None, device: str = "auto") -> LoadedModel:
+    import safetensors.torch
+    import torch
+
+    from hardened_trainer.models import build_model
+
+    res = verify_model(model_dir, signature, policy)
+    if not res.verified:
+        raise RefusedModel(f"signature verification failed: {res.reason}")
+    if expect_digest and res.digest != expect_digest:
+        raise RefusedModel(f"digest {res.digest} is not the pinned {expect_digest}")
+    blobs = {}
+    for name in LOADED_FILES:
+        blob = (model_dir / name).read_bytes()
+        signed = res.files.get(name)
+        if signed is None or hashlib.sha256(blob).hexdigest() != signed:
+            raise RefusedModel(f"{name} changed after verification (sha256 differs from the signed manifest)")
+        blobs[name] = blob
+    meta = json.loads(blobs["model.json"])
+    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    module = build_model(meta["architecture"], meta["inputShape"], meta["numClasses"], check_dp=False)
+    try:
+        module.load_state_dict(safetensors.torch.load(blobs["model.safetensors"]), strict=True)
+    except (RuntimeError, KeyError) as exc:
+        raise RefusedModel(f"weights do not fit {meta['architecture']}: {exc}") from None
+    module.to(dev).eval()
+    return LoadedModel(name=meta["name"], version=meta["version"], digest=res.digest, signer=res.signer,
+                       architecture=meta["architecture"], input_shape=meta["inputShape"], labels=meta["labels"],
+                       module=module, device=dev)
+
+
+class Batcher:
+    """Dynamic batching: concurrent requests share one forward pass."""
+
+    def __init__(self, predict, *, max_batch: int = 64, max_wait: float = 0.002):
+        self.predict, self.max_batch, self.max_wait = predict, max_batch, max_wait
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((x, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            rows = len(items[0][0])
+            deadline = loop.time() + self.max_wait
+            while rows < self.max_batch:
+                try:
+                    item = self.queue.get_nowait() if self.queue.qsize() else await asyncio.wait_for(
+                        self.queue.get(), max(deadline - loop.time(), 0))
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+                items.append(item)
+                rows += len(item[0])
+            x = np.concatenate([i[0] for i in items])
+            METRICS.batch_rows.observe(len(x))
+            try:
+                probs = await asyncio.to_thread(self.predict, x)
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            start = 0
+            for xi, fut in items:
+                if not fut.done():
+                    fut.set_result(probs[start:start + len(xi)])
+                start += len(xi)
+
+
+def build_app(model: LoadedModel, *, logger: logging.Logger, max_batch: int = 64) -> web.Application:
+    batcher = Batcher(model.predict, max_batch=max_batch)
+    state = {"ready": False}
+
+    def on_error(request, exc):
+        METRICS.requests.labels("model", "rejected", exc.reason).inc()
+
+    app = web.Application(middlewares=[error_middleware(on_error)], client_max_size=64 * 1024 * 1024)
+
+    async def on_startup(_):
+        batcher.start()
+        state["ready"] = True
+
+    async def on_shutdown(_):
+        state["ready"] = False  # readiness fails first, so the Service stops routing here
+        await batcher.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+
+    def check_name(request):
+        if request.match_info["name"] != model.name:
+            raise NotFound(f"model {request.match_info['name']!r} is not served here (serving {model.name!r})",
+                           field="path")
+
+    async def live(_):
+        return web.json_response({"live": True})
+
+    async def ready(_):
+        if not state["ready"]:
+            raise ModelNotReady("model is not ready")
+        return web.json_response({"ready": True})
+
+    async def model_ready(request):
+        check_name(request)
+        return await ready(request)
+
+    async def metadata(request):
+        check_name(request)
+        return web.json_response({
+            "name": model.name, "versions": [model.version], "platform": "pytorch",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *model.input_shape]}],
+            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.labels)]},
+                        {"name": "label", "datatype": "BYTES", "shape": [-1]}],
+            "parameters": {"digest": model.digest, "architecture": model.architecture, "labels": model.labels}})
+
+    async def infer(request):
+        t = Timer()
+        check_name(request)
+        if not state["ready"]:
+            raise ModelNotReady("model is not ready")
+        req = parse_infer_request(await request.read(), input_shape=model.input_shape)
+        probs = await batcher.submit(req.x)
+        top = probs.argmax(1)
+        body = {"model_name": model.name, "model_version": model.version,
+                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
+                             "data": probs.reshape(-1).tolist()},
+                            {"name": "label", "datatype": "BYTES", "shape": [len(top)],
+                             "data": [model.labels[i] for i in top]}],
+                "parameters": {"digest": model.digest}}
+        if req.id is not None:
+            body["id"] = req.id
+        METRICS.requests.labels("model", "ok", "").inc()
+        METRICS.latency.labels("model").observe(t.elapsed())
+        return web.json_response(body)
+
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", lambda _: web.json_response({"name": "hardened-model", "version": "0.1.0",
+                                                             "extensions": []}))
+    app.router.add_get("/v2/models/{name}", metadata)
+    app.router.add_get("/v2/models/{name}/ready", model_ready)
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    return app
+
+
+async def run(args) -> int:
+    from .common import serve, setup_logging
+
+    logger = setup_logging("hardened.model_server", args.log_level)
+    policy = TrustPolicy(public_key=args.public_key, identity=args.identity, oidc_issuer=args.oidc_issuer,
+                         trust_config=args.trust_config)
+    try:
+        model = load_verified(pathlib.Path(args.model_dir), pathlib.Path(args.signature), policy,
+                              expect_digest=args.expect_digest, device=args.device)
+    except RefusedModel as exc:
+        METRICS.verified.set(0)
+        log_fields(logger, logging.ERROR, "refusing to serve", reason=str(exc), model_dir=args.model_dir)
+        return 3
+    METRICS.verified.set(1)
+    METRICS.model_info.info({"model": model.name, "version": model.version, "digest": model.digest,
+                             "signer": model.signer or ""})
+    log_fields(logger, logging.INFO, "model loaded", model=model.name, version=model.version, digest=model.digest,
+               device=str(model.device))
+    await serve(build_app(model, logger=logger, max_batch=args.max_batch), host=args.host, port=args.port,
+                metrics_port=args.metrics_port, logger=logger)
+    return 0
+

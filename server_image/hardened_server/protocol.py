@@ -1,0 +1,117 @@
+"""Open Inference Protocol v2 (KServe V2) request parsing, with every rejection naming its field.
+
+One parser for both the validation sidecar (all limits from the spec) and the
+model server (shape and type only, defence in depth).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .common import InvalidInput
+
+DATATYPES = {"FP32": np.float32, "FP64": np.float64}
+_ALLOWED_REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
+_ALLOWED_INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch_size: int | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    x: np.ndarray  # float32, (batch, *input_shape)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def loads(body: bytes) -> object:
+    """json.loads that refuses NaN/Infinity tokens and reports depth and size problems as 400s."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidInput("request JSON is nested too deeply", field="body") from None
+    except UnicodeDecodeError:
+        raise InvalidInput("request body is not UTF-8", field="body") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, int over 4300 digits
+        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
+
+
+def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits = Limits()) -> InferRequest:
+    doc = loads(body)
+    if not isinstance(doc, dict):
+        raise InvalidInput("request must be a JSON object", field="body")
+    extra = set(doc) - _ALLOWED_REQUEST_KEYS
+    if extra:
+        raise InvalidInput(f"unknown field {sorted(extra)[0]!r}", field=sorted(extra)[0])
+    req_id = doc.get("id")
+    if req_id is not None and (not isinstance(req_id, str) or len(req_id) > 128):
+        raise InvalidInput("id must be a string of at most 128 characters", field="id")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        raise InvalidInput("inputs must be a list holding exactly one tensor", field="inputs")
+    tensor = inputs[0]
+    f = "inputs[0]"
+    if not isinstance(tensor, dict):
+        raise InvalidInput("tensor must be an object", field=f)
+    extra = set(tensor) - _ALLOWED_INPUT_KEYS
+    if extra:
+        raise InvalidInput(f"unknown field {sorted(extra)[0]!r}", field=f"{f}.{sorted(extra)[0]}")
+    if not isinstance(tensor.get("name"), str):
+        raise InvalidInput("name must be a string", field=f"{f}.name")
+    dtype = tensor.get("datatype")
+    if dtype not in DATATYPES:
+        raise InvalidInput(f"datatype must be one of {sorted(DATATYPES)}, got {dtype!r}", field=f"{f}.datatype")
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise InvalidInput("shape must be a non-empty list of non-negative integers", field=f"{f}.shape")
+    if shape[1:] != list(input_shape):
+        raise InvalidInput(f"shape must be [batch, {', '.join(map(str, input_shape))}], got {shape}",
+                           field=f"{f}.shape")
+    batch = shape[0]
+    if batch < 1:
+        raise InvalidInput("batch size must be at least 1", field=f"{f}.shape")
+    if limits.max_batch_size is not None and batch > limits.max_batch_size:
+        raise InvalidInput(f"batch size {batch} exceeds {limits.max_batch_size}", field=f"{f}.shape")
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise InvalidInput("data must be a list of numbers", field=f"{f}.data")
+    try:
+        arr = np.asarray(data)
+    except ValueError:  # ragged nesting
+        raise InvalidInput("data is ragged: nested lists of unequal length", field=f"{f}.data") from None
+    if arr.dtype.kind not in "if":  # bools, strings, objects (ints beyond 64 bits) are not numbers here
+        raise InvalidInput("data must hold only numbers", field=f"{f}.data")
+    expected = math.prod(shape)
+    if arr.size != expected:
+        raise InvalidInput(f"data has {arr.size} values, shape {shape} needs {expected}", field=f"{f}.data")
+    if arr.ndim != 1 and list(arr.shape) != shape:
+        raise InvalidInput(f"nested data has shape {list(arr.shape)}, declared {shape}", field=f"{f}.data")
+    x = arr.astype(np.float64).reshape(shape)
+    if not np.isfinite(x).all():
+        raise InvalidInput("data holds a value that overflows to infinity", field=f"{f}.data")
+    if limits.min_value is not None and x.min() < limits.min_value:
+        raise InvalidInput(f"value {float(x.min())} is below the minimum {limits.min_value}", field=f"{f}.data")
+    if limits.max_value is not None and x.max() > limits.max_value:
+        raise InvalidInput(f"value {float(x.max())} is above the maximum {limits.max_value}", field=f"{f}.data")
+    return InferRequest(id=req_id, x=x.astype(np.float32))
+
+
+def encode_request(req: InferRequest, name: str = "input") -> bytes:
+    """The canonical request the sidecar forwards: only validated fields, nothing smuggled through."""
+    doc = {"inputs": [{"name": name, "shape": list(req.x.shape), "datatype": "FP32",
+                       "data": req.x.reshape(-1).tolist()}]}
+    if req.id is not None:
+        doc["id"] = req.id
+    return json.dumps(doc, separators=(",", ":")).encode()

@@ -1,0 +1,151 @@
+"""The validation sidecar: a reverse proxy that lets only well-formed, in-range inputs reach the model,
+and hardens what comes back.
+
+Inputs (each rejection a 4xx JSON error naming the field): body size (413
+before the body is read in full), JSON, Open Inference Protocol v2 schema,
+datatype, shape = [batch, *inputShape], batch limit, NaN/Inf, value range,
+and an optional out-of-distribution score threshold (sponge and garbage
+inputs). Only the validated tensor is forwarded, re-encoded.
+
+Outputs: minimum confidence (flag or abstain) and an output mode that limits
+extraction and membership inference: ``label`` returns only the top label,
+``rounded`` rounds probabilities to ``decimals``, ``probabilities`` passes them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+
+import numpy as np
+from aiohttp import web
+
+from .common import InvalidInput, NotFound, ServingConfig, Timer, UpstreamError, error_middleware, log_fields, read_body
+from .metrics import METRICS
+from .protocol import Limits, encode_request, parse_infer_request
+from .proxy import Upstream
+
+ABSTAIN = "abstain"
+
+
+class OodScorer:
+    """Root-mean-square z-score of an input against the training data's per-pixel statistics.
+
+    Natural inputs score near 1; noise, inverted or saturated images (sponge and
+    probing inputs) score far higher. The statistics come from the verified
+    model.json (``inputStats``), written by the trainer.
+    """
+
+    def __init__(self, mean: list[float], std: list[float]):
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.maximum(np.asarray(std, np.float32), 0.05)  # constant pixels must not explode the score
+
+    @classmethod
+    def from_model_dir(cls, model_dir: pathlib.Path) -> "OodScorer":
+        stats = json.loads((model_dir / "model.json").read_text()).get("inputStats")
+        if not stats:
+            raise ValueError(f"{model_dir}/model.json has no inputStats; retrain with this version")
+        return cls(stats["mean"], stats["std"])
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        flat = x.reshape(len(x), -1)
+        return np.sqrt((((flat - self.mean) / self.std) ** 2).mean(axis=1))
+
+
+def harden_output(body: dict, cfg: ServingConfig) -> tuple[dict, int]:
+    """Apply output mode and minimum confidence; returns (new body, low-confidence rows)."""
+    outputs = {o.get("name"): o for o in body.get("outputs", [])}
+    probs_out = outputs.get("probabilities")
+    if probs_out is None:
+        raise UpstreamError("model response has no probabilities output")
+    probs = np.asarray(probs_out["data"], np.float64).reshape(probs_out["shape"])
+    labels = list(outputs["label"]["data"])
+    out = cfg.output
+    low = probs.max(axis=1) < out.min_confidence if out.min_confidence > 0 else np.zeros(len(probs), bool)
+    if out.low_confidence_action == "abstain" and low.any():
+        labels = [ABSTAIN if flag else label for label, flag in zip(labels, low)]
+        probs[low] = 0.0
+    tensors = [{"name": "label", "datatype": "BYTES", "shape": [len(labels)], "data": labels}]
+    if out.mode != "label":
+        shown = np.round(probs, out.decimals) if out.mode == "rounded" else probs
+        tensors.insert(0, {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
+                           "data": shown.reshape(-1).tolist()})
+    if out.min_confidence > 0:
+        tensors.append({"name": "low_confidence", "datatype": "BOOL", "shape": [len(low)],
+                        "data": [bool(v) for v in low]})
+    new = {k: v for k, v in body.items() if k not in ("outputs", "parameters")}
+    new["outputs"] = tensors
+    return new, int(low.sum())
+
+
+def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
+              ood: OodScorer | None = None) -> web.Application:
+    v = cfg.validation
+    limits = Limits(max_batch_size=v.max_batch_size, min_value=v.min_value, max_value=v.max_value)
+    if v.ood_threshold is not None and ood is None:
+        raise ValueError("validation.oodThreshold is set: the sidecar needs --model-dir for the input statistics")
+
+    def on_error(request, exc):
+        METRICS.requests.labels("validation", "rejected", exc.reason).inc()
+        log_fields(logger, logging.INFO, "rejected", status=exc.status, reason=exc.reason, field=exc.field,
+                   error=exc.message, path=request.path)
+
+    app = web.Application(middlewares=[error_middleware(on_error)], client_max_size=v.max_body_bytes)
+    app.on_startup.append(upstream.start)
+    app.on_cleanup.append(upstream.close)
+
+    async def infer(request: web.Request) -> web.Response:
+        t = Timer()
+        if request.match_info["name"] != cfg.model.name:
+            raise NotFound(f"model {request.match_info['name']!r} is not served here", field="path")
+        ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+        if ctype not in ("application/json", ""):
+            raise InvalidInput(f"Content-Type must be application/json, got {ctype!r}", field="Content-Type")
+        body = await read_body(request, v.max_body_bytes)
+        req = parse_infer_request(body, input_shape=cfg.model.input_shape, limits=limits)
+        if ood is not None:
+            scores = ood.score(req.x)
+            worst = int(scores.argmax())
+            if scores[worst] > v.ood_threshold:
+                raise InvalidInput(f"example {worst} looks out of distribution (score {scores[worst]:.2f} > "
+                                   f"{v.ood_threshold})", field="inputs[0].data")
+        status, headers, payload = await upstream.forward(request, encode_request(req),
+                                                          {"Content-Type": "application/json"})
+        if status != 200:
+            METRICS.requests.labels("validation", "upstream_error", str(status)).inc()
+            return web.Response(status=status, body=payload, content_type="application/json")
+        try:
+            hardened, low = harden_output(json.loads(payload), cfg)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpstreamError(f"model response is malformed: {exc}") from None
+        if low:
+            METRICS.low_confidence.labels(cfg.output.low_confidence_action).inc(low)
+        METRICS.predictions.inc(len(req.x))
+        METRICS.requests.labels("validation", "ok", "").inc()
+        METRICS.latency.labels("validation").observe(t.elapsed())
+        return web.json_response(hardened)
+
+    async def passthrough(request: web.Request) -> web.Response:
+        """Health and metadata: GET only, no body, forwarded as they are."""
+        status, headers, payload = await upstream.forward(request, None)
+        return web.Response(status=status, body=payload, content_type="application/json")
+
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready"):
+        app.router.add_get(path, passthrough)
+    return app
+
+
+async def run(args) -> int:
+    from .common import ConfigError, load_serving_config, serve, setup_logging
+
+    logger = setup_logging("hardened.validation", args.log_level)
+    try:
+        cfg = load_serving_config(args.config)
+        ood = OodScorer.from_model_dir(pathlib.Path(args.model_dir)) if args.model_dir else None
+        app = build_app(cfg, Upstream(args.upstream), logger=logger, ood=ood)
+    except (ConfigError, ValueError, OSError) as exc:
+        log_fields(logger, logging.ERROR, "bad configuration", error=str(exc))
+        return 2
+    await serve(app, host=args.host, port=args.port, metrics_port=args.metrics_port, logger=logger)
+    return 0
