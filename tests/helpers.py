@@ -53,3 +53,132 @@ def write_config(tmp: pathlib.Path, doc: dict, private_key: pathlib.Path, **kwar
     path = tmp / "train.json"
     path.write_text(json.dumps(cfg))
     return path
+
+
+# ----------------------------------------------------------------- serving
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_artifact(root: pathlib.Path, private_key: pathlib.Path, *, name: str = "digits-demo",
+                  metrics: dict | None = None, seed: int = 0) -> pathlib.Path:
+    """A signed artifact without training: a cnn-8x8 fitted for a few steps on digits (seconds)."""
+    import numpy as np
+    import safetensors.torch
+    import torch
+
+    from hardened_operator.signing import sign_model
+    from hardened_trainer.data import load_dataset
+    from hardened_trainer.models import build_model
+
+    torch.manual_seed(seed)
+    ds = load_dataset("builtin:digits")
+    model = build_model("cnn-8x8", [1, 8, 8], 10, mean=float(ds.x.mean()), std=float(ds.x.std()), check_dp=False)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                                str(model_dir / "model.safetensors"))
+    flat = ds.x.reshape(len(ds.x), -1)
+    (model_dir / "model.json").write_text(json.dumps({
+        "format": "hardened-model/v1", "name": name, "namespace": "default", "version": "0123456789ab",
+        "architecture": "cnn-8x8", "inputShape": [1, 8, 8], "numClasses": 10, "labels": [str(i) for i in range(10)],
+        "weights": "model.safetensors", "inputStats": {"mean": flat.mean(0).tolist(), "std": flat.std(0).tolist()}}))
+    (model_dir / "metrics.json").write_text(json.dumps(metrics or {
+        "cleanAccuracy": 0.95, "robustAccuracy": 0.6, "epsilon": 7.5, "membershipAUC": 0.52}))
+    (model_dir / "report.html").write_text("<html></html>")
+    sign_model(model_dir, root / "model.sig", private_key=private_key)
+    return root
+
+
+def serving_config(path: pathlib.Path, overrides: dict | None = None, name: str = "digits-demo") -> pathlib.Path:
+    from hardened_operator.manifests.serving_config import build_serving_config
+    from hardened_operator.spec import parse_manifest
+
+    doc = example("digits-demo")
+    doc["metadata"]["name"] = name
+    doc["spec"] = merge_patch(doc["spec"], {"serving": overrides or {}})
+    path.write_text(json.dumps(build_serving_config(parse_manifest(doc))))
+    return path
+
+
+class Process:
+    """A `hardened-model` subcommand on loopback ports, stopped with SIGTERM (graceful shutdown)."""
+
+    def __init__(self, *args: str, ready_url: str | None = None, log: pathlib.Path):
+        import subprocess
+        import sys
+
+        self.log_path = log
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "hardened_operator.cli", *args], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        if ready_url:
+            self.wait_ready(ready_url)
+
+    def wait_ready(self, url: str, timeout: float = 30.0) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exited {self.proc.returncode}: {self.output()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"{url} not ready: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        finally:
+            self.log.close()
+
+
+def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 10.0):
+    """(status, parsed JSON or text, headers) without raising on 4xx/5xx."""
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json",
+                                                                         **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw, status, hdrs = r.read(), r.status, dict(r.headers)
+    except urllib.error.HTTPError as e:
+        raw, status, hdrs = e.read(), e.code, dict(e.headers)
+    try:
+        return status, json.loads(raw), hdrs
+    except ValueError:
+        return status, raw.decode(errors="replace"), hdrs
+
+
+def infer_body(x, name: str = "input") -> dict:
+    import numpy as np
+
+    x = np.asarray(x, np.float32)
+    return {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}]}

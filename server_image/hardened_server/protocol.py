@@ -70,7 +70,7 @@ def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits =
     if not isinstance(tensor.get("name"), str):
         raise InvalidInput("name must be a string", field=f"{f}.name")
     dtype = tensor.get("datatype")
-    if dtype not in DATATYPES:
+    if not isinstance(dtype, str) or dtype not in DATATYPES:
         raise InvalidInput(f"datatype must be one of {sorted(DATATYPES)}, got {dtype!r}", field=f"{f}.datatype")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not shape
