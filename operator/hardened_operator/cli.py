@@ -73,6 +73,120 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _load_or_exit(path: str):
+    from .spec import SpecError, load_manifest
+
+    try:
+        return load_manifest(path)
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+    except SpecError as exc:
+        for field, msg in exc.problems:
+            print(f"{path}: {field}: {msg}", file=sys.stderr)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    import pathlib
+    import signal
+    import time
+
+    from .uiconsole import UpConsole
+    from .local import LocalRunner, StageFailed
+
+    model = _load_or_exit(args.spec)
+    ui = UpConsole(model)
+    runner = LocalRunner(model, root=pathlib.Path(args.state_dir), say=ui.event)
+    try:
+        with ui:
+            result = runner.up(port=args.port)
+    except StageFailed as exc:
+        ui.failed(exc)
+        return exc.code
+    except KeyboardInterrupt:
+        runner.stop()
+        ui.print("[yellow]interrupted: every process stopped[/]")
+        return 130
+    ui.summary(result)
+    if args.detach:
+        ui.print(f"running in the background; stop with: hardened-model down {args.spec}")
+        return EXIT_OK
+    ui.print("serving; press Ctrl-C to stop")
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            dead = {n: p.returncode for n, p in runner.procs.items() if p.poll() is not None}
+            if dead:
+                ui.print(f"[red]stopped: {dead} exited; see {runner.paths.home / 'logs'}[/]")
+                runner.stop()
+                return EXIT_ERROR
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    runner.stop()
+    ui.print("stopped every process")
+    return EXIT_OK
+
+
+def _state_file(args: argparse.Namespace):
+    import pathlib
+
+    model = _load_or_exit(args.spec)
+    return pathlib.Path(args.state_dir) / model.metadata.name / "state.json", model
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from .local import stop_from_state
+
+    state, model = _state_file(args)
+    if not state.exists():
+        print(f"{model.metadata.name}: not running")
+        return EXIT_OK
+    print(f"{model.metadata.name}: stopped {', '.join(stop_from_state(state)) or 'nothing (already gone)'}")
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    state, model = _state_file(args)
+    if not state.exists():
+        print(f"{model.metadata.name}: not running")
+        return EXIT_ERROR
+    data = json.loads(state.read_text())
+    alive = {}
+    for name, pid in data["pids"].items():
+        try:
+            os.kill(pid, 0)
+            alive[name] = "running"
+        except ProcessLookupError:
+            alive[name] = "exited"
+    print(json.dumps({"model": model.metadata.name, "url": data["url"], "digest": data["digest"],
+                      "artifact": data["version_dir"], "processes": alive}, indent=2))
+    return EXIT_OK if all(v == "running" for v in alive.values()) else EXIT_ERROR
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import pathlib
+
+    from .local import Paths
+    from .signing import MODEL_DIR_NAME
+
+    model = _load_or_exit(args.spec)
+    report = Paths(pathlib.Path(args.state_dir), model).version_dir() / MODEL_DIR_NAME / "report.html"
+    if not report.exists():
+        print(f"{model.metadata.name}: no report yet (run hardened-model up {args.spec})", file=sys.stderr)
+        return EXIT_ERROR
+    print(report)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(report.as_uri())
+    return EXIT_OK
+
+
 def _trust_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("trust policy (exactly one of --public-key or --identity)")
     g.add_argument("--public-key", help="PEM public key the signature must verify with (default: none)")
@@ -110,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run the trainer: hardened-model train --config train.json", add_help=False)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("up", help="train, sign, verify and serve a spec on this machine (no cluster)")
+    p.add_argument("spec", help="HardenedModel YAML")
+    p.add_argument("--state-dir", default=".hardened", help="project-local state folder (default: .hardened)")
+    p.add_argument("--port", type=int, help="port of the served endpoint (default: a free port)")
+    p.add_argument("--detach", action="store_true", help="leave the servers running and return (default: off)")
+    p.set_defaults(func=_cmd_up)
+    for name, func, text in [("down", _cmd_down, "stop what `up --detach` started"),
+                             ("status", _cmd_status, "show what `up` is serving"),
+                             ("report", _cmd_report, "print the HTML robustness report's path")]:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("spec", help="HardenedModel YAML")
+        p.add_argument("--state-dir", default=".hardened", help="project-local state folder (default: .hardened)")
+        if name == "report":
+            p.add_argument("--open", action="store_true", help="open it in a browser (default: off)")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("verify", help="verify a signed model artifact (and its gates); prints one JSON object")
     p.add_argument("--artifact", required=True,

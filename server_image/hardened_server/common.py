@@ -154,11 +154,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class InternalError(HTTPError):
+    status, reason = 500, "internal_error"
+
+
 def error_middleware(on_error=None):
     @web.middleware
     async def middleware(request: web.Request, handler):
         try:
             return await handler(request)
+        except (asyncio.CancelledError, web.HTTPSuccessful, web.HTTPRedirection):
+            raise
         except HTTPError as exc:
             if on_error:
                 on_error(request, exc)
@@ -171,6 +177,12 @@ def error_middleware(on_error=None):
             if on_error:
                 on_error(request, wrapped)
             return wrapped.response()
+        except Exception:  # noqa: BLE001 - a bug must not leak internals; log it, answer JSON 500
+            logging.getLogger("hardened.server").exception("unhandled error", extra={"fields": {"path": request.path}})
+            exc = InternalError("internal error; see the server log")
+            if on_error:
+                on_error(request, exc)
+            return exc.response()
     return middleware
 
 

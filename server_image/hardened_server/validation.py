@@ -84,6 +84,8 @@ def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
     limits = Limits(max_batch_size=v.max_batch_size, min_value=v.min_value, max_value=v.max_value)
     if v.ood_threshold is not None and ood is None:
         raise ValueError("validation.oodThreshold is set: the sidecar needs --model-dir for the input statistics")
+    if v.ood_threshold is None:
+        ood = None  # no threshold, no scoring
 
     def on_error(request, exc):
         METRICS.requests.labels("validation", "rejected", exc.reason).inc()

@@ -1,0 +1,319 @@
+"""`hardened-model up`: the operator's stages as local processes, no cluster.
+
+Same programs as in a cluster, no second implementation of any stage:
+train = ``python -m hardened_trainer`` with the config ``build_trainer_config``
+writes (the Job's command); verify = ``hardened-model verify`` with the spec's
+trust policy and gates (the verification Job's and init container's command);
+serve = ``serve`` / ``validate-proxy`` / ``ratelimit-proxy`` with the
+``serving.json`` that ``build_serving_config`` renders (the Deployment's
+containers).
+
+State lives in a project-local folder (default ``.hardened/``)::
+
+    .hardened/secrets/<secret>/<key>        stands in for Kubernetes Secrets
+    .hardened/volumes/<claim>/...           stands in for pvc:// stores
+    .hardened/<model>/                      trainer config, serving.json, logs, state.json
+
+A version that exists and verifies is not trained again (as in the operator).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .artifacts import StoreURI
+from .manifests.serving_config import build_serving_config
+from .manifests.trainer_config import build_trainer_config, training_version
+from .signing import MODEL_DIR_NAME, SIGNATURE_NAME, generate_key_pair
+from .spec import HardenedModel
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, reason: str, code: int = 1):
+        super().__init__(f"{stage}: {reason}")
+        self.stage, self.reason, self.code = stage, reason, code
+
+
+@dataclass
+class Paths:
+    root: pathlib.Path
+    model: HardenedModel
+
+    @property
+    def home(self) -> pathlib.Path:
+        return self.root / self.model.metadata.name
+
+    def secret(self, name: str, key: str) -> pathlib.Path:
+        return self.root / "secrets" / name / key
+
+    def version_dir(self) -> pathlib.Path:
+        spec = self.model.spec
+        store = StoreURI.parse(spec.artifacts.store)
+        version = training_version(spec)
+        if store.scheme == "file":
+            return store.local_path(self.model.metadata.name, version)
+        if store.scheme == "pvc":
+            return store.local_path(self.model.metadata.name, version, mount=str(self.root / "volumes" / store.bucket))
+        # s3: train into a local folder, the trainer uploads it; serve the local copy
+        return self.root / "volumes" / "s3" / store.bucket / store.prefix / self.model.metadata.name / version
+
+
+@dataclass
+class UpResult:
+    url: str
+    api_key_file: pathlib.Path
+    report: pathlib.Path
+    metrics: dict
+    digest: str
+    version: str
+    trained: bool
+    warnings: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hardened_operator.cli", *args]
+
+
+class LocalRunner:
+    """Runs the stages; ``say`` receives progress events (the CLI renders them with rich)."""
+
+    def __init__(self, model: HardenedModel, *, root: pathlib.Path, say=None, env: dict | None = None):
+        self.model, self.paths = model, Paths(root, model)
+        self.say = say or (lambda event, **kw: None)
+        self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.warnings: list[str] = []
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    # ------------------------------------------------------------ signing
+    def signing_keys(self) -> tuple[pathlib.Path, pathlib.Path]:
+        s = self.model.spec.signing
+        if s.method == "keyless":
+            raise StageFailed("sign", "signing.method keyless needs Sigstore (Fulcio, Rekor) and an OIDC identity; "
+                                      "`up` signs with keys only: use method key", code=2)
+        if s.private_key_secret is not None:
+            priv = self.paths.secret(s.private_key_secret.name, s.private_key_secret.key)
+            pub = self.paths.secret(s.public_key_secret.name, s.public_key_secret.key)
+        else:
+            priv = self.paths.secret(f"{self.model.metadata.name}-signing", "private.pem")
+            pub = self.paths.secret(f"{self.model.metadata.name}-signing", "public.pem")
+        if priv.exists() != pub.exists():
+            raise StageFailed("sign", f"found only one of {priv} and {pub}; provide both or neither", code=2)
+        if not priv.exists():
+            generated_priv, generated_pub = generate_key_pair(priv.parent / ".new")
+            priv.parent.mkdir(parents=True, exist_ok=True)
+            pub.parent.mkdir(parents=True, exist_ok=True)
+            generated_priv.replace(priv)
+            generated_pub.replace(pub)
+            (priv.parent / ".new").rmdir()
+            msg = (f"generated a DEVELOPMENT signing key pair in {priv.parent} (EC P-256). Models it signs are "
+                   f"trusted only by this key; in a cluster, put your own key in the Secret the spec names.")
+            self.warnings.append(msg)
+            self.say("warning", message=msg)
+        return priv, pub
+
+    def api_key_file(self) -> pathlib.Path:
+        ref = self.model.spec.serving.api_keys_secret
+        path = self.paths.secret(ref.name, ref.key) if ref else self.paths.home / "api-keys"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(f"hm_{secrets.token_urlsafe(24)}\n")
+            self.say("info", message=f"generated an API key in {path}")
+        return path
+
+    # -------------------------------------------------------------- stages
+    def verify(self, version_dir: pathlib.Path, public_key: pathlib.Path, *, expect_digest: str | None = None) -> dict:
+        gates = json.dumps(self.model.spec.gates.model_dump(mode="json", by_alias=True, exclude_none=True))
+        args = ["verify", "--artifact", str(version_dir), "--public-key", str(public_key), "--gates", gates]
+        if expect_digest:
+            args += ["--expect-digest", expect_digest]
+        proc = subprocess.run(_cli(*args), capture_output=True, text=True, env=self.env)
+        try:
+            result = json.loads(proc.stdout.splitlines()[0])
+        except (IndexError, ValueError):
+            raise StageFailed("verify", f"verifier crashed: {proc.stderr.strip()[-500:]}") from None
+        result["exitCode"] = proc.returncode
+        return result
+
+    def train(self, version_dir: pathlib.Path, private_key: pathlib.Path) -> dict:
+        home = self.paths.home
+        config = build_trainer_config(self.model, output_dir=str(version_dir), private_key_path=str(private_key))
+        (home / "train.json").write_text(json.dumps(config, indent=2))
+        log_path = home / "logs" / "train.log"
+        result, last_error = None, None
+        self.say("train-begin", epochs=self.model.spec.training.epochs, version=config["version"])
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "hardened_trainer", "--config", str(home / "train.json"),
+                                     "--termination-log", str(home / "train.result.json")],
+                                    stdout=subprocess.PIPE, stderr=log, text=True, env=self.env)
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    kind = event.pop("event", "")
+                    self.say(f"train-{kind}", **event)
+                    if kind == "result":
+                        result = event
+                    elif kind == "error":
+                        last_error = event
+                code = proc.wait()
+            finally:  # Ctrl-C or a crash here must not leave the trainer running
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(10)
+        if code == 3:
+            raise StageFailed("gates", "the model missed a gate: " + "; ".join(self._failed_gates(version_dir))
+                              + f" (report: {version_dir / MODEL_DIR_NAME / 'report.html'})", code=3)
+        if code != 0:
+            reason = (last_error or {}).get("message") or f"trainer exited {code}; see {log_path}"
+            field = (last_error or {}).get("field")
+            raise StageFailed("train", f"{field}: {reason}" if field else reason, code=2 if code == 2 else 1)
+        return result
+
+    @staticmethod
+    def _failed_gates(version_dir: pathlib.Path) -> list[str]:
+        metrics = json.loads((version_dir / MODEL_DIR_NAME / "metrics.json").read_text())
+        return [f"{g['gate']} {g['value']} vs {g['threshold']}" for g in metrics.get("gates", []) if not g["passed"]]
+
+    def start_serving(self, version_dir: pathlib.Path, public_key: pathlib.Path, digest: str, *,
+                      port: int | None = None) -> tuple[str, pathlib.Path]:
+        home = self.paths.home
+        (home / "serving.json").write_text(json.dumps(build_serving_config(self.model), indent=2))
+        keys = self.api_key_file()
+        ports = {n: _free_port() for n in ("model", "model_metrics", "validation", "validation_metrics",
+                                           "ratelimit_metrics")}
+        ports["ratelimit"] = port or _free_port()
+        specs = [
+            ("model", ["serve", "--artifact", str(version_dir), "--public-key", str(public_key), "--expect-digest",
+                       digest, "--port", str(ports["model"]), "--metrics-port", str(ports["model_metrics"])]),
+            ("validation", ["validate-proxy", "--config", str(home / "serving.json"), "--upstream",
+                            f"http://127.0.0.1:{ports['model']}", "--model-dir", str(version_dir / MODEL_DIR_NAME),
+                            "--port", str(ports["validation"]), "--metrics-port", str(ports["validation_metrics"])]),
+            ("ratelimit", ["ratelimit-proxy", "--config", str(home / "serving.json"), "--api-keys", str(keys),
+                           "--upstream", f"http://127.0.0.1:{ports['validation']}", "--port",
+                           str(ports["ratelimit"]), "--metrics-port", str(ports["ratelimit_metrics"])]),
+        ]
+        for name, args in specs:
+            log = open(home / "logs" / f"{name}.log", "wb")
+            self.procs[name] = subprocess.Popen(_cli(*args), stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                                start_new_session=True)
+            self._wait_ready(name, f"http://127.0.0.1:{ports[name]}/v2/health/ready")
+        url = f"http://127.0.0.1:{ports['ratelimit']}"
+        self._write_state(url=url, ports=ports, digest=digest, version_dir=str(version_dir))
+        return url, keys
+
+    def _wait_ready(self, name: str, url: str, timeout: float = 60.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        proc = self.procs[name]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log = (self.paths.home / "logs" / f"{name}.log").read_text(errors="replace")
+                self.stop()
+                raise StageFailed("serve", f"{name} exited {proc.returncode}: {log.strip().splitlines()[-1:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise StageFailed("serve", f"{name} not ready after {timeout:.0f}s")
+
+    def _write_state(self, **extra) -> None:
+        state = {"model": self.model.metadata.name, "pids": {n: p.pid for n, p in self.procs.items()},
+                 "started": time.time(), **extra}
+        (self.paths.home / "state.json").write_text(json.dumps(state, indent=2))
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        state = self.paths.home / "state.json"
+        if state.exists():
+            state.unlink()
+
+    # ----------------------------------------------------------------- all
+    def up(self, *, port: int | None = None) -> UpResult:
+        home = self.paths.home
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        if (home / "state.json").exists():
+            stop_from_state(home / "state.json")  # a second `up` replaces the first
+        priv, pub = self.signing_keys()
+        version_dir = self.paths.version_dir()
+        version = training_version(self.model.spec)
+        existing = self.verify(version_dir, pub) if (version_dir / SIGNATURE_NAME).exists() else None
+        trained = False
+        if existing and existing["exitCode"] == 0:
+            self.say("info", message=f"version {version} exists and verifies: not training again")
+            digest = existing["digest"]
+        else:
+            if existing:
+                self.say("warning", message=f"existing version {version} refused ({existing['reason']}): retraining")
+            result = self.train(version_dir, priv)
+            digest, trained = result["digest"], True
+        self.say("verify-start")
+        verdict = self.verify(version_dir, pub, expect_digest=digest)
+        self.say("verify-done", **verdict)
+        if verdict["exitCode"] != 0:
+            if self.model.spec.signing.mode == "Enforce" or not verdict.get("verified"):
+                raise StageFailed("verify", verdict["reason"], code=3)
+            msg = f"signing.mode Warn: serving although {verdict['reason']}"
+            self.warnings.append(msg)
+            self.say("warning", message=msg)
+        self.say("serve-start")
+        url, keys = self.start_serving(version_dir, pub, digest, port=port)
+        return UpResult(url=url, api_key_file=keys, report=version_dir / MODEL_DIR_NAME / "report.html",
+                        metrics=verdict.get("metrics", {}), digest=digest, version=version, trained=trained,
+                        warnings=self.warnings, pids={n: p.pid for n, p in self.procs.items()})
+
+
+def stop_from_state(state_file: pathlib.Path, timeout: float = 15.0) -> list[str]:
+    """Stop the processes a detached `up` left running (SIGTERM, then SIGKILL)."""
+    state = json.loads(state_file.read_text())
+    stopped = []
+    for name, pid in state.get("pids", {}).items():
+        try:
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(name)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + timeout
+    for pid in state.get("pids", {}).values():
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    state_file.unlink(missing_ok=True)
+    return stopped
