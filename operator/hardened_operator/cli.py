@@ -40,6 +40,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .manifests.render import build_all
+
+    model = _load_or_exit(args.spec)
+    objs = build_all(model, digest=args.digest, monitoring_crds=not args.no_monitoring)
+    sys.stdout.write("---\n".join(yaml.safe_dump(o, sort_keys=False, width=120) for o in objs))
+    return EXIT_OK
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from hardened_trainer.__main__ import main as train_main
 
@@ -224,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run the trainer: hardened-model train --config train.json", add_help=False)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("render", help="print every object the operator would create for a spec (YAML, for review)")
+    p.add_argument("spec", help="HardenedModel YAML")
+    p.add_argument("--digest", default="digest-of-the-verified-artifact",
+                   help="digest to pin in the Deployment (default: a marker; the operator uses the verified one)")
+    p.add_argument("--no-monitoring", action="store_true",
+                   help="leave out ServiceMonitor and PrometheusRule, as without their CRDs (default: off)")
+    p.set_defaults(func=_cmd_render)
 
     p = sub.add_parser("up", help="train, sign, verify and serve a spec on this machine (no cluster)")
     p.add_argument("spec", help="HardenedModel YAML")

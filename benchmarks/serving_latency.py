@@ -1,0 +1,157 @@
+"""Latency added by the sidecar chain, and max throughput, against the model server alone and
+against nginx limit_req as a reverse proxy in front of the same server; side by side on 127.0.0.1.
+
+Targets (same model server process behind all three):
+  model   client -> model server
+  chain   client -> rate-limit sidecar -> validation sidecar -> model server
+  nginx   client -> nginx (limit_req + proxy_pass, keepalive upstream) -> model server
+
+Latency: an open-loop generator sends requests at a fixed rate (500 rps) for
+10 s per target, new requests not waiting for old ones, and records each
+latency; p50/p99 are reported, and "added" is the target minus the model
+alone. Throughput: wrk with 32 connections for 10 s (closed loop). Limits are
+set far above the offered load so nothing is rejected. The load generators
+share the 2 cores with the servers, as every figure here does.
+
+    .venv/bin/python benchmarks/serving_latency.py
+"""
+import asyncio
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import aiohttp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import Process, free_port, infer_body, make_artifact, serving_config  # noqa: E402
+
+RATE, SECONDS = 500, 10
+KEY = "bench-" + "k" * 26
+
+
+def nginx_conf(prefix: pathlib.Path, port: int, upstream: int) -> pathlib.Path:
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+error_log {prefix}/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+  limit_req_zone $http_authorization zone=perkey:10m rate=100000r/s;
+  upstream model {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 64k;
+    location / {{
+      limit_req zone=perkey burst=100000 nodelay;
+      proxy_pass http://model;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+    return conf
+
+
+async def open_loop(url: str, body: bytes, headers: dict, rate: int, seconds: float) -> np.ndarray:
+    latencies, errors = [], 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one():
+            nonlocal errors
+            t = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+                if r.status != 200:
+                    errors += 1
+            latencies.append(time.perf_counter() - t)
+
+        for _ in range(50):  # warm up connections and caches
+            await one()
+        latencies.clear()
+        tasks, start = [], time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    if errors:
+        raise RuntimeError(f"{errors} non-200 responses from {url}")
+    return np.asarray(latencies) * 1000
+
+
+def wrk(url: str, body_file: pathlib.Path, seconds: int = 10) -> float:
+    script = body_file.with_suffix(".lua")
+    script.write_text(f'wrk.method = "POST"\nwrk.body = io.open("{body_file}"):read("*a")\n'
+                      f'wrk.headers["Content-Type"] = "application/json"\n'
+                      f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(script), url], capture_output=True,
+                         text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(out)
+    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+
+
+def main():
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    from hardened_operator.signing import generate_key_pair
+
+    priv, pub = generate_key_pair(tmp / "keys")
+    artifact = make_artifact(tmp / "artifact", priv)
+    cfg = serving_config(tmp / "serving.json", {"rateLimit": {"perKey": {"requestsPerSecond": 100000,
+                                                                         "burst": 100000}}})
+    (tmp / "api-keys").write_text(KEY + "\n")
+    p = {n: free_port() for n in ("model", "val", "rl", "nginx", "m1", "m2", "m3")}
+    procs = [
+        Process("serve", "--artifact", str(artifact), "--public-key", str(pub), "--port", str(p["model"]),
+                "--metrics-port", str(p["m1"]), "--log-level", "WARNING",
+                ready_url=f"http://127.0.0.1:{p['model']}/v2/health/ready", log=tmp / "model.log"),
+        Process("validate-proxy", "--config", str(cfg), "--upstream", f"http://127.0.0.1:{p['model']}",
+                "--port", str(p["val"]), "--metrics-port", str(p["m2"]), "--log-level", "WARNING",
+                ready_url=f"http://127.0.0.1:{p['val']}/v2/health/ready", log=tmp / "val.log"),
+        Process("ratelimit-proxy", "--config", str(cfg), "--api-keys", str(tmp / "api-keys"), "--upstream",
+                f"http://127.0.0.1:{p['val']}", "--port", str(p["rl"]), "--metrics-port", str(p["m3"]),
+                "--log-level", "WARNING", ready_url=f"http://127.0.0.1:{p['rl']}/v2/health/ready",
+                log=tmp / "rl.log"),
+    ]
+    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(tmp), "-c",
+                              str(nginx_conf(tmp, p["nginx"], p["model"])), "-g", "daemon off;"])
+    time.sleep(1)
+    try:
+        from sklearn.datasets import load_digits
+
+        x = (load_digits().images[:1] / 16.0).reshape(1, 1, 8, 8)
+        body = json.dumps(infer_body(x)).encode()
+        (tmp / "body.json").write_bytes(body)
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+        path = "/v2/models/digits-demo/infer"
+        targets = {"model": p["model"], "chain": p["rl"], "nginx": p["nginx"]}
+        lat = {n: asyncio.run(open_loop(f"http://127.0.0.1:{port}{path}", body, headers, RATE, SECONDS))
+               for n, port in targets.items()}
+        rps = {n: wrk(f"http://127.0.0.1:{port}{path}", tmp / "body.json") for n, port in targets.items()}
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        for proc in procs:
+            proc.stop()
+    base50, base99 = np.percentile(lat["model"], 50), np.percentile(lat["model"], 99)
+    print(f"open loop {RATE} rps x {SECONDS} s per target; wrk -t2 -c32 -d10s; body {len(body)} bytes (1 digit)")
+    print(f"{'target':8s} {'p50 ms':>8s} {'p99 ms':>8s} {'added p50':>10s} {'added p99':>10s} {'max rps':>9s}")
+    for n in targets:
+        p50, p99 = np.percentile(lat[n], 50), np.percentile(lat[n], 99)
+        print(f"{n:8s} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f} {rps[n]:9.0f}")
+
+
+if __name__ == "__main__":
+    main()

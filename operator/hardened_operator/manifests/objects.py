@@ -1,0 +1,371 @@
+"""Pure builders for every object the operator creates: spec -> dict.
+
+Names derive from the model's name and its training version, so a retry or a
+restarted operator finds the object it made instead of making a second one.
+Every pod runs under the Kubernetes "restricted" Pod Security Standard.
+"""
+from __future__ import annotations
+
+import json
+
+from ..artifacts import StoreURI
+from ..signing import MODEL_DIR_NAME, SIGNATURE_NAME
+from ..spec import API_GROUP, API_VERSION, KIND, HardenedModel
+from .serving_config import build_serving_config
+from .trainer_config import build_trainer_config, training_version
+
+MANAGED_BY = "hardened-model-operator"
+TRAINER_CONFIG_MOUNT = "/etc/hardened/train"
+SIGNING_MOUNT = "/var/run/secrets/hardened/signing"
+TRUST_MOUNT = "/var/run/secrets/hardened/trust"
+SERVING_CONFIG_MOUNT = "/etc/hardened/serving"
+API_KEYS_MOUNT = "/var/run/secrets/hardened/api-keys"
+ARTIFACTS_MOUNT = "/artifacts"
+MODELS_MOUNT = "/models"
+PORTS = {"model": 8080, "validation": 8081, "ratelimit": 8443,
+         "model-metrics": 9090, "validation-metrics": 9091, "ratelimit-metrics": 9092}
+
+
+# ------------------------------------------------------------------ names
+def names(model: HardenedModel) -> dict[str, str]:
+    n, v = model.metadata.name, training_version(model.spec)
+    return {
+        "train": f"{n}-train-{v}",
+        "verify": f"{n}-verify-{v}",
+        "serving": n,
+        "serving-config": f"{n}-serving",
+        "signing-secret": f"{n}-signing",
+        "api-keys-secret": f"{n}-api-keys",
+        "version": v,
+    }
+
+
+def labels(model: HardenedModel, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "hardened-model", "app.kubernetes.io/instance": model.metadata.name,
+            "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": MANAGED_BY,
+            "hardened.dev/model": model.metadata.name}
+
+
+def owner_reference(model: HardenedModel) -> dict:
+    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": model.metadata.name,
+            "uid": model.metadata.uid or "", "controller": True, "blockOwnerDeletion": True}
+
+
+def _meta(model: HardenedModel, name: str, component: str, **extra) -> dict:
+    meta = {"name": name, "namespace": model.metadata.namespace, "labels": labels(model, component),
+            "ownerReferences": [owner_reference(model)]}
+    meta.update(extra)
+    return meta
+
+
+# --------------------------------------------------------- pod security
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                      "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _resources(r, *, gpu: bool) -> dict:
+    requests = {"cpu": str(r.cpu), "memory": str(r.memory)}
+    limits = {"memory": str(r.memory)}
+    if gpu and r.gpus:
+        requests["nvidia.com/gpu"] = str(r.gpus)
+        limits["nvidia.com/gpu"] = str(r.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _aws_env(model: HardenedModel) -> list[dict]:
+    region = model.spec.artifacts.region or model.spec.aws.region
+    return [{"name": "AWS_REGION", "value": region}, {"name": "AWS_DEFAULT_REGION", "value": region}] if region else []
+
+
+def _store_volume(model: HardenedModel, *, read_only: bool) -> tuple[list[dict], list[dict]]:
+    """(volumes, mounts) for a pvc:// store; s3:// needs none (IRSA credentials, emptyDir work space)."""
+    store = StoreURI.parse(model.spec.artifacts.store)
+    if store.scheme != "pvc":
+        return [], []
+    return ([{"name": "artifacts", "persistentVolumeClaim": {"claimName": store.bucket, "readOnly": read_only}}],
+            [{"name": "artifacts", "mountPath": ARTIFACTS_MOUNT, "readOnly": read_only}])
+
+
+def version_location(model: HardenedModel) -> tuple[str, str | None]:
+    """(URI of this version, its path inside a pod for pvc:// stores)."""
+    store = StoreURI.parse(model.spec.artifacts.store)
+    uri = store.version_uri(model.metadata.name, training_version(model.spec))
+    if store.scheme == "pvc":
+        return uri, str(store.local_path(model.metadata.name, training_version(model.spec), mount=ARTIFACTS_MOUNT))
+    return uri, None
+
+
+def signing_secret_name(model: HardenedModel) -> str:
+    ref = model.spec.signing.private_key_secret
+    return ref.name if ref else names(model)["signing-secret"]
+
+
+# --------------------------------------------------------------- training
+def build_training_configmap(model: HardenedModel) -> dict:
+    s = model.spec
+    _, local = version_location(model)
+    key_ref = s.signing.private_key_secret
+    config = build_trainer_config(
+        model, output_dir=local or "/work/artifact",
+        private_key_path=f"{SIGNING_MOUNT}/{key_ref.key if key_ref else 'private.pem'}"
+        if s.signing.method == "key" else None,
+        identity_token_path="/var/run/secrets/sigstore/token" if s.signing.method == "keyless" else None)
+    n = names(model)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(model, n["train"], "training"),
+            "data": {"train.json": json.dumps(config, indent=2, sort_keys=True)}}
+
+
+def build_training_job(model: HardenedModel) -> dict:
+    s, n = model.spec, names(model)
+    t = s.training
+    volumes = [{"name": "config", "configMap": {"name": n["train"]}},
+               {"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "config", "mountPath": TRAINER_CONFIG_MOUNT, "readOnly": True},
+              {"name": "work", "mountPath": "/work"}, {"name": "tmp", "mountPath": "/tmp"}]
+    if s.signing.method == "key":
+        key = s.signing.private_key_secret
+        volumes.append({"name": "signing", "secret": {"secretName": signing_secret_name(model), "defaultMode": 0o400,
+                                                      "items": [{"key": key.key if key else "private.pem",
+                                                                 "path": key.key if key else "private.pem"}]}})
+        mounts.append({"name": "signing", "mountPath": SIGNING_MOUNT, "readOnly": True})
+    else:  # Sigstore keyless: a projected service-account token with audience "sigstore"
+        volumes.append({"name": "sigstore-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "sigstore", "expirationSeconds": 3600, "path": "token"}}]}})
+        mounts.append({"name": "sigstore-token", "mountPath": "/var/run/secrets/sigstore", "readOnly": True})
+    store_volumes, store_mounts = _store_volume(model, read_only=False)
+    volumes += store_volumes
+    mounts += store_mounts
+    pod = {
+        "restartPolicy": "Never",
+        "securityContext": POD_SECURITY,
+        "automountServiceAccountToken": False,
+        "containers": [{
+            "name": "trainer",
+            "image": t.image,
+            "command": ["python", "-m", "hardened_trainer"],
+            "args": ["--config", f"{TRAINER_CONFIG_MOUNT}/train.json"],
+            "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MPLCONFIGDIR", "value": "/tmp"}, *_aws_env(model)],
+            "resources": _resources(t.resources, gpu=True),
+            "securityContext": CONTAINER_SECURITY,
+            "volumeMounts": mounts,
+            "terminationMessagePolicy": "File",
+        }],
+        "volumes": volumes,
+    }
+    if t.node_selector:
+        pod["nodeSelector"] = dict(t.node_selector)
+    if t.tolerations:
+        pod["tolerations"] = [tol.model_dump(mode="json", by_alias=True, exclude_none=True) for tol in t.tolerations]
+    if s.aws.service_account_name:
+        pod["serviceAccountName"] = s.aws.service_account_name
+        pod["automountServiceAccountToken"] = True  # IRSA's web identity token rides on the SA token mount
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": _meta(model, n["train"], "training",
+                          annotations={"hardened.dev/version": n["version"]}),
+        "spec": {"backoffLimit": t.backoff_limit, "activeDeadlineSeconds": t.active_deadline_seconds,
+                 "template": {"metadata": {"labels": labels(model, "training")}, "spec": pod}},
+    }
+
+
+# ----------------------------------------------------------- verification
+def _trust_args(model: HardenedModel) -> tuple[list[str], list[dict], list[dict]]:
+    s = model.spec.signing
+    if s.method == "keyless":
+        return ["--identity", s.keyless.identity, "--oidc-issuer", s.keyless.oidc_issuer], [], []
+    ref = s.public_key_secret
+    key = ref.key if ref else "public.pem"
+    secret = ref.name if ref else names(model)["signing-secret"]
+    volume = {"name": "trust", "secret": {"secretName": secret, "items": [{"key": key, "path": key}]}}
+    return (["--public-key", f"{TRUST_MOUNT}/{key}"], [volume],
+            [{"name": "trust", "mountPath": TRUST_MOUNT, "readOnly": True}])
+
+
+def _verify_container(model: HardenedModel, *, digest: str | None, target: str) -> tuple[dict, list[dict]]:
+    s = model.spec
+    uri, local = version_location(model)
+    trust_args, volumes, mounts = _trust_args(model)
+    args = ["verify", *trust_args, "--gates",
+            json.dumps(s.gates.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True),
+            "--termination-log", "/dev/termination-log"]
+    if digest:
+        args += ["--expect-digest", digest]
+    if local:
+        args += ["--artifact", local]
+    else:
+        args += ["--artifact", target, "--uri", uri]
+        if s.artifacts.region or s.aws.region:
+            args += ["--region", s.artifacts.region or s.aws.region]
+        if s.artifacts.endpoint:
+            args += ["--endpoint", s.artifacts.endpoint]
+        mounts = mounts + [{"name": "models", "mountPath": MODELS_MOUNT}]
+    store_volumes, store_mounts = _store_volume(model, read_only=True)
+    container = {"name": "verify", "image": s.serving.image, "command": ["hardened-model"], "args": args,
+                 "env": [{"name": "HOME", "value": "/tmp"}, *_aws_env(model)],
+                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+                 "securityContext": CONTAINER_SECURITY, "volumeMounts": mounts + store_mounts + [
+                     {"name": "tmp", "mountPath": "/tmp"}],
+                 "terminationMessagePolicy": "File"}
+    return container, volumes + store_volumes
+
+
+def build_verify_job(model: HardenedModel) -> dict:
+    n = names(model)
+    container, volumes = _verify_container(model, digest=None, target=MODELS_MOUNT)
+    volumes = volumes + [{"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}}]
+    pod = {"restartPolicy": "Never", "securityContext": POD_SECURITY, "automountServiceAccountToken": False,
+           "containers": [container], "volumes": volumes}
+    if model.spec.aws.service_account_name:
+        pod["serviceAccountName"] = model.spec.aws.service_account_name
+        pod["automountServiceAccountToken"] = True
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": _meta(model, n["verify"], "verification", annotations={"hardened.dev/version": n["version"]}),
+            "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600,
+                     "template": {"metadata": {"labels": labels(model, "verification")}, "spec": pod}}}
+
+
+# ---------------------------------------------------------------- serving
+def build_serving_configmap(model: HardenedModel) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta(model, names(model)["serving-config"], "serving"),
+            "data": {"serving.json": json.dumps(build_serving_config(model), indent=2, sort_keys=True)}}
+
+
+def build_deployment(model: HardenedModel, *, digest: str, version: str) -> dict:
+    """The serving Deployment for one verified version (``digest`` pinned in every container)."""
+    s, n = model.spec, names(model)
+    _, local = version_location(model)
+    artifact = local if local else MODELS_MOUNT
+    init, volumes = _verify_container(model, digest=digest, target=MODELS_MOUNT)
+    trust_args, _, trust_mounts = _trust_args(model)
+    init = {**init, "name": "verify-model"}
+    keys = s.serving.api_keys_secret
+    key_name = keys.key if keys else "keys"
+    volumes = volumes + [
+        {"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}},
+        {"name": "serving-config", "configMap": {"name": n["serving-config"]}},
+        {"name": "api-keys", "secret": {"secretName": keys.name if keys else n["api-keys-secret"],
+                                        "items": [{"key": key_name, "path": "keys"}]}}]
+    model_mounts = ([m for m in init["volumeMounts"] if m["name"] in ("artifacts", "trust", "tmp")]
+                    + ([{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}] if not local else []))
+    cfg_mount = {"name": "serving-config", "mountPath": SERVING_CONFIG_MOUNT, "readOnly": True}
+
+    def probe(port: int, path: str = "/v2/health/ready", period: int = 5) -> dict:
+        return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 2,
+                "failureThreshold": 3}
+
+    def container(name: str, args: list[str], port: int, metrics: int, mounts: list[dict], resources: dict) -> dict:
+        return {"name": name, "image": s.serving.image, "command": ["hardened-model"],
+                "args": args + ["--host", "0.0.0.0" if name == "ratelimit" else "127.0.0.1", "--port", str(port),
+                                "--metrics-port", str(metrics)],
+                "ports": [{"name": name[:9] if name != "ratelimit" else "http", "containerPort": port},
+                          {"name": f"{name[:5]}-metrics", "containerPort": metrics}],
+                "env": [{"name": "HOME", "value": "/tmp"}],
+                "resources": resources, "securityContext": CONTAINER_SECURITY, "volumeMounts": mounts,
+                "readinessProbe": probe(port), "livenessProbe": probe(port, "/v2/health/live", 10)}
+
+    sidecar_resources = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+    containers = [
+        container("model", ["serve", "--artifact", artifact, *trust_args, "--expect-digest", digest],
+                  PORTS["model"], PORTS["model-metrics"], model_mounts + trust_mounts,
+                  _resources(s.serving.resources, gpu=True)),
+        container("validation", ["validate-proxy", "--config", f"{SERVING_CONFIG_MOUNT}/serving.json", "--upstream",
+                                 f"http://127.0.0.1:{PORTS['model']}", "--model-dir", f"{artifact}/{MODEL_DIR_NAME}"],
+                  PORTS["validation"], PORTS["validation-metrics"],
+                  [cfg_mount, {"name": "tmp", "mountPath": "/tmp"}] + [m for m in model_mounts if m["name"] != "tmp"],
+                  sidecar_resources),
+        container("ratelimit", ["ratelimit-proxy", "--config", f"{SERVING_CONFIG_MOUNT}/serving.json", "--api-keys",
+                                f"{API_KEYS_MOUNT}/keys", "--upstream", f"http://127.0.0.1:{PORTS['validation']}"],
+                  PORTS["ratelimit"], PORTS["ratelimit-metrics"],
+                  [cfg_mount, {"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True},
+                   {"name": "tmp", "mountPath": "/tmp"}], sidecar_resources),
+    ]
+    pod_labels = {**labels(model, "serving"), "hardened.dev/version": version}
+    pod = {"securityContext": POD_SECURITY, "automountServiceAccountToken": False,
+           "initContainers": [init], "containers": containers, "volumes": volumes,
+           "terminationGracePeriodSeconds": 30}
+    if s.aws.service_account_name and not local:
+        pod["serviceAccountName"] = s.aws.service_account_name
+        pod["automountServiceAccountToken"] = True
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta(model, n["serving"], "serving",
+                          annotations={"hardened.dev/digest": digest, "hardened.dev/version": version}),
+        "spec": {
+            "replicas": s.serving.replicas,
+            "selector": {"matchLabels": {"hardened.dev/model": model.metadata.name,
+                                         "app.kubernetes.io/component": "serving"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": pod_labels,
+                                      "annotations": {"hardened.dev/digest": digest,
+                                                      "hardened.dev/serving-config": _digest_of(
+                                                          build_serving_config(model))}},
+                         "spec": pod},
+        },
+    }
+
+
+def _digest_of(doc: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_service(model: HardenedModel) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(model, model.metadata.name, "serving"),
+            "spec": {"selector": {"hardened.dev/model": model.metadata.name, "app.kubernetes.io/component": "serving"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}
+
+
+def build_metrics_service(model: HardenedModel) -> dict:
+    """Metrics ports for Prometheus only (a separate Service, so the ServiceMonitor selects it)."""
+    ports = [{"name": n, "port": PORTS[n], "targetPort": PORTS[n], "protocol": "TCP"}
+             for n in ("model-metrics", "validation-metrics", "ratelimit-metrics")]
+    meta = _meta(model, f"{model.metadata.name}-metrics", "metrics")
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"selector": {"hardened.dev/model": model.metadata.name,
+                                  "app.kubernetes.io/component": "serving"}, "ports": ports}}
+
+
+def build_network_policy(model: HardenedModel) -> dict:
+    """Only the rate-limit port from anywhere, metrics ports from the monitoring namespace; egress only to DNS
+    and (for s3:// stores, where the init container downloads) HTTPS."""
+    s = model.spec
+    selector = {"matchLabels": {"hardened.dev/model": model.metadata.name, "app.kubernetes.io/component": "serving"}}
+    egress = [{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]
+    if StoreURI.parse(s.artifacts.store).scheme == "s3":
+        egress.append({"ports": [{"protocol": "TCP", "port": 443}]})
+    if s.serving.rate_limit.storage.startswith("redis"):
+        egress.append({"ports": [{"protocol": "TCP", "port": 6379}]})
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _meta(model, model.metadata.name, "serving"),
+            "spec": {"podSelector": selector, "policyTypes": ["Ingress", "Egress"],
+                     "ingress": [{"ports": [{"protocol": "TCP", "port": PORTS["ratelimit"]}]},
+                                 {"ports": [{"protocol": "TCP", "port": PORTS[p]} for p in
+                                            ("model-metrics", "validation-metrics", "ratelimit-metrics")],
+                                  "from": [{"namespaceSelector": {}}]}],
+                     "egress": egress}}
+
+
+def build_pdb(model: HardenedModel) -> dict:
+    """At most one serving pod down at a time for voluntary disruptions; drains still proceed."""
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": _meta(model, model.metadata.name, "serving"),
+            "spec": {"maxUnavailable": 1,
+                     "selector": {"matchLabels": {"hardened.dev/model": model.metadata.name,
+                                                  "app.kubernetes.io/component": "serving"}}}}
+
+
+def build_api_keys_secret(model: HardenedModel, key: str) -> dict:
+    """Generated when spec.serving.apiKeysSecret is omitted (``key`` comes from the caller: builders have no RNG)."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(model, names(model)["api-keys-secret"], "serving"), "stringData": {"keys": key + "\n"}}
+
+
+def build_signing_secret(model: HardenedModel, private_pem: str, public_pem: str) -> dict:
+    """Generated when spec.signing names no key Secrets (the key pair comes from the caller)."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(model, names(model)["signing-secret"], "signing"),
+            "stringData": {"private.pem": private_pem, "public.pem": public_pem}}

@@ -1,0 +1,144 @@
+"""Pure builders: strict validation against the Kubernetes API schemas, restricted pods, stable names."""
+import json
+
+import kubernetes_validate
+import pytest
+
+from hardened_operator.manifests.monitoring import build_rule_groups
+from hardened_operator.manifests.objects import (build_deployment, build_training_job, build_verify_job, names)
+from hardened_operator.manifests.render import build_all
+from hardened_operator.manifests.trainer_config import training_version
+from hardened_operator.spec import parse_manifest
+from hardened_trainer.config import parse_config
+from helpers import EXAMPLES, example
+
+K8S_VERSIONS = ["1.30.0", "1.33.0", "1.37.0"]
+
+
+def model(name="digits-demo", **meta):
+    doc = example(name)
+    doc["metadata"].update({"uid": "0d5c3f0e-1111-2222-3333-444455556666", **meta})
+    return parse_manifest(doc)
+
+
+def pod_specs(obj):
+    if obj["kind"] == "Job" or obj["kind"] == "Deployment":
+        return [obj["spec"]["template"]["spec"]]
+    return []
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_rendered_object_passes_strict_validation(path, version):
+    for obj in build_all(model(path.stem)):
+        if obj["apiVersion"].startswith("monitoring.coreos.com"):
+            continue  # not a core API: checked below by shape and with promtool in the packaging tests
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_pod_meets_the_restricted_pod_security_standard(path):
+    for obj in build_all(model(path.stem)):
+        for pod in pod_specs(obj):
+            psc = pod["securityContext"]
+            assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault"
+            assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+            for c in pod.get("initContainers", []) + pod["containers"]:
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+                assert sc["readOnlyRootFilesystem"] is True and sc["runAsNonRoot"] is True
+                assert "privileged" not in sc
+            for v in pod["volumes"]:
+                assert "hostPath" not in v
+
+
+def test_names_are_deterministic_and_follow_the_training_version():
+    a, b = model(), model()
+    assert names(a) == names(b)
+    assert names(a)["train"] == f"digits-demo-train-{training_version(a.spec)}"
+    longest = model(name="mnist-adv-dp")
+    assert all(len(v) <= 63 for v in names(longest).values())
+
+
+def test_every_child_is_owned_by_the_model():
+    for obj in build_all(model()):
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref["kind"] == "HardenedModel" and ref["controller"] is True and ref["uid"]
+
+
+def test_training_job_gpu_scheduling_and_irsa():
+    job = build_training_job(model("eks-s3-irsa"))
+    pod = job["spec"]["template"]["spec"]
+    (trainer,) = pod["containers"]
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"]["eks.amazonaws.com/nodegroup"] == "gpu-a10g"
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["serviceAccountName"] == "hardened-model-irsa"
+    assert job["spec"]["activeDeadlineSeconds"] == 10800 and job["spec"]["backoffLimit"] == 2
+    assert {"name": "AWS_REGION", "value": "us-east-1"} in trainer["env"]
+
+
+def test_training_configmap_is_a_config_the_trainer_accepts():
+    for path in EXAMPLES:
+        cm = build_all(model(path.stem))[0]
+        cfg = parse_config(json.loads(cm["data"]["train.json"]))
+        assert cfg.version == training_version(cfg.spec)
+
+
+def test_deployment_pins_the_digest_and_verifies_first():
+    dep = build_deployment(model(), digest="ab" * 32, version="v1")
+    pod = dep["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["args"][0] == "verify" and "--expect-digest" in init["args"]
+    assert init["args"][init["args"].index("--expect-digest") + 1] == "ab" * 32
+    model_c = pod["containers"][0]
+    assert model_c["args"][model_c["args"].index("--expect-digest") + 1] == "ab" * 32
+    assert [c["name"] for c in pod["containers"]] == ["model", "validation", "ratelimit"]
+    hosts = {c["name"]: c["args"][c["args"].index("--host") + 1] for c in pod["containers"]}
+    assert hosts == {"model": "127.0.0.1", "validation": "127.0.0.1", "ratelimit": "0.0.0.0"}  # only one door
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_s3_versions_are_downloaded_by_the_init_container():
+    dep = build_deployment(model("eks-s3-irsa"), digest="cd" * 32, version="v1")
+    (init,) = dep["spec"]["template"]["spec"]["initContainers"]
+    uri = init["args"][init["args"].index("--uri") + 1]
+    assert uri.startswith("s3://acme-ml-models/hardened/fraud-mnist/fraud-mnist-eks/")
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "hardened-model-irsa"
+
+
+def test_verify_job_checks_the_gates_of_the_spec():
+    job = build_verify_job(model())
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert json.loads(args[args.index("--gates") + 1]) == {"minCleanAccuracy": 0.8, "minRobustAccuracy": 0.3,
+                                                           "maxEpsilon": 8.0, "maxMembershipAUC": 0.6}
+    assert "--termination-log" in args
+
+
+def test_network_policy_admits_only_the_rate_limit_port_for_traffic():
+    netpol = next(o for o in build_all(model()) if o["kind"] == "NetworkPolicy")
+    traffic = netpol["spec"]["ingress"][0]
+    assert traffic == {"ports": [{"protocol": "TCP", "port": 8443}]}
+    assert set(netpol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_monitoring_objects_carry_the_spec_labels_and_every_alert_is_documented():
+    m = model("mnist-adv-dp")
+    objs = {o["kind"]: o for o in build_all(m)}
+    assert objs["ServiceMonitor"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert objs["PrometheusRule"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = [r for g in build_rule_groups(m) for r in g["rules"] if "alert" in r]
+    assert len(alerts) == 10
+    for alert in alerts:
+        assert set(alert["annotations"]) == {"summary", "description", "runbook"}
+    assert {k for k in (o["kind"] for o in build_all(m, monitoring_crds=False))} >= {"Deployment", "Service"}
+    assert "PrometheusRule" not in {o["kind"] for o in build_all(m, monitoring_crds=False)}
+
+
+def test_render_command_prints_every_object(capsys):
+    from hardened_operator.cli import main
+    from helpers import ROOT
+
+    assert main(["render", str(ROOT / "examples/digits-demo.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nkind: ") + out.startswith("kind: ") == len(build_all(model()))
