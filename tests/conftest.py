@@ -1,9 +1,15 @@
 import os
 import pathlib
+import tempfile
 
-import pytest
+# The kubernetes client reads $KUBECONFIG's path at import time (kopf's login too): fix the
+# path before anything imports `kubernetes`; the kmock fixture writes the file's content.
+KUBECONFIG = pathlib.Path(tempfile.mkdtemp()) / "kubeconfig"
+os.environ["KUBECONFIG"] = str(KUBECONFIG)
 
-from helpers import ROOT
+import pytest  # noqa: E402
+
+from helpers import ROOT  # noqa: E402
 
 
 @pytest.fixture

@@ -51,6 +51,20 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_operator(args: argparse.Namespace) -> int:
+    import os
+    import pathlib
+
+    import kopf
+
+    os.environ.setdefault("HARDENED_METRICS_PORT", str(args.metrics_port))
+    handlers = pathlib.Path(__file__).with_name("handlers.py")
+    argv = ["run", str(handlers), "--standalone" if args.standalone else "--peering=hardened-model",
+            f"--liveness=http://0.0.0.0:{args.health_port}/healthz"]
+    argv += ["--all-namespaces"] if not args.namespace else [f"--namespace={n}" for n in args.namespace]
+    return kopf.cli.main(argv, standalone_mode=False) or 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from hardened_trainer.__main__ import main as train_main
 
@@ -235,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run the trainer: hardened-model train --config train.json", add_help=False)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
+    p.add_argument("--namespace", action="append", help="watch this namespace (repeatable; default: all)")
+    p.add_argument("--standalone", action="store_true", help="no peering (a single replica) (default: off)")
+    p.add_argument("--health-port", type=int, default=8080, help="liveness endpoint /healthz (default: 8080)")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (default: 9090)")
+    p.set_defaults(func=_cmd_operator)
 
     p = sub.add_parser("render", help="print every object the operator would create for a spec (YAML, for review)")
     p.add_argument("spec", help="HardenedModel YAML")

@@ -87,3 +87,49 @@ class HardenedModelStatus(_Status):
     artifact: ArtifactStatus | None = None
     serving: ServingStatus | None = None
     last_failure: FailureStatus | None = None
+
+
+# ----------------------------------------------------------- computation
+def condition(previous: list[dict], type_: str, status: str, reason: str, message: str, *, generation: int,
+              now: str) -> dict:
+    """A condition; ``lastTransitionTime`` moves only when ``status`` changes (metav1.Condition semantics)."""
+    old = next((c for c in previous or [] if c.get("type") == type_), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == status and old.get(
+        "lastTransitionTime") else now
+    return {"type": type_, "status": status, "reason": reason, "message": message[:32768],
+            "lastTransitionTime": since, "observedGeneration": generation}
+
+
+def build_status(previous: dict, *, generation: int, phase: str, conditions: dict[str, tuple[str, str, str]],
+                 now: str, **fields) -> dict:
+    """The whole status: phase, the five conditions in a fixed order, observedGeneration, other fields.
+
+    ``conditions`` maps a type to (status, reason, message). Fields passed as
+    None are left out, so status never carries stale nulls.
+    """
+    prev_conds = (previous or {}).get("conditions") or []
+    conds = [condition(prev_conds, t, *conditions[t], generation=generation, now=now)
+             for t in CONDITION_TYPES if t in conditions]
+    out = {"observedGeneration": generation, "phase": phase, "conditions": conds}
+    for key, value in fields.items():
+        if isinstance(value, dict):  # a merge patch would delete null members: never write them
+            value = {k: v for k, v in value.items() if v is not None} or None
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def job_state(job: dict | None) -> tuple[str, str, str]:
+    """(state, reason, message) of a Job: pending | running | succeeded | failed."""
+    if job is None:
+        return "pending", "NotCreated", "not created yet"
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("status") != "True":
+            continue
+        if c.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return "succeeded", "Completed", c.get("message") or "completed"
+        if c.get("type") in ("Failed", "FailureTarget"):
+            return "failed", c.get("reason") or "Failed", c.get("message") or "failed"
+    if (job.get("status") or {}).get("succeeded"):
+        return "succeeded", "Completed", "completed"
+    return "running", "Running", "running"

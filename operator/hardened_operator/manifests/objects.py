@@ -88,12 +88,13 @@ def _store_volume(model: HardenedModel, *, read_only: bool) -> tuple[list[dict],
             [{"name": "artifacts", "mountPath": ARTIFACTS_MOUNT, "readOnly": read_only}])
 
 
-def version_location(model: HardenedModel) -> tuple[str, str | None]:
-    """(URI of this version, its path inside a pod for pvc:// stores)."""
+def version_location(model: HardenedModel, version: str | None = None) -> tuple[str, str | None]:
+    """(URI of a version, its path inside a pod for pvc:// stores); default: the spec's training version."""
     store = StoreURI.parse(model.spec.artifacts.store)
-    uri = store.version_uri(model.metadata.name, training_version(model.spec))
+    version = version or training_version(model.spec)
+    uri = store.version_uri(model.metadata.name, version)
     if store.scheme == "pvc":
-        return uri, str(store.local_path(model.metadata.name, training_version(model.spec), mount=ARTIFACTS_MOUNT))
+        return uri, str(store.local_path(model.metadata.name, version, mount=ARTIFACTS_MOUNT))
     return uri, None
 
 
@@ -183,13 +184,18 @@ def _trust_args(model: HardenedModel) -> tuple[list[str], list[dict], list[dict]
             [{"name": "trust", "mountPath": TRUST_MOUNT, "readOnly": True}])
 
 
-def _verify_container(model: HardenedModel, *, digest: str | None, target: str) -> tuple[dict, list[dict]]:
+def _verify_container(model: HardenedModel, *, digest: str | None, target: str, version: str | None = None,
+                      gates: bool = True) -> tuple[dict, list[dict]]:
+    """The verify command: the verification Job checks the gates; the serving pod's init container checks
+    signature and pinned digest only (the gates held at rollout; a tightened gate stops the next rollout,
+    not a running one)."""
     s = model.spec
-    uri, local = version_location(model)
+    uri, local = version_location(model, version)
     trust_args, volumes, mounts = _trust_args(model)
-    args = ["verify", *trust_args, "--gates",
-            json.dumps(s.gates.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True),
-            "--termination-log", "/dev/termination-log"]
+    args = ["verify", *trust_args, "--termination-log", "/dev/termination-log"]
+    if gates:
+        args += ["--gates", json.dumps(s.gates.model_dump(mode="json", by_alias=True, exclude_none=True),
+                                       sort_keys=True)]
     if digest:
         args += ["--expect-digest", digest]
     if local:
@@ -236,9 +242,9 @@ def build_serving_configmap(model: HardenedModel) -> dict:
 def build_deployment(model: HardenedModel, *, digest: str, version: str) -> dict:
     """The serving Deployment for one verified version (``digest`` pinned in every container)."""
     s, n = model.spec, names(model)
-    _, local = version_location(model)
+    _, local = version_location(model, version)
     artifact = local if local else MODELS_MOUNT
-    init, volumes = _verify_container(model, digest=digest, target=MODELS_MOUNT)
+    init, volumes = _verify_container(model, digest=digest, target=MODELS_MOUNT, version=version, gates=False)
     trust_args, _, trust_mounts = _trust_args(model)
     init = {**init, "name": "verify-model"}
     keys = s.serving.api_keys_secret

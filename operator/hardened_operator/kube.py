@@ -1,0 +1,145 @@
+"""The one funnel for Kubernetes API calls (as crate-operator's call_kubeapi).
+
+- ``ensure``: create; a 409 means it exists, which is success. Then, if the
+  desired fields differ from what is there, one merge patch; otherwise no write.
+  Jobs are never patched (their template is immutable; a new version is a new Job).
+- ``get`` returns plain dicts exactly as the API server sent them (no model
+  classes), or None on 404.
+Every other module stays free of API calls, so the builders and the status
+logic are pure and tested without a cluster.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+# kind -> (API class, method suffix)
+_TYPED = {
+    "ConfigMap": ("CoreV1Api", "namespaced_config_map"),
+    "Secret": ("CoreV1Api", "namespaced_secret"),
+    "Service": ("CoreV1Api", "namespaced_service"),
+    "Pod": ("CoreV1Api", "namespaced_pod"),
+    "Job": ("BatchV1Api", "namespaced_job"),
+    "Deployment": ("AppsV1Api", "namespaced_deployment"),
+    "NetworkPolicy": ("NetworkingV1Api", "namespaced_network_policy"),
+    "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
+}
+_CUSTOM = {"ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
+           "PrometheusRule": ("monitoring.coreos.com", "v1", "prometheusrules")}
+IMMUTABLE = {"Job", "Pod"}
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None):
+        self.client = api_client or kubernetes.client.ApiClient()
+        self.writes = 0  # for tests and metrics: no change must mean no writes
+
+    def _api(self, name: str):
+        return getattr(kubernetes.client, name)(self.client)
+
+    @staticmethod
+    def _body(resp) -> dict:
+        return json.loads(resp.data)
+
+    # ----------------------------------------------------------------- read
+    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        try:
+            if kind in _CUSTOM:
+                g, v, p = _CUSTOM[kind]
+                return self._api("CustomObjectsApi").get_namespaced_custom_object(g, v, namespace, p, name)
+            api, suffix = _TYPED[kind]
+            return self._body(getattr(self._api(api), f"read_{suffix}")(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict]:
+        """Objects whose labels include ``labels`` (filtered here too: not every server filters)."""
+        api, suffix = _TYPED[kind]
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        items = self._body(getattr(self._api(api), f"list_{suffix}")(namespace, label_selector=selector,
+                                                                      _preload_content=False)).get("items", [])
+        return [i for i in items if labels.items() <= (i.get("metadata", {}).get("labels") or {}).items()]
+
+    def crd_exists(self, name: str) -> bool:
+        try:
+            self._api("ApiextensionsV1Api").read_custom_resource_definition(name, _preload_content=False)
+            return True
+        except ApiException as exc:
+            if exc.status in (404, 403):
+                return False
+            raise
+
+    # ---------------------------------------------------------------- write
+    def create(self, obj: dict) -> dict | None:
+        """Create; None when it already exists (409)."""
+        kind, ns = obj["kind"], obj["metadata"]["namespace"]
+        try:
+            self.writes += 1
+            if kind in _CUSTOM:
+                g, v, p = _CUSTOM[kind]
+                return self._api("CustomObjectsApi").create_namespaced_custom_object(g, v, ns, p, obj)
+            api, suffix = _TYPED[kind]
+            return self._body(getattr(self._api(api), f"create_{suffix}")(ns, obj, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict) -> dict:
+        self.writes += 1
+        if kind in _CUSTOM:
+            g, v, p = _CUSTOM[kind]
+            return self._api("CustomObjectsApi").patch_namespaced_custom_object(g, v, namespace, p, name, patch)
+        api, suffix = _TYPED[kind]
+        return self._body(getattr(self._api(api), f"patch_{suffix}")(name, namespace, patch, _preload_content=False))
+
+    def ensure(self, obj: dict) -> str:
+        """Make ``obj`` exist as built: 'created', 'patched' or 'unchanged'."""
+        kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+        existing = self.get(kind, ns, name)
+        if existing is None:
+            if self.create(obj) is not None:
+                return "created"
+            existing = self.get(kind, ns, name)  # lost a race: someone created it meanwhile
+        if kind in IMMUTABLE or existing is None:
+            return "unchanged"
+        desired = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+        desired["metadata"] = {k: obj["metadata"][k] for k in ("labels", "annotations", "ownerReferences")
+                               if k in obj["metadata"]}
+        if is_subset(desired, existing):
+            return "unchanged"
+        self.patch(kind, ns, name, desired)
+        return "patched"
+
+
+def is_subset(desired: Any, actual: Any) -> bool:
+    """Every field we set is there with our value (servers add defaults; those do not count as drift)."""
+    if isinstance(desired, dict):
+        return isinstance(actual, dict) and all(k in actual and is_subset(v, actual[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(actual, list) and len(desired) == len(actual)
+                and all(is_subset(d, a) for d, a in zip(desired, actual)))
+    if isinstance(desired, (int, float)) and isinstance(actual, str) or isinstance(desired, str) and isinstance(
+            actual, (int, float)):
+        return str(desired) == str(actual)  # quantities and int-or-string ports come back either way
+    return desired == actual
+
+
+def termination_message(kube: Kube, namespace: str, job_name: str) -> dict | None:
+    """The JSON the Job's newest finished pod wrote to /dev/termination-log, if any."""
+    pods = kube.list("Pod", namespace, {"job-name": job_name})
+    pods.sort(key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True)
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = ((cs.get("state") or {}).get("terminated") or {})
+            if term.get("message"):
+                try:
+                    return json.loads(term["message"])
+                except ValueError:
+                    return {"message": term["message"][-1000:]}
+    return None

@@ -1,0 +1,89 @@
+"""kmock (an HTTP Kubernetes API emulator) made kopf-ready, after ../shared/examples/kmock-kopf.
+
+kmock 0.8 stores bodies as sent; ``RVEmulator`` assigns what a real API server
+assigns (uid, resourceVersion, creationTimestamp, generation, and a generation
+bump when the spec changes), without which kopf re-runs handlers and
+ownerReferences lack a uid. kmock has no controllers, garbage collection or
+label selectors: the tests play the Job and Deployment controllers.
+"""
+import asyncio
+import datetime
+import itertools
+import time
+import uuid
+
+import kmock
+import yaml
+
+_rv = itertools.count(1000)
+
+
+class RVEmulator(kmock.KubernetesEmulator):
+    async def _handle(self, request):
+        data = request.data
+        if request.resource is not None:
+            if request.action == kmock.action.CREATE and isinstance(data, dict):
+                meta = data.setdefault("metadata", {})
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp",
+                                datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                meta.setdefault("generation", 1)
+                meta["resourceVersion"] = str(next(_rv))
+            elif request.action == kmock.action.UPDATE and request.name is not None:
+                if isinstance(data, dict):
+                    meta = data.setdefault("metadata", {})
+                    meta["resourceVersion"] = str(next(_rv))
+                    if "spec" in data and request.subresource is None:
+                        try:
+                            current = self.objects[request.resource, request.namespace, request.name]
+                            meta["generation"] = int(current.get("metadata", {}).get("generation", 1)) + 1
+                        except KeyError:
+                            pass
+        return await super()._handle(request)
+
+
+VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
+CORE = [("v1/namespaces", "Namespace", False), ("v1/configmaps", "ConfigMap", True), ("v1/secrets", "Secret", True),
+        ("v1/services", "Service", True), ("v1/pods", "Pod", True), ("v1/events", "Event", True),
+        ("batch/v1/jobs", "Job", True), ("apps/v1/deployments", "Deployment", True),
+        ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True),
+        ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", True),
+        ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False)]
+
+
+def declare(k8s) -> None:
+    k8s.resources["hardened.dev/v1alpha1/hardenedmodels"] = k8s.ResourceInfo(
+        kind="HardenedModel", singular="hardenedmodel", namespaced=True, verbs=VERBS, subresources={"status"})
+    for path, kind, namespaced in CORE:
+        k8s.resources[path] = k8s.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=namespaced, verbs=VERBS)
+
+
+def write_kubeconfig(path, url: str) -> None:
+    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+           "clusters": [{"name": "kmock", "cluster": {"server": url.rstrip("/")}}],
+           "users": [{"name": "u", "user": {"token": "test-token"}}],
+           "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "u", "namespace": "default"}}]}
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def alive(objects, key) -> bool:
+    try:
+        return not objects[key].deleted
+    except KeyError:
+        return False
+
+
+def get(objects, key) -> dict | None:
+    return dict(objects[key]) if alive(objects, key) else None
+
+
+async def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except (KeyError, TypeError):
+            pass
+        await asyncio.sleep(0.1)  # yields to the kmock server in this loop
+    return False

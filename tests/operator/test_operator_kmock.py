@@ -1,0 +1,221 @@
+"""The operator run for real (kopf.testing.KopfRunner) against the kmock API emulator, watch stream included.
+
+The tests play the missing controllers: they mark Jobs complete (with the pod
+termination message the trainer and verifier write) and report Deployment
+readiness.
+"""
+import asyncio
+import base64
+import json
+import os
+
+import kmock
+import kopf
+import pytest
+from kopf.testing import KopfRunner
+
+from hardened_operator.manifests.objects import names
+from hardened_operator.spec import parse_manifest
+from helpers import ROOT, example
+from kmock_support import RVEmulator, alive, declare, get, wait_for, write_kubeconfig
+
+pytestmark = [pytest.mark.server, pytest.mark.kmock(cls=RVEmulator)]
+HANDLERS = str(ROOT / "operator/hardened_operator/handlers.py")
+NS = "default"
+HM = ("hardened.dev/v1alpha1/hardenedmodels", NS, "digits-demo")
+DIGEST = "9f" * 32
+
+
+@pytest.fixture
+def k8s(kmock):
+    from conftest import KUBECONFIG
+
+    write_kubeconfig(KUBECONFIG, str(kmock.url))
+    declare(kmock)
+    os.environ["HARDENED_RECONCILE_INTERVAL"] = "0.5"
+    return kmock
+
+
+def runner():
+    return KopfRunner(["run", "-A", "--standalone", HANDLERS], timeout=60, registry=kopf.OperatorRegistry())
+
+
+def manifest(**spec_patch):
+    doc = example("digits-demo")
+    doc["metadata"]["namespace"] = NS
+    doc["spec"]["serving"]["replicas"] = 1
+    for k, v in spec_patch.items():
+        doc["spec"][k] = {**doc["spec"].get(k, {}), **v}
+    return doc
+
+
+def job_names(doc):
+    return names(parse_manifest(doc))
+
+
+async def create_signing_secret(k8s):
+    b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    resp = await k8s.post(f"/api/v1/namespaces/{NS}/secrets", json={
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "digits-demo-signing", "namespace": NS},
+        "data": {"private.pem": b64("-----BEGIN PRIVATE KEY-----"), "public.pem": b64("-----BEGIN PUBLIC KEY-----")}})
+    assert resp.status == 200
+
+
+async def complete_job(k8s, name, message: dict | None, failed=False):
+    """Play the Job controller: a pod with a termination message, then the Job's final condition."""
+    await k8s.post(f"/api/v1/namespaces/{NS}/pods", json={
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-x1", "namespace": NS,
+                                                         "labels": {"job-name": name}},
+        "status": {"containerStatuses": [{"name": "c", "state": {"terminated": {
+            "exitCode": 3 if failed else 0, "message": json.dumps(message) if message else ""}}}]}})
+    cond = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit"} if failed else \
+        {"type": "Complete", "status": "True"}
+    resp = await k8s.patch(f"/apis/batch/v1/namespaces/{NS}/jobs/{name}", json={
+        "status": {"conditions": [cond], "startTime": "2026-11-22T05:00:00Z",
+                   **({"failed": 1} if failed else {"succeeded": 1, "completionTime": "2026-11-22T05:01:00Z"})}})
+    assert resp.status == 200
+
+
+async def deployment_ready(k8s, replicas=1):
+    dep = get(k8s.objects, ("apps/v1/deployments", NS, "digits-demo"))
+    await k8s.patch(f"/apis/apps/v1/namespaces/{NS}/deployments/digits-demo", json={"status": {
+        "observedGeneration": dep["metadata"].get("generation", 1), "readyReplicas": replicas,
+        "updatedReplicas": replicas, "replicas": replicas}})
+
+
+def status(k8s):
+    return (get(k8s.objects, HM) or {}).get("status") or {}
+
+
+def cond(k8s, type_):
+    return next((c for c in status(k8s).get("conditions", []) if c["type"] == type_), {})
+
+
+VERIFIED = {"verified": True, "reason": "signature and every file verified", "digest": DIGEST,
+            "signer": "sha256:abc", "gatesPassed": True, "gates": ["minCleanAccuracy: 0.9467 (passed, threshold 0.8)"],
+            "metrics": {"cleanAccuracy": 0.9467, "robustAccuracy": 0.63, "epsilon": 7.99, "membershipAUC": 0.52}}
+
+
+async def to_serving(k8s, doc):
+    n = job_names(doc)
+    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
+    await complete_job(k8s, n["train"], {"gatesPassed": True, "digest": DIGEST})
+    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
+    await complete_job(k8s, n["verify"], VERIFIED)
+    assert await wait_for(lambda: alive(k8s.objects, ("apps/v1/deployments", NS, "digits-demo")))
+    await deployment_ready(k8s)
+    assert await wait_for(lambda: status(k8s).get("phase") == "Serving"), status(k8s)
+
+
+async def test_create_to_ready_secret_missing_then_created(k8s):
+    doc = manifest()
+    n = job_names(doc)
+    with runner() as r:
+        await asyncio.sleep(1)
+        assert (await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)).status == 200
+        assert await wait_for(lambda: cond(k8s, "Ready").get("reason") == "SecretMissing"), status(k8s)
+        assert "spec.signing.privateKeySecret: Secret default/digits-demo-signing" in cond(k8s, "Ready")["message"]
+        assert not alive(k8s.objects, ("batch/v1/jobs", NS, n["train"]))
+        await create_signing_secret(k8s)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Training", 40), status(k8s)
+        job = get(k8s.objects, ("batch/v1/jobs", NS, n["train"]))
+        assert job["metadata"]["ownerReferences"][0]["uid"] == get(k8s.objects, HM)["metadata"]["uid"]
+        cm = get(k8s.objects, ("v1/configmaps", NS, n["train"]))
+        assert json.loads(cm["data"]["train.json"])["version"] == n["version"]
+        assert alive(k8s.objects, ("v1/secrets", NS, "digits-demo-api-keys"))  # generated
+        await to_serving(k8s, doc)
+        dep = get(k8s.objects, ("apps/v1/deployments", NS, "digits-demo"))
+        assert dep["metadata"]["annotations"]["hardened.dev/digest"] == DIGEST
+        st = status(k8s)
+        assert st["observedGeneration"] == 1
+        assert {c["type"]: c["status"] for c in st["conditions"]} == {
+            "TrainingSucceeded": "True", "SignatureVerified": "True", "GatesPassed": "True",
+            "ServingReady": "True", "Ready": "True"}
+        assert all(c["observedGeneration"] == 1 for c in st["conditions"])
+        assert st["artifact"]["digest"] == DIGEST and st["metrics"]["epsilon"] == 7.99
+        assert st["serving"]["servedDigest"] == DIGEST
+        for kind in ("v1/services", "networking.k8s.io/v1/networkpolicies", "policy/v1/poddisruptionbudgets"):
+            assert alive(k8s.objects, (kind, NS, "digits-demo"))
+        # steady state: no writes at all over several reconcile intervals
+        before = len(k8s[kmock.action.CREATE]) + len(k8s[kmock.action.UPDATE])
+        await asyncio.sleep(2.5)
+        assert len(k8s[kmock.action.CREATE]) + len(k8s[kmock.action.UPDATE]) == before
+    assert r.exit_code == 0, r.output
+    assert "SecretMissing" in r.output and "Serving" in r.output
+    posted = [req.data for req in k8s[kmock.action.CREATE] if req.resource and "events" in str(req.resource)]
+    assert {e.get("reason") for e in posted} >= {"SecretMissing", "Training", "Serving"}  # an Event per transition
+
+
+async def test_restart_mid_training_makes_no_second_job(k8s):
+    doc = manifest()
+    n = job_names(doc)
+    await create_signing_secret(k8s)
+    with runner():
+        await asyncio.sleep(1)
+        await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Training")
+        first = status(k8s)
+    job_creates = len([r for r in k8s[kmock.action.CREATE] if r.resource and "jobs" in str(r.resource)])
+    with runner():
+        await asyncio.sleep(1.5)
+        writes = len(k8s[kmock.action.CREATE]) + len(k8s[kmock.action.UPDATE])
+        await asyncio.sleep(2)
+        assert len(k8s[kmock.action.CREATE]) + len(k8s[kmock.action.UPDATE]) == writes  # no change, no writes
+        assert status(k8s)["phase"] == "Training"
+        assert len([r for r in k8s[kmock.action.CREATE] if r.resource and "jobs" in str(r.resource)]) == job_creates
+        assert status(k8s)["conditions"] == first["conditions"]  # same times: nothing transitioned
+        await to_serving(k8s, doc)
+
+
+async def test_tampered_version_never_replaces_the_serving_one(k8s):
+    doc = manifest()
+    await create_signing_secret(k8s)
+    with runner():
+        await asyncio.sleep(1)
+        await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)
+        await to_serving(k8s, doc)
+        # a training change: a new version trains while the old one serves
+        new = manifest(training={"epochs": 21})
+        await k8s.patch(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels/digits-demo",
+                        json={"spec": new["spec"]})
+        n2 = job_names(new)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["train"])))
+        assert status(k8s)["serving"]["servedDigest"] == DIGEST
+        await complete_job(k8s, n2["train"], {"gatesPassed": True})
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["verify"])))
+        await complete_job(k8s, n2["verify"], {"verified": False, "reason": "files changed after signing "
+                                                                            "(sha256 mismatch): model.safetensors"},
+                           failed=True)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Failed"), status(k8s)
+        st = status(k8s)
+        assert cond(k8s, "SignatureVerified")["status"] == "False"
+        assert "model.safetensors" in cond(k8s, "SignatureVerified")["message"]
+        assert cond(k8s, "Ready")["status"] == "False" and "keeps serving" in cond(k8s, "Ready")["message"]
+        assert st["lastFailure"]["stage"] == "verification" and st["observedGeneration"] == 2
+        dep = get(k8s.objects, ("apps/v1/deployments", NS, "digits-demo"))
+        assert dep["metadata"]["annotations"]["hardened.dev/digest"] == DIGEST  # the old version keeps serving
+
+
+async def test_gate_failure_is_not_rolled_out_and_invalid_spec_is_permanent(k8s):
+    doc = manifest()
+    n = job_names(doc)
+    await create_signing_secret(k8s)
+    with runner() as r:
+        await asyncio.sleep(1)
+        await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
+        await complete_job(k8s, n["train"], None)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
+        await complete_job(k8s, n["verify"], {**VERIFIED, "gatesPassed": False,
+                                              "reason": "signature verified; gates failed: minRobustAccuracy"},
+                           failed=True)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Failed")
+        assert cond(k8s, "GatesPassed")["status"] == "False"
+        assert not alive(k8s.objects, ("apps/v1/deployments", NS, "digits-demo"))
+        bad = manifest(training={"epochs": 0})
+        await k8s.patch(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels/digits-demo",
+                        json={"spec": bad["spec"]})
+        assert await wait_for(lambda: cond(k8s, "Ready").get("reason") == "InvalidSpec")
+        assert "spec.training.epochs: Invalid value: 0" in cond(k8s, "Ready")["message"]
+    assert "invalid spec" in r.output
