@@ -55,14 +55,14 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     import os
     import pathlib
 
-    import kopf
+    from kopf.cli import main as kopf_main
 
     os.environ.setdefault("HARDENED_METRICS_PORT", str(args.metrics_port))
     handlers = pathlib.Path(__file__).with_name("handlers.py")
     argv = ["run", str(handlers), "--standalone" if args.standalone else "--peering=hardened-model",
             f"--liveness=http://0.0.0.0:{args.health_port}/healthz"]
     argv += ["--all-namespaces"] if not args.namespace else [f"--namespace={n}" for n in args.namespace]
-    return kopf.cli.main(argv, standalone_mode=False) or 0
+    return kopf_main(argv, standalone_mode=False) or 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
