@@ -74,6 +74,7 @@ class UpResult:
     digest: str
     version: str
     trained: bool
+    gates_passed: bool = True
     warnings: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
 
@@ -289,7 +290,8 @@ class LocalRunner:
         url, keys = self.start_serving(version_dir, pub, digest, port=port)
         return UpResult(url=url, api_key_file=keys, report=version_dir / MODEL_DIR_NAME / "report.html",
                         metrics=verdict.get("metrics", {}), digest=digest, version=version, trained=trained,
-                        warnings=self.warnings, pids={n: p.pid for n, p in self.procs.items()})
+                        gates_passed=verdict.get("gatesPassed", True) is not False, warnings=self.warnings,
+                        pids={n: p.pid for n, p in self.procs.items()})
 
 
 def stop_from_state(state_file: pathlib.Path, timeout: float = 15.0) -> list[str]:

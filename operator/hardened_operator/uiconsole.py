@@ -80,7 +80,7 @@ class UpConsole:
                   if spec.training.privacy.enabled else "not trained with DP-SGD")
         t.add_row("membership AUC", _fmt(m.get("membershipAUC")) + "  (0.5 = chance)")
         t.add_row("signature", f"verified, digest {r.digest}")
-        t.add_row("gates", "passed")
+        t.add_row("gates", "passed" if r.gates_passed else "[bold yellow]FAILED[/] (served: signing.mode Warn)")
         t.add_row("endpoint", f"{r.url}/v2/models/{self.model.metadata.name}/infer")
         t.add_row("API key file", str(r.api_key_file))
         t.add_row("report", str(r.report))
