@@ -1,15 +1,27 @@
 """kopf handlers: the only module with decorators. Each hands off to reconcile.handle_model.
 
+Event-driven, no timer: kopf puts a finalizer on every resource with a timer or
+daemon, and a HardenedModel has no external state to clean up (children go
+with their ownerReferences), so deletion must not wait on the operator.
+Spec changes and restarts arrive as create/update/resume; progress of the
+children arrives as events on our own Jobs and Deployments, which reconcile
+their owner. A missing Secret is retried by kopf (TemporaryError).
+
 Absolute imports: kopf may load this file by path (`kopf run handlers.py`).
 """
+import collections
 import os
+import threading
 
 import kopf
 
+from hardened_operator.manifests.objects import MANAGED_BY
 from hardened_operator.spec import API_GROUP, API_VERSION, PLURAL
 
-INTERVAL = float(os.environ.get("HARDENED_RECONCILE_INTERVAL", "10"))
 METRICS_PORT = int(os.environ.get("HARDENED_METRICS_PORT", "0") or 0)
+OURS = {"app.kubernetes.io/managed-by": MANAGED_BY}
+# One pass at a time per model: a pass reads the status the previous one wrote.
+_LOCKS: dict = collections.defaultdict(threading.Lock)
 
 
 @kopf.on.login()
@@ -35,32 +47,57 @@ def configure(settings: kopf.OperatorSettings, **_):
         start_http_server(METRICS_PORT)
 
 
-def _reconcile(body, patch, logger):
+class _StatusPatch:
+    """Collects handle_model's status changes; written by the funnel inside the model's lock."""
+
+    def __init__(self):
+        self.status = {}
+
+
+def _reconcile(namespace, name, logger):
+    """One pass for one model, serialised, on the latest stored object; status written before unlocking."""
     from hardened_operator.kube import Kube
     from hardened_operator.operator_metrics import METRICS
     from hardened_operator.reconcile import handle_model
 
-    def event(type_, reason, message):
-        (kopf.warn if type_ == "Warning" else kopf.info)(dict(body), reason=reason, message=message)
-        logger.info(f"{reason}: {message}")
+    kube = Kube()
+    with _LOCKS[namespace, name], METRICS.duration.time():
+        body = kube.get("HardenedModel", namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
 
-    with METRICS.duration.time():
+        def event(type_, reason, message):
+            (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
+            logger.info(f"{reason}: {message}")
+
+        patch = _StatusPatch()
         try:
-            return handle_model(dict(body), kube=Kube(), patch=patch, event=event, metrics=METRICS)
+            return handle_model(body, kube=kube, patch=patch, event=event, metrics=METRICS)
         except (kopf.PermanentError, kopf.TemporaryError):
             raise
         except Exception as exc:
             METRICS.errors.labels(type(exc).__name__).inc()
             raise kopf.TemporaryError(f"{type(exc).__name__}: {exc}", delay=15) from exc
+        finally:
+            if patch.status:
+                kube.patch_status("HardenedModel", namespace, name, patch.status)
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.create(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec")
-def on_change(body, patch, logger, **_):
-    _reconcile(body, patch, logger)
+def on_change(namespace, name, logger, **_):
+    _reconcile(namespace, name, logger)
 
 
-@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=INTERVAL, initial_delay=INTERVAL)
-def periodic(body, patch, logger, **_):
-    _reconcile(body, patch, logger)
+@kopf.on.event("batch", "v1", "jobs", labels=OURS)
+@kopf.on.event("apps", "v1", "deployments", labels=OURS)
+def on_child(body, logger, **_):
+    meta = body.get("metadata") or {}
+    owner = (meta.get("labels") or {}).get("hardened.dev/model")
+    if not owner:
+        return
+    try:
+        _reconcile(meta.get("namespace"), owner, logger)
+    except (kopf.PermanentError, kopf.TemporaryError) as exc:
+        logger.info(f"{owner}: {exc}")  # the model's own handlers retry and report

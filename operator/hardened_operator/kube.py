@@ -28,7 +28,8 @@ _TYPED = {
     "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
 }
 _CUSTOM = {"ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
-           "PrometheusRule": ("monitoring.coreos.com", "v1", "prometheusrules")}
+           "PrometheusRule": ("monitoring.coreos.com", "v1", "prometheusrules"),
+           "HardenedModel": ("hardened.dev", "v1alpha1", "hardenedmodels")}
 IMMUTABLE = {"Job", "Pod"}
 
 
@@ -97,6 +98,13 @@ class Kube:
             return self._api("CustomObjectsApi").patch_namespaced_custom_object(g, v, namespace, p, name, patch)
         api, suffix = _TYPED[kind]
         return self._body(getattr(self._api(api), f"patch_{suffix}")(name, namespace, patch, _preload_content=False))
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict) -> dict:
+        """Merge-patch the status subresource of one of our custom objects."""
+        self.writes += 1
+        g, v, p = _CUSTOM[kind]
+        return self._api("CustomObjectsApi").patch_namespaced_custom_object_status(g, v, namespace, p, name,
+                                                                                   {"status": status})
 
     def ensure(self, obj: dict) -> str:
         """Make ``obj`` exist as built: 'created', 'patched' or 'unchanged'."""

@@ -271,7 +271,9 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
             patch.status.update(status)
             event("Warning", "SecretMissing", message)
         metrics.reconciles.labels("waiting").inc()
-        raise kopf.TemporaryError(message, delay=30)
+        import os
+
+        raise kopf.TemporaryError(message, delay=float(os.environ.get("HARDENED_RETRY_SECONDS", "30")))
     obs = observe(kube, model)
     decision = decide(model, obs, previous, now=now())
     for obj in decision.ensure:
