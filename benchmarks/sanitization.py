@@ -11,7 +11,6 @@ Datasets: scikit-learn digits (1,347/450) and MNIST t10k (8,000/2,000).
 """
 import warnings
 
-import numpy as np
 import torch
 from sklearn.ensemble import IsolationForest
 

@@ -67,7 +67,6 @@ def free_port() -> int:
 def make_artifact(root: pathlib.Path, private_key: pathlib.Path, *, name: str = "digits-demo",
                   metrics: dict | None = None, seed: int = 0) -> pathlib.Path:
     """A signed artifact without training: a cnn-8x8 fitted for a few steps on digits (seconds)."""
-    import numpy as np
     import safetensors.torch
     import torch
 

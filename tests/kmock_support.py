@@ -45,6 +45,9 @@ class RVEmulator(kmock.KubernetesEmulator):
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 CORE = [("v1/namespaces", "Namespace", False), ("v1/configmaps", "ConfigMap", True), ("v1/secrets", "Secret", True),
         ("v1/services", "Service", True), ("v1/pods", "Pod", True), ("v1/events", "Event", True),
+        ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True),
+        ("monitoring.coreos.com/v1/servicemonitors", "ServiceMonitor", True),
+        ("monitoring.coreos.com/v1/prometheusrules", "PrometheusRule", True),
         ("batch/v1/jobs", "Job", True), ("apps/v1/deployments", "Deployment", True),
         ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True),
         ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", True),

@@ -22,6 +22,7 @@ _TYPED = {
     "Secret": ("CoreV1Api", "namespaced_secret"),
     "Service": ("CoreV1Api", "namespaced_service"),
     "Pod": ("CoreV1Api", "namespaced_pod"),
+    "PersistentVolumeClaim": ("CoreV1Api", "namespaced_persistent_volume_claim"),
     "Job": ("BatchV1Api", "namespaced_job"),
     "Deployment": ("AppsV1Api", "namespaced_deployment"),
     "NetworkPolicy": ("NetworkingV1Api", "namespaced_network_policy"),

@@ -188,8 +188,14 @@ def observe(kube, model: HardenedModel) -> Observed:
     return obs
 
 
-def ensure_secrets(kube, model: HardenedModel) -> list[str]:
-    """Generate the Secrets the spec leaves to the operator; list the ones it names that are missing."""
+def ensure_prerequisites(kube, model: HardenedModel) -> list[str]:
+    """Generate the Secrets the spec leaves to the operator; list what it names that is missing.
+
+    A pvc:// store must exist as a PersistentVolumeClaim. An s3:// store is not
+    checked here: the operator holds no AWS credentials (the trainer's IRSA role
+    does), so a missing bucket shows as a failed training Job with the trainer's
+    message in status.lastFailure.
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -207,6 +213,11 @@ def ensure_secrets(kube, model: HardenedModel) -> list[str]:
         if secret is None or ref.key not in (secret.get("data") or {}) and ref.key not in (
                 secret.get("stringData") or {}):
             missing.append(f"{field_}: Secret {ns}/{ref.name} with key {ref.key!r}")
+    from .artifacts import StoreURI
+
+    store = StoreURI.parse(s.artifacts.store)
+    if store.scheme == "pvc" and kube.get("PersistentVolumeClaim", ns, store.bucket) is None:
+        missing.append(f"spec.artifacts.store: PersistentVolumeClaim {ns}/{store.bucket}")
     if s.signing.method == "key" and s.signing.private_key_secret is None \
             and kube.get("Secret", ns, n["signing-secret"]) is None:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -228,7 +239,7 @@ def parse_body(body: dict) -> HardenedModel:
                            "spec": body.get("spec")})
 
 
-__all__ = ["Observed", "Decision", "decide", "observe", "ensure_secrets", "parse_body", "SpecError"]
+__all__ = ["Observed", "Decision", "decide", "observe", "ensure_prerequisites", "parse_body", "SpecError"]
 
 
 def _now() -> str:
@@ -260,16 +271,16 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
             event("Warning", "InvalidSpec", message)
         metrics.reconciles.labels("invalid").inc()
         raise kopf.PermanentError(f"invalid spec: {message}")
-    missing = ensure_secrets(kube, model)
+    missing = ensure_prerequisites(kube, model)
     if missing:
         message = "missing " + "; ".join(missing)
         status = build_status(previous, generation=gen, phase=previous.get("phase") or "Pending", now=now(),
                               conditions={**{c["type"]: (c["status"], c["reason"], c["message"])
                                              for c in previous.get("conditions") or [] if c["type"] != "Ready"},
-                                          "Ready": ("False", "SecretMissing", message)})
+                                          "Ready": ("False", "PrerequisiteMissing", message)})
         if not _same({k: previous.get(k) for k in status}, status):
             patch.status.update(status)
-            event("Warning", "SecretMissing", message)
+            event("Warning", "PrerequisiteMissing", message)
         metrics.reconciles.labels("waiting").inc()
         import os
 

@@ -63,10 +63,15 @@ def job_names(doc):
 
 
 async def create_signing_secret(k8s):
+    """The prerequisites the demo spec names: its signing key Secret and the PVC of its pvc:// store."""
     b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
     resp = await k8s.post(f"/api/v1/namespaces/{NS}/secrets", json={
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "digits-demo-signing", "namespace": NS},
         "data": {"private.pem": b64("-----BEGIN PRIVATE KEY-----"), "public.pem": b64("-----BEGIN PUBLIC KEY-----")}})
+    assert resp.status == 200
+    resp = await k8s.post(f"/api/v1/namespaces/{NS}/persistentvolumeclaims", json={
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "hardened-models", "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}}})
     assert resp.status == 200
 
 
@@ -123,8 +128,9 @@ async def test_create_to_ready_secret_missing_then_created(k8s):
     async with runner() as r:
         await asyncio.sleep(1)
         assert (await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)).status == 200
-        assert await wait_for(lambda: cond(k8s, "Ready").get("reason") == "SecretMissing"), status(k8s)
+        assert await wait_for(lambda: cond(k8s, "Ready").get("reason") == "PrerequisiteMissing"), status(k8s)
         assert "spec.signing.privateKeySecret: Secret default/digits-demo-signing" in cond(k8s, "Ready")["message"]
+        assert "spec.artifacts.store: PersistentVolumeClaim default/hardened-models" in cond(k8s, "Ready")["message"]
         assert not alive(k8s.objects, ("batch/v1/jobs", NS, n["train"]))
         await create_signing_secret(k8s)
         assert await wait_for(lambda: status(k8s).get("phase") == "Training", 40), status(k8s)
@@ -153,14 +159,13 @@ async def test_create_to_ready_secret_missing_then_created(k8s):
         writes = list(k8s[kmock.action.CREATE]) + list(k8s[kmock.action.UPDATE])
         assert len(writes) == before, [(w.method, str(w.url)) for w in writes][-3:]
     assert r.exit_code == 0, r.output
-    assert "SecretMissing" in r.output and "Serving" in r.output
+    assert "PrerequisiteMissing" in r.output and "Serving" in r.output
     posted = [req.data for req in k8s[kmock.action.CREATE] if req.resource and "events" in str(req.resource)]
-    assert {e.get("reason") for e in posted} >= {"SecretMissing", "Training", "Serving"}  # an Event per transition
+    assert {e.get("reason") for e in posted} >= {"PrerequisiteMissing", "Training", "Serving"}  # per transition
 
 
 async def test_restart_mid_training_makes_no_second_job(k8s):
     doc = manifest()
-    n = job_names(doc)
     await create_signing_secret(k8s)
     async with runner():
         await asyncio.sleep(1)
@@ -257,3 +262,43 @@ async def test_serving_only_change_rolls_out_without_retraining_and_delete_is_no
         assert await wait_for(lambda: not alive(k8s.objects, HM))
     # children are collected by the garbage collector through their ownerReferences (kmock has none)
     assert get(k8s.objects, dep_key)["metadata"]["ownerReferences"][0]["kind"] == "HardenedModel"
+
+
+async def test_monitoring_objects_metrics_and_liveness(k8s):
+    """With the Prometheus Operator CRDs present: ServiceMonitor and PrometheusRule; operator metrics; /healthz."""
+    import urllib.request
+
+    from hardened_operator.operator_metrics import METRICS
+    from helpers import free_port
+
+    await k8s.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json={
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "prometheusrules.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                 "names": {"kind": "PrometheusRule", "plural": "prometheusrules", "singular": "prometheusrule"},
+                 "versions": [{"name": "v1", "served": True, "storage": True,
+                               "schema": {"openAPIV3Schema": {"type": "object",
+                                                              "x-kubernetes-preserve-unknown-fields": True}}}]}})
+    doc = manifest(monitoring={"labels": {"release": "kube-prometheus-stack"}})
+    await create_signing_secret(k8s)
+    port = free_port()
+    before = METRICS.reconciles.labels("ok")._value.get()
+    r = KopfRunner(["run", "-A", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz", HANDLERS],
+                   timeout=60, registry=kopf.OperatorRegistry())
+    await asyncio.to_thread(r.__enter__)
+    try:
+        await asyncio.sleep(1)
+        await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)
+        await to_serving(k8s, doc)
+        for kind in ("servicemonitors", "prometheusrules"):
+            obj = get(k8s.objects, (f"monitoring.coreos.com/v1/{kind}", NS, "digits-demo"))
+            assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        rule = get(k8s.objects, ("monitoring.coreos.com/v1/prometheusrules", NS, "digits-demo"))
+        assert any(x.get("alert") == "HardenedModelClientDominatesTraffic" for g in rule["spec"]["groups"]
+                   for x in g["rules"])
+        health = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").status)
+        assert health == 200
+        assert METRICS.reconciles.labels("ok")._value.get() > before
+        assert METRICS.epsilon.labels(NS, "digits-demo")._value.get() == 7.99
+    finally:
+        await asyncio.to_thread(r.__exit__, None, None, None)

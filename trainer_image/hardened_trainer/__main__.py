@@ -94,7 +94,6 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
 
 def run(cfg, *, log) -> tuple[int, dict]:
     """The whole training run for a parsed config; returns (exit code, result)."""
-    import numpy as np
 
     from hardened_operator import artifacts, signing
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from ..artifacts import StoreURI
-from ..signing import MODEL_DIR_NAME, SIGNATURE_NAME
+from ..signing import MODEL_DIR_NAME
 from ..spec import API_GROUP, API_VERSION, KIND, HardenedModel
 from .serving_config import build_serving_config
 from .trainer_config import build_trainer_config, training_version
