@@ -46,14 +46,22 @@ class Kube:
     def _body(resp) -> dict:
         return json.loads(resp.data)
 
+    def _call(self, verb: str, kind: str, namespace: str, name: str | None = None, body: dict | None = None):
+        """One dispatch for typed and custom kinds (their client methods order arguments differently)."""
+        tail = ([name] if name is not None else []) + ([body] if body is not None else [])
+        if kind in _CUSTOM:
+            g, v, p = _CUSTOM[kind]
+            custom_verb = "get" if verb == "read" else verb
+            return getattr(self._api("CustomObjectsApi"), f"{custom_verb}_namespaced_custom_object")(
+                g, v, namespace, p, *tail)
+        api, suffix = _TYPED[kind]
+        args = ([name, namespace] if name is not None else [namespace]) + ([body] if body is not None else [])
+        return self._body(getattr(self._api(api), f"{verb}_{suffix}")(*args, _preload_content=False))
+
     # ----------------------------------------------------------------- read
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
         try:
-            if kind in _CUSTOM:
-                g, v, p = _CUSTOM[kind]
-                return self._api("CustomObjectsApi").get_namespaced_custom_object(g, v, namespace, p, name)
-            api, suffix = _TYPED[kind]
-            return self._body(getattr(self._api(api), f"read_{suffix}")(name, namespace, _preload_content=False))
+            return self._call("read", kind, namespace, name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -79,14 +87,9 @@ class Kube:
     # ---------------------------------------------------------------- write
     def create(self, obj: dict) -> dict | None:
         """Create; None when it already exists (409)."""
-        kind, ns = obj["kind"], obj["metadata"]["namespace"]
         try:
             self.writes += 1
-            if kind in _CUSTOM:
-                g, v, p = _CUSTOM[kind]
-                return self._api("CustomObjectsApi").create_namespaced_custom_object(g, v, ns, p, obj)
-            api, suffix = _TYPED[kind]
-            return self._body(getattr(self._api(api), f"create_{suffix}")(ns, obj, _preload_content=False))
+            return self._call("create", obj["kind"], obj["metadata"]["namespace"], body=obj)
         except ApiException as exc:
             if exc.status == 409:
                 return None
@@ -94,11 +97,7 @@ class Kube:
 
     def patch(self, kind: str, namespace: str, name: str, patch: dict) -> dict:
         self.writes += 1
-        if kind in _CUSTOM:
-            g, v, p = _CUSTOM[kind]
-            return self._api("CustomObjectsApi").patch_namespaced_custom_object(g, v, namespace, p, name, patch)
-        api, suffix = _TYPED[kind]
-        return self._body(getattr(self._api(api), f"patch_{suffix}")(name, namespace, patch, _preload_content=False))
+        return self._call("patch", kind, namespace, name, patch)
 
     def patch_status(self, kind: str, namespace: str, name: str, status: dict) -> dict:
         """Merge-patch the status subresource of one of our custom objects."""

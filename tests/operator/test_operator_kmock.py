@@ -38,10 +38,10 @@ def k8s(kmock):
 
 
 @contextlib.asynccontextmanager
-async def runner():
+async def runner(*options: str):
     """KopfRunner, entered and left from a worker thread: kmock serves from this event loop, which must
     keep serving the operator's last requests while the runner waits for it to stop."""
-    r = KopfRunner(["run", "-A", "--standalone", HANDLERS], timeout=60, registry=kopf.OperatorRegistry())
+    r = KopfRunner(["run", "-A", "--standalone", *options, HANDLERS], timeout=60, registry=kopf.OperatorRegistry())
     await asyncio.to_thread(r.__enter__)
     try:
         yield r
@@ -283,10 +283,7 @@ async def test_monitoring_objects_metrics_and_liveness(k8s):
     await create_signing_secret(k8s)
     port = free_port()
     before = METRICS.reconciles.labels("ok")._value.get()
-    r = KopfRunner(["run", "-A", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz", HANDLERS],
-                   timeout=60, registry=kopf.OperatorRegistry())
-    await asyncio.to_thread(r.__enter__)
-    try:
+    async with runner(f"--liveness=http://127.0.0.1:{port}/healthz"):
         await asyncio.sleep(1)
         await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)
         await to_serving(k8s, doc)
@@ -300,5 +297,3 @@ async def test_monitoring_objects_metrics_and_liveness(k8s):
         assert health == 200
         assert METRICS.reconciles.labels("ok")._value.get() > before
         assert METRICS.epsilon.labels(NS, "digits-demo")._value.get() == 7.99
-    finally:
-        await asyncio.to_thread(r.__exit__, None, None, None)
