@@ -138,17 +138,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return EXIT_OK
     ui.print("serving; press Ctrl-C to stop")
     stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    try:
-        while not stop:
-            dead = {n: p.returncode for n, p in runner.procs.items() if p.poll() is not None}
-            if dead:
-                ui.print(f"[red]stopped: {dead} exited; see {runner.paths.home / 'logs'}[/]")
-                runner.stop()
-                return EXIT_ERROR
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+    # Own handlers for both: a process started in the background by a script inherits SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    while not stop:
+        dead = {n: p.returncode for n, p in runner.procs.items() if p.poll() is not None}
+        if dead:
+            ui.print(f"[red]stopped: {dead} exited; see {runner.paths.home / 'logs'}[/]")
+            runner.stop()
+            return EXIT_ERROR
+        time.sleep(0.5)
     runner.stop()
     ui.print("stopped every process")
     return EXIT_OK
