@@ -196,8 +196,7 @@ def ensure_prerequisites(kube, model: HardenedModel) -> list[str]:
     does), so a missing bucket shows as a failed training Job with the trainer's
     message in status.lastFailure.
     """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from .signing import generate_key_pem
 
     ns, s, n = model.metadata.namespace, model.spec, objects.names(model)
     missing = []
@@ -220,12 +219,7 @@ def ensure_prerequisites(kube, model: HardenedModel) -> list[str]:
         missing.append(f"spec.artifacts.store: PersistentVolumeClaim {ns}/{store.bucket}")
     if s.signing.method == "key" and s.signing.private_key_secret is None \
             and kube.get("Secret", ns, n["signing-secret"]) is None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()).decode()
-        public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-        kube.create(objects.build_signing_secret(model, private, public))
+        kube.create(objects.build_signing_secret(model, *generate_key_pem()))
     if s.serving.api_keys_secret is None and kube.get("Secret", ns, n["api-keys-secret"]) is None:
         kube.create(objects.build_api_keys_secret(model, "hm_" + secrets.token_urlsafe(24)))
     return missing

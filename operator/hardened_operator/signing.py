@@ -59,20 +59,28 @@ class VerificationResult:
 
 
 # --------------------------------------------------------------------- keys
-def generate_key_pair(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """Write an EC P-256 key pair (PEM) as private.pem (mode 0600) and public.pem."""
+def generate_key_pem() -> tuple[str, str]:
+    """A new EC P-256 key pair as (PKCS#8 private PEM, SubjectPublicKeyInfo public PEM)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private.decode(), public.decode()
+
+
+def generate_key_pair(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write an EC P-256 key pair (PEM) as private.pem (mode 0600) and public.pem."""
+    private_pem, public_pem = generate_key_pem()
+    directory.mkdir(parents=True, exist_ok=True)
     private = directory / "private.pem"
     public = directory / "public.pem"
     private.touch(mode=0o600)
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    private.write_text(private_pem)
+    public.write_text(public_pem)
     return private, public
 
 
