@@ -271,14 +271,14 @@ class LocalRunner:
         trained = False
         if existing and existing["exitCode"] == 0:
             self.say("info", message=f"version {version} exists and verifies: not training again")
-            digest = existing["digest"]
+            digest, verdict = existing["digest"], existing  # signature and gates already checked
         else:
             if existing:
                 self.say("warning", message=f"existing version {version} refused ({existing['reason']}): retraining")
             result = self.train(version_dir, priv)
             digest, trained = result["digest"], True
-        self.say("verify-start")
-        verdict = self.verify(version_dir, pub, expect_digest=digest)
+            self.say("verify-start")
+            verdict = self.verify(version_dir, pub, expect_digest=digest)
         self.say("verify-done", **verdict)
         if verdict["exitCode"] != 0:
             if self.model.spec.signing.mode == "Enforce" or not verdict.get("verified"):
