@@ -62,6 +62,26 @@ def job_names(doc):
     return names(parse_manifest(doc))
 
 
+MODELS_URL = f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels"
+
+
+async def create_model(k8s, doc):
+    await asyncio.sleep(1)  # the operator has listed and started watching
+    assert (await k8s.post(MODELS_URL, json=doc)).status == 200
+
+
+async def update_spec(k8s, doc):
+    assert (await k8s.patch(f"{MODELS_URL}/digits-demo", json={"spec": doc["spec"]})).status == 200
+
+
+def job_creates(k8s) -> int:
+    return len([r for r in k8s[kmock.action.CREATE] if r.resource and "jobs" in str(r.resource)])
+
+
+def writes(k8s) -> int:
+    return len(k8s[kmock.action.CREATE]) + len(k8s[kmock.action.UPDATE])
+
+
 async def create_signing_secret(k8s):
     """The prerequisites the demo spec names: its signing key Secret and the PVC of its pvc:// store."""
     b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
@@ -126,8 +146,7 @@ async def test_create_to_ready_secret_missing_then_created(k8s):
     doc = manifest()
     n = job_names(doc)
     async with runner() as r:
-        await asyncio.sleep(1)
-        assert (await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)).status == 200
+        await create_model(k8s, doc)
         assert await wait_for(lambda: cond(k8s, "Ready").get("reason") == "PrerequisiteMissing"), status(k8s)
         assert "spec.signing.privateKeySecret: Secret default/digits-demo-signing" in cond(k8s, "Ready")["message"]
         assert "spec.artifacts.store: PersistentVolumeClaim default/hardened-models" in cond(k8s, "Ready")["message"]
@@ -154,10 +173,10 @@ async def test_create_to_ready_secret_missing_then_created(k8s):
             assert alive(k8s.objects, (kind, NS, "digits-demo"))
         # steady state: no writes at all over several reconcile intervals
         await asyncio.sleep(1)  # let the events of the last transition settle
-        before = len(k8s[kmock.action.CREATE]) + len(k8s[kmock.action.UPDATE])
+        before = writes(k8s)
         await asyncio.sleep(2.5)
-        writes = list(k8s[kmock.action.CREATE]) + list(k8s[kmock.action.UPDATE])
-        assert len(writes) == before, [(w.method, str(w.url)) for w in writes][-3:]
+        done = list(k8s[kmock.action.CREATE]) + list(k8s[kmock.action.UPDATE])
+        assert len(done) == before, [(w.method, str(w.url)) for w in done][-3:]
     assert r.exit_code == 0, r.output
     assert "PrerequisiteMissing" in r.output and "Serving" in r.output
     posted = [req.data for req in k8s[kmock.action.CREATE] if req.resource and "events" in str(req.resource)]
@@ -168,18 +187,17 @@ async def test_restart_mid_training_makes_no_second_job(k8s):
     doc = manifest()
     await create_signing_secret(k8s)
     async with runner():
-        await asyncio.sleep(1)
-        await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)
+        await create_model(k8s, doc)
         assert await wait_for(lambda: status(k8s).get("phase") == "Training")
         first = status(k8s)
-    job_creates = len([r for r in k8s[kmock.action.CREATE] if r.resource and "jobs" in str(r.resource)])
+    jobs_before = job_creates(k8s)
     async with runner():
         await asyncio.sleep(1.5)
-        writes = len(k8s[kmock.action.CREATE]) + len(k8s[kmock.action.UPDATE])
+        before = writes(k8s)
         await asyncio.sleep(2)
-        assert len(k8s[kmock.action.CREATE]) + len(k8s[kmock.action.UPDATE]) == writes  # no change, no writes
+        assert writes(k8s) == before  # no change, no writes
         assert status(k8s)["phase"] == "Training"
-        assert len([r for r in k8s[kmock.action.CREATE] if r.resource and "jobs" in str(r.resource)]) == job_creates
+        assert job_creates(k8s) == jobs_before
         assert status(k8s)["conditions"] == first["conditions"]  # same times: nothing transitioned
         await to_serving(k8s, doc)
 
@@ -188,13 +206,11 @@ async def test_tampered_version_never_replaces_the_serving_one(k8s):
     doc = manifest()
     await create_signing_secret(k8s)
     async with runner():
-        await asyncio.sleep(1)
-        await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)
+        await create_model(k8s, doc)
         await to_serving(k8s, doc)
         # a training change: a new version trains while the old one serves
         new = manifest(training={"epochs": 21})
-        await k8s.patch(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels/digits-demo",
-                        json={"spec": new["spec"]})
+        await update_spec(k8s, new)
         n2 = job_names(new)
         assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["train"])))
         assert status(k8s)["serving"]["servedDigest"] == DIGEST
@@ -218,8 +234,7 @@ async def test_gate_failure_is_not_rolled_out_and_invalid_spec_is_permanent(k8s)
     n = job_names(doc)
     await create_signing_secret(k8s)
     async with runner() as r:
-        await asyncio.sleep(1)
-        await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)
+        await create_model(k8s, doc)
         assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
         await complete_job(k8s, n["train"], None)
         assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
@@ -230,8 +245,7 @@ async def test_gate_failure_is_not_rolled_out_and_invalid_spec_is_permanent(k8s)
         assert cond(k8s, "GatesPassed")["status"] == "False"
         assert not alive(k8s.objects, ("apps/v1/deployments", NS, "digits-demo"))
         bad = manifest(training={"epochs": 0})
-        await k8s.patch(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels/digits-demo",
-                        json={"spec": bad["spec"]})
+        await update_spec(k8s, bad)
         assert await wait_for(lambda: cond(k8s, "Ready").get("reason") == "InvalidSpec")
         assert "spec.training.epochs: Invalid value: 0" in cond(k8s, "Ready")["message"]
     assert "invalid spec" in r.output
@@ -241,24 +255,21 @@ async def test_serving_only_change_rolls_out_without_retraining_and_delete_is_no
     doc = manifest()
     await create_signing_secret(k8s)
     async with runner():
-        await asyncio.sleep(1)
-        await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)
+        await create_model(k8s, doc)
         await to_serving(k8s, doc)
-        jobs_before = len([r for r in k8s[kmock.action.CREATE] if r.resource and "jobs" in str(r.resource)])
+        jobs_before = job_creates(k8s)
         changed = manifest(serving={"replicas": 2})
         assert job_names(changed)["version"] == job_names(doc)["version"]
-        await k8s.patch(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels/digits-demo",
-                        json={"spec": changed["spec"]})
+        await update_spec(k8s, changed)
         dep_key = ("apps/v1/deployments", NS, "digits-demo")
         assert await wait_for(lambda: get(k8s.objects, dep_key)["spec"]["replicas"] == 2)
         assert get(k8s.objects, dep_key)["metadata"]["annotations"]["hardened.dev/digest"] == DIGEST
         assert await wait_for(lambda: status(k8s).get("phase") == "RollingOut")
         await deployment_ready(k8s, replicas=2)
         assert await wait_for(lambda: status(k8s).get("phase") == "Serving" and status(k8s)["observedGeneration"] == 2)
-        assert len([r for r in k8s[kmock.action.CREATE] if r.resource and "jobs" in str(r.resource)]) == jobs_before
+        assert job_creates(k8s) == jobs_before
         assert not get(k8s.objects, HM)["metadata"].get("finalizers")  # nothing external to clean up
-        assert (await k8s.delete(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels/digits-demo")
-                ).status == 200
+        assert (await k8s.delete(f"{MODELS_URL}/digits-demo")).status == 200
         assert await wait_for(lambda: not alive(k8s.objects, HM))
     # children are collected by the garbage collector through their ownerReferences (kmock has none)
     assert get(k8s.objects, dep_key)["metadata"]["ownerReferences"][0]["kind"] == "HardenedModel"
@@ -284,8 +295,7 @@ async def test_monitoring_objects_metrics_and_liveness(k8s):
     port = free_port()
     before = METRICS.reconciles.labels("ok")._value.get()
     async with runner(f"--liveness=http://127.0.0.1:{port}/healthz"):
-        await asyncio.sleep(1)
-        await k8s.post(f"/apis/hardened.dev/v1alpha1/namespaces/{NS}/hardenedmodels", json=doc)
+        await create_model(k8s, doc)
         await to_serving(k8s, doc)
         for kind in ("servicemonitors", "prometheusrules"):
             obj = get(k8s.objects, (f"monitoring.coreos.com/v1/{kind}", NS, "digits-demo"))

@@ -42,37 +42,36 @@ def test_security_alerts_fire_and_stay_quiet(tmp_path):
     sel = 'namespace="ml",service="%s"' % svc["service"]
     rl = alerts["HardenedModelRateLimitRejectionsHigh"]
     dom = alerts["HardenedModelClientDominatesTraffic"]
+
+    def requests(outcome, reason, per_minute):
+        return {"series": f'hardened_requests_total{{{sel},component="ratelimit",outcome="{outcome}",'
+                          f'reason="{reason}"}}', "values": f"0+{per_minute}x60"}
+
+    def client(key_id, per_minute):
+        return {"series": f'hardened_client_requests_total{{{sel},client="{key_id}"}}',
+                "values": f"0+{per_minute}x60"}
+
+    def fires(alert, at, value):
+        return {"eval_time": at, "alertname": alert["alert"], "exp_alerts": [
+            {"exp_labels": {**svc, "severity": "warning"}, "exp_annotations": _expected(alert, value)}]}
+
+    def quiet(alert, at):
+        return {"eval_time": at, "alertname": alert["alert"], "exp_alerts": []}
+
     tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [
-        {   # half of all requests rejected with 429 for 20 minutes: fires (threshold 0.2 for 10m)
+        {   # half of all requests rejected with 429 for 25 minutes: fires (threshold 0.2 for 10m)
             "interval": "1m",
-            "input_series": [
-                {"series": f'hardened_requests_total{{{sel},component="ratelimit",outcome="rejected",'
-                           f'reason="rate_limited"}}', "values": "0+60x40"},
-                {"series": f'hardened_requests_total{{{sel},component="ratelimit",outcome="forwarded",'
-                           f'reason="200"}}', "values": "0+60x40"}],
-            "alert_rule_test": [
-                {"eval_time": "25m", "alertname": rl["alert"],
-                 "exp_alerts": [{"exp_labels": {**svc, "severity": "warning"}, "exp_annotations": _expected(rl, "50%")}]},
-                {"eval_time": "25m", "alertname": dom["alert"], "exp_alerts": []}]},
+            "input_series": [requests("rejected", "rate_limited", 60), requests("forwarded", "200", 60)],
+            "alert_rule_test": [fires(rl, "25m", "50%"), quiet(dom, "25m")]},
         {   # 5% rejected: quiet
             "interval": "1m",
-            "input_series": [
-                {"series": f'hardened_requests_total{{{sel},component="ratelimit",outcome="rejected",'
-                           f'reason="rate_limited"}}', "values": "0+3x40"},
-                {"series": f'hardened_requests_total{{{sel},component="ratelimit",outcome="forwarded",'
-                           f'reason="200"}}', "values": "0+57x40"}],
-            "alert_rule_test": [{"eval_time": "25m", "alertname": rl["alert"], "exp_alerts": []}]},
-        {   # one key sends 9 of every 10 admitted requests for 40 minutes: extraction alert fires
+            "input_series": [requests("rejected", "rate_limited", 3), requests("forwarded", "200", 57)],
+            "alert_rule_test": [quiet(rl, "25m")]},
+        {   # one key sends 9 of every 10 admitted requests: the extraction alert fires after 30 minutes
             "interval": "1m",
-            "input_series": [
-                {"series": f'hardened_client_requests_total{{{sel},client="aaaaaaaaaaaa"}}', "values": "0+540x60"},
-                {"series": f'hardened_client_requests_total{{{sel},client="bbbbbbbbbbbb"}}', "values": "0+60x60"},
-                {"series": f'hardened_requests_total{{{sel},component="ratelimit",outcome="forwarded",'
-                           f'reason="200"}}', "values": "0+600x60"}],
-            "alert_rule_test": [
-                {"eval_time": "45m", "alertname": dom["alert"],
-                 "exp_alerts": [{"exp_labels": {**svc, "severity": "warning"}, "exp_annotations": _expected(dom, "90%")}]},
-                {"eval_time": "20m", "alertname": dom["alert"], "exp_alerts": []}]},  # not yet 30 minutes
+            "input_series": [client("aaaaaaaaaaaa", 540), client("bbbbbbbbbbbb", 60),
+                             requests("forwarded", "200", 600)],
+            "alert_rule_test": [fires(dom, "45m", "90%"), quiet(dom, "20m")]},
     ]}
     spec = tmp_path / "tests.yaml"
     spec.write_text(yaml.safe_dump(tests, sort_keys=False))
