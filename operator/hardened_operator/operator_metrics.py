@@ -17,6 +17,13 @@ class OperatorMetrics:
                                              ["namespace", "name"], **kw)
         self.epsilon = Gauge("hardened_operator_model_epsilon", "Privacy budget spent by the verified version",
                              ["namespace", "name"], **kw)
+        # The other signed figures of the verified version, for the dashboard (status.metrics has the same).
+        self.clean_accuracy = Gauge("hardened_operator_model_clean_accuracy", "Clean accuracy of the verified "
+                                    "version", ["namespace", "name"], **kw)
+        self.robust_accuracy = Gauge("hardened_operator_model_robust_accuracy", "Robust accuracy (under the "
+                                     "evaluated attacks) of the verified version", ["namespace", "name"], **kw)
+        self.membership_auc = Gauge("hardened_operator_model_membership_auc", "Membership-inference attack AUC "
+                                    "against the verified version", ["namespace", "name"], **kw)
 
 
 METRICS = OperatorMetrics()

@@ -59,7 +59,8 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
     events: list[tuple[str, str, str]] = []
 
     if obs.train_job is None:
-        ensure += [objects.build_training_configmap(model), objects.build_training_job(model)]
+        ensure += [objects.build_jobs_network_policy(model), objects.build_training_configmap(model),
+                   objects.build_training_job(model)]
     # A Job created in this pass counts as running, so the next pass reports the same.
     t_state, t_reason, t_msg = job_state(obs.train_job) if obs.train_job else ("running", "Running", "running")
     v_state, v_reason, v_msg = "pending", "Pending", "waiting for training"
@@ -296,8 +297,10 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
         metrics.training_failures.labels(model.metadata.namespace, model.metadata.name).inc()
     elif decision.failure == "verification":
         metrics.verification_failures.labels(model.metadata.namespace, model.metadata.name).inc()
-    eps = (decision.status.get("metrics") or {}).get("epsilon")
-    if eps is not None:
-        metrics.epsilon.labels(model.metadata.namespace, model.metadata.name).set(eps)
+    figures = decision.status.get("metrics") or {}
+    for key, gauge in (("epsilon", metrics.epsilon), ("cleanAccuracy", metrics.clean_accuracy),
+                       ("robustAccuracy", metrics.robust_accuracy), ("membershipAUC", metrics.membership_auc)):
+        if figures.get(key) is not None:
+            gauge.labels(model.metadata.namespace, model.metadata.name).set(figures[key])
     metrics.reconciles.labels("ok").inc()
     return decision.status["phase"]

@@ -74,13 +74,15 @@ def test_training_job_gpu_scheduling_and_irsa():
     assert pod["nodeSelector"]["eks.amazonaws.com/nodegroup"] == "gpu-a10g"
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["serviceAccountName"] == "hardened-model-irsa"
+    # IRSA needs no API-server token: the EKS webhook injects its own projected web-identity token
+    assert pod["automountServiceAccountToken"] is False
     assert job["spec"]["activeDeadlineSeconds"] == 10800 and job["spec"]["backoffLimit"] == 2
     assert {"name": "AWS_REGION", "value": "us-east-1"} in trainer["env"]
 
 
 def test_training_configmap_is_a_config_the_trainer_accepts():
     for path in EXAMPLES:
-        cm = build_all(model(path.stem))[0]
+        cm = next(o for o in build_all(model(path.stem)) if o["kind"] == "ConfigMap")
         cfg = parse_config(json.loads(cm["data"]["train.json"]))
         assert cfg.version == training_version(cfg.spec)
 
@@ -116,10 +118,27 @@ def test_verify_job_checks_the_gates_of_the_spec():
 
 
 def test_network_policy_admits_only_the_rate_limit_port_for_traffic():
-    netpol = next(o for o in build_all(model()) if o["kind"] == "NetworkPolicy")
+    netpol = next(o for o in build_all(model()) if o["kind"] == "NetworkPolicy"
+                  and o["metadata"]["name"] == "digits-demo")
     traffic = netpol["spec"]["ingress"][0]
     assert traffic == {"ports": [{"protocol": "TCP", "port": 8443}]}
     assert set(netpol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_job_pods_accept_nothing_and_reach_https_only_when_the_spec_needs_it():
+    def policy(name):
+        return next(o for o in build_all(model(name)) if o["kind"] == "NetworkPolicy"
+                    and o["metadata"]["name"].endswith("-jobs"))
+
+    local = policy("digits-demo")  # builtin data, pvc:// store, key signing: DNS only
+    assert local["spec"]["ingress"] == [] and set(local["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert [p["port"] for rule in local["spec"]["egress"] for p in rule["ports"]] == [53, 53]
+    assert local["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["training", "verification"]
+    s3 = policy("eks-s3-irsa")
+    assert {"protocol": "TCP", "port": 443} in [p for rule in s3["spec"]["egress"] for p in rule["ports"]]
+    for obj in build_all(model("eks-s3-irsa")):
+        if obj["kind"] in ("Job", "Deployment"):
+            assert obj["spec"]["template"]["spec"]["automountServiceAccountToken"] is False, obj["kind"]
 
 
 def test_monitoring_objects_carry_the_spec_labels_and_every_alert_is_documented():

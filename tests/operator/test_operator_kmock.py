@@ -307,3 +307,5 @@ async def test_monitoring_objects_metrics_and_liveness(k8s):
         assert health == 200
         assert METRICS.reconciles.labels("ok")._value.get() > before
         assert METRICS.epsilon.labels(NS, "digits-demo")._value.get() == 7.99
+        assert METRICS.robust_accuracy.labels(NS, "digits-demo")._value.get() == 0.63
+        assert METRICS.clean_accuracy.labels(NS, "digits-demo")._value.get() == 0.9467

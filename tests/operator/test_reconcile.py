@@ -36,7 +36,7 @@ def kinds(decision):
 
 def test_new_model_creates_the_training_job_and_reports_training():
     d = decide(model(), Observed(), {}, now=NOW)
-    assert kinds(d) == ["ConfigMap", "Job"]
+    assert kinds(d) == ["NetworkPolicy", "ConfigMap", "Job"]  # the Job pods are fenced in before they start
     assert d.status["phase"] == "Training" and d.status["observedGeneration"] == 3
     assert d.events[0][1] == "Training"
 

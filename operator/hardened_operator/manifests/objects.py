@@ -160,8 +160,9 @@ def build_training_job(model: HardenedModel) -> dict:
     if t.tolerations:
         pod["tolerations"] = [tol.model_dump(mode="json", by_alias=True, exclude_none=True) for tol in t.tolerations]
     if s.aws.service_account_name:
+        # IRSA: the EKS pod identity webhook injects its own projected token (audience sts.amazonaws.com), so
+        # the API-server token stays unmounted: a compromised trainer cannot call the Kubernetes API.
         pod["serviceAccountName"] = s.aws.service_account_name
-        pod["automountServiceAccountToken"] = True  # IRSA's web identity token rides on the SA token mount
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": _meta(model, n["train"], "training",
@@ -224,8 +225,7 @@ def build_verify_job(model: HardenedModel) -> dict:
     pod = {"restartPolicy": "Never", "securityContext": POD_SECURITY, "automountServiceAccountToken": False,
            "containers": [container], "volumes": volumes}
     if model.spec.aws.service_account_name:
-        pod["serviceAccountName"] = model.spec.aws.service_account_name
-        pod["automountServiceAccountToken"] = True
+        pod["serviceAccountName"] = model.spec.aws.service_account_name  # IRSA token: see build_training_job
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": _meta(model, n["verify"], "verification", annotations={"hardened.dev/version": n["version"]}),
             "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600,
@@ -293,8 +293,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str) -> dict
            "initContainers": [init], "containers": containers, "volumes": volumes,
            "terminationGracePeriodSeconds": 30}
     if s.aws.service_account_name and not local:
-        pod["serviceAccountName"] = s.aws.service_account_name
-        pod["automountServiceAccountToken"] = True
+        pod["serviceAccountName"] = s.aws.service_account_name  # IRSA token: see build_training_job
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(model, n["serving"], "serving",
@@ -353,6 +352,22 @@ def build_network_policy(model: HardenedModel) -> dict:
                                             ("model-metrics", "validation-metrics", "ratelimit-metrics")],
                                   "from": [{"namespaceSelector": {}}]}],
                      "egress": egress}}
+
+
+def build_jobs_network_policy(model: HardenedModel) -> dict:
+    """The training and verify Job pods accept no connection at all; they reach out only to DNS and, when the
+    spec needs it (s3:// data or store, Sigstore keyless signing), HTTPS."""
+    s = model.spec
+    egress = [{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]
+    if (StoreURI.parse(s.artifacts.store).scheme == "s3" or s.data.source.startswith("s3://")
+            or s.signing.method == "keyless"):
+        egress.append({"ports": [{"protocol": "TCP", "port": 443}]})
+    selector = {"matchLabels": {"hardened.dev/model": model.metadata.name},
+                "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
+                                      "values": ["training", "verification"]}]}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _meta(model, f"{model.metadata.name}-jobs", "training"),
+            "spec": {"podSelector": selector, "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": egress}}
 
 
 def build_pdb(model: HardenedModel) -> dict:
