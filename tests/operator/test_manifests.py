@@ -10,7 +10,7 @@ from hardened_operator.manifests.render import build_all
 from hardened_operator.manifests.trainer_config import training_version
 from hardened_operator.spec import parse_manifest
 from hardened_trainer.config import parse_config
-from helpers import EXAMPLES, example
+from helpers import EXAMPLES, example, restricted_pss_violations
 
 K8S_VERSIONS = ["1.30.0", "1.33.0", "1.37.0"]
 
@@ -38,18 +38,31 @@ def test_every_rendered_object_passes_strict_validation(path, version):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_every_pod_meets_the_restricted_pod_security_standard(path):
-    for obj in build_all(model(path.stem)):
-        for pod in pod_specs(obj):
-            psc = pod["securityContext"]
-            assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault"
-            assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
-            for c in pod.get("initContainers", []) + pod["containers"]:
-                sc = c["securityContext"]
-                assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
-                assert sc["readOnlyRootFilesystem"] is True and sc["runAsNonRoot"] is True
-                assert "privileged" not in sc
-            for v in pod["volumes"]:
-                assert "hostPath" not in v
+    pods = [pod for obj in build_all(model(path.stem)) for pod in pod_specs(obj)]
+    assert len(pods) == 3  # training Job, verify Job, serving Deployment
+    for pod in pods:
+        assert restricted_pss_violations(pod) == []
+        assert pod["automountServiceAccountToken"] is False
+
+
+def test_the_restricted_check_catches_each_violation():
+    pod = pod_specs(build_verify_job(model()))[0]
+    for path, value, expected in [(("containers", 0, "securityContext", "runAsNonRoot"), False, "runAsNonRoot"),
+                                  (("containers", 0, "securityContext", "seccompProfile"), {"type": "Unconfined"},
+                                   "seccompProfile"),
+                                  (("securityContext", "runAsUser"), 0, "runAsUser 0"),
+                                  (("containers", 0, "securityContext", "allowPrivilegeEscalation"), True,
+                                   "allowPrivilegeEscalation"),
+                                  (("containers", 0, "securityContext", "capabilities"), {"add": ["SYS_ADMIN"]},
+                                   "capabilities"),
+                                  (("hostNetwork",), True, "hostNetwork"),
+                                  (("volumes", 0), {"name": "h", "hostPath": {"path": "/"}}, "hostPath")]:
+        bad = json.loads(json.dumps(pod))
+        target = bad
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        assert any(expected in v for v in restricted_pss_violations(bad)), (path, restricted_pss_violations(bad))
 
 
 def test_names_are_deterministic_and_follow_the_training_version():

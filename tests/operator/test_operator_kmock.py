@@ -17,6 +17,7 @@ from kopf.testing import KopfRunner
 
 from hardened_operator.manifests.objects import names
 from hardened_operator.spec import parse_manifest
+from chart_support import Permission, allows, grants, permission, render, rules_of
 from helpers import ROOT, example
 from kmock_support import RVEmulator, alive, declare, get, wait_for, write_kubeconfig
 
@@ -27,20 +28,47 @@ HM = ("hardened.dev/v1alpha1/hardenedmodels", NS, "digits-demo")
 DIGEST = "9f" * 32
 
 
+OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf's own client and the kubernetes client (kube.py)
+
+
+def operator_permissions(k8s) -> set[Permission]:
+    """The RBAC check of every request the operator made (the tests' own requests carry aiohttp's agent)."""
+    out = set()
+    for req in k8s:
+        if req.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS):
+            p = permission(str(req.method.value if hasattr(req.method, "value") else req.method).upper(),
+                           req.url.path, dict(req.url.query))
+            if p is not None:
+                out.add(p)
+    return out
+
+
+@pytest.fixture(scope="module")
+def chart_rbac():
+    """The RBAC rules of the Helm chart as installed by default (every namespace watched)."""
+    return rules_of(render())
+
+
 @pytest.fixture
-def k8s(kmock):
+def k8s(kmock, chart_rbac):
+    """kmock made kopf-ready. After each test: the chart's RBAC allows every request the operator made."""
     from conftest import KUBECONFIG
 
     write_kubeconfig(KUBECONFIG, str(kmock.url))
     declare(kmock)
     os.environ["HARDENED_RETRY_SECONDS"] = "0.5"
-    return kmock
+    yield kmock
+    used = operator_permissions(kmock)
+    assert used, "no operator request was recorded"
+    denied = sorted(str(p) for p in used if not allows(chart_rbac, p))
+    assert not denied, f"the chart's RBAC denies requests the operator made: {denied}"
 
 
 @contextlib.asynccontextmanager
 async def runner(*options: str):
     """KopfRunner, entered and left from a worker thread: kmock serves from this event loop, which must
-    keep serving the operator's last requests while the runner waits for it to stop."""
+    keep serving the operator's last requests while the runner waits for it to stop.
+    Always -A: with --namespace, kopf lists /api/v1/namespaces, a path kmock 0.8 cannot parse (500)."""
     r = KopfRunner(["run", "-A", "--standalone", *options, HANDLERS], timeout=60, registry=kopf.OperatorRegistry())
     await asyncio.to_thread(r.__enter__)
     try:
@@ -275,8 +303,10 @@ async def test_serving_only_change_rolls_out_without_retraining_and_delete_is_no
     assert get(k8s.objects, dep_key)["metadata"]["ownerReferences"][0]["kind"] == "HardenedModel"
 
 
-async def test_monitoring_objects_metrics_and_liveness(k8s):
-    """With the Prometheus Operator CRDs present: ServiceMonitor and PrometheusRule; operator metrics; /healthz."""
+async def test_monitoring_drift_repair_and_the_chart_grants_exactly_what_the_operator_uses(k8s, chart_rbac):
+    """With the Prometheus Operator CRDs present: ServiceMonitor and PrometheusRule; operator metrics; /healthz.
+    Children edited by hand are put back on the next pass. Over this whole life (create, train, verify, serve,
+    change, repair) the operator uses every permission the chart grants, and no other."""
     import urllib.request
 
     from hardened_operator.operator_metrics import METRICS
@@ -309,3 +339,35 @@ async def test_monitoring_objects_metrics_and_liveness(k8s):
         assert METRICS.epsilon.labels(NS, "digits-demo")._value.get() == 7.99
         assert METRICS.robust_accuracy.labels(NS, "digits-demo")._value.get() == 0.63
         assert METRICS.clean_accuracy.labels(NS, "digits-demo")._value.get() == 0.9467
+
+        # drift: someone edits the operator's children by hand
+        base = f"/api/v1/namespaces/{NS}"
+        await k8s.patch(f"{base}/services/digits-demo", json={"spec": {"ports": [{"name": "http", "port": 81}]}})
+        await k8s.patch(f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/digits-demo",
+                        json={"spec": {"maxUnavailable": 5}})
+        await k8s.patch(f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/digits-demo",
+                        json={"spec": {"ingress": [{}]}})  # admit everything
+        await k8s.patch(f"/apis/monitoring.coreos.com/v1/namespaces/{NS}/servicemonitors/digits-demo",
+                        json={"spec": {"endpoints": []}})
+        # ... then the spec changes: a tighter rate limit and alert threshold (serving only, no retraining)
+        changed = manifest(monitoring={"labels": {"release": "kube-prometheus-stack"},
+                                       "alerts": {"rateLimitedRatio": 0.05}},
+                           serving={"rateLimit": {"perKey": {"requestsPerSecond": 2, "burst": 4}}})
+        await update_spec(k8s, changed)
+
+        def repaired():
+            svc = get(k8s.objects, ("v1/services", NS, "digits-demo"))
+            pdb = get(k8s.objects, ("policy/v1/poddisruptionbudgets", NS, "digits-demo"))
+            pol = get(k8s.objects, ("networking.k8s.io/v1/networkpolicies", NS, "digits-demo"))
+            mon = get(k8s.objects, ("monitoring.coreos.com/v1/servicemonitors", NS, "digits-demo"))
+            cfg = get(k8s.objects, ("v1/configmaps", NS, "digits-demo-serving"))
+            rule = get(k8s.objects, ("monitoring.coreos.com/v1/prometheusrules", NS, "digits-demo"))
+            return (svc["spec"]["ports"][0]["port"] == 80 and pdb["spec"]["maxUnavailable"] == 1
+                    and pol["spec"]["ingress"][0] == {"ports": [{"protocol": "TCP", "port": 8443}]}
+                    and len(mon["spec"]["endpoints"]) == 3
+                    and json.loads(cfg["data"]["serving.json"])["rateLimit"]["perKey"]["requestsPerSecond"] == 2
+                    and "> 0.05" in str(rule["spec"]))
+        assert await wait_for(repaired, 20)
+    used = {(p.group, p.resource, p.verb) for p in operator_permissions(k8s)}
+    granted = grants(chart_rbac)
+    assert used == granted, f"granted, never used: {sorted(granted - used)}; used, not granted: {sorted(used - granted)}"
