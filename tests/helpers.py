@@ -157,6 +157,27 @@ class Process:
             self.log.close()
 
 
+def start_chain(tmp: pathlib.Path, artifact: pathlib.Path, public_key: pathlib.Path, config: pathlib.Path,
+                keys: list[str], *extra: str) -> tuple[dict, list[Process]]:
+    """The three serving processes on free loopback ports, each ready: (ports, processes). ``extra`` flags go
+    to both sidecars."""
+    (tmp / "keys").write_text("".join(k + "\n" for k in keys))
+    ports = {n: free_port() for n in ("model", "model_m", "val", "val_m", "rl", "rl_m")}
+    procs = [
+        Process("serve", "--artifact", str(artifact), "--public-key", str(public_key), "--port", str(ports["model"]),
+                "--metrics-port", str(ports["model_m"]), ready_url=f"http://127.0.0.1:{ports['model']}/v2/health/ready",
+                log=tmp / "model.log"),
+        Process("validate-proxy", "--config", str(config), "--upstream", f"http://127.0.0.1:{ports['model']}",
+                "--model-dir", str(artifact / "model"), "--port", str(ports["val"]), "--metrics-port",
+                str(ports["val_m"]), *extra, ready_url=f"http://127.0.0.1:{ports['val']}/v2/health/ready",
+                log=tmp / "val.log"),
+        Process("ratelimit-proxy", "--config", str(config), "--api-keys", str(tmp / "keys"), "--upstream",
+                f"http://127.0.0.1:{ports['val']}", "--port", str(ports["rl"]), "--metrics-port", str(ports["rl_m"]),
+                *extra, ready_url=f"http://127.0.0.1:{ports['rl']}/v2/health/ready", log=tmp / "rl.log"),
+    ]
+    return ports, procs
+
+
 def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 10.0):
     """(status, parsed JSON or text, headers) without raising on 4xx/5xx."""
     import urllib.error

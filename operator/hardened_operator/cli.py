@@ -227,6 +227,8 @@ def _server_args(p: argparse.ArgumentParser, port: int, metrics_port: int) -> No
                    help=f"Prometheus /metrics port, separate from traffic (default: {metrics_port})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level (default: INFO)")
+    p.add_argument("--body-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request body before 408 (default: 10)")
 
 
 # Subcommands that hand their own arguments to another program's parser.

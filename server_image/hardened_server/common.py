@@ -96,6 +96,10 @@ class PayloadTooLarge(HTTPError):
     status, reason = 413, "body_too_large"
 
 
+class RequestTimeout(HTTPError):
+    status, reason = 408, "body_timeout"
+
+
 class UnsupportedMediaType(HTTPError):
     status, reason = 415, "unsupported_media_type"
 
@@ -138,19 +142,33 @@ def log_fields(logger: logging.Logger, level: int, msg: str, **fields: Any) -> N
 
 
 # ---------------------------------------------------------------- running
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; 413 as soon as the header or the stream says more."""
+BODY_TIMEOUT_SECONDS = 10.0
+
+
+async def read_body(request: web.Request, limit: int, timeout: float = BODY_TIMEOUT_SECONDS) -> bytes:
+    """Read at most ``limit`` bytes within ``timeout`` seconds: 413 as soon as the header or the stream says
+    more, 408 when the body trickles in too slowly (a slow-body client must not hold a handler forever)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds {limit}", field="body")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Compressed requests are refused: a few kilobytes of gzip can inflate to gigabytes (a sponge/DoS
+        # input), and the size limit must hold for what is parsed. The servers run with auto_decompress off.
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not accepted; send the body uncompressed",
+                                   field="Content-Encoding")
     chunks, size = [], 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes", field="body")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await request.content.read(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds {limit} bytes", field="body")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout:g}s", field="body") from None
     return b"".join(chunks)
 
 
@@ -206,7 +224,7 @@ async def serve(app: web.Application, *, host: str, port: int, metrics_port: int
     for a, p in [(app, port), (metrics_app(), metrics_port)]:
         if p is None:
             continue
-        runner = web.AppRunner(a, access_log=None, shutdown_timeout=shutdown_timeout)
+        runner = web.AppRunner(a, access_log=None, shutdown_timeout=shutdown_timeout, auto_decompress=False)
         await runner.setup()
         await web.TCPSite(runner, host, p, backlog=1024, reuse_address=True).start()
         runners.append(runner)

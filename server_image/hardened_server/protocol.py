@@ -47,6 +47,29 @@ def loads(body: bytes) -> object:
         raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
 
 
+def _holds_bool(data: list) -> bool:
+    """numpy turns [true, 0.5] into [1.0, 0.5]; JSON booleans are not FP32 values."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if value is True or value is False:
+            return True
+        if isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+def _check_parameters(params, field: str) -> None:
+    """OIP v2 parameters: an object of scalar values (none of them is used; their shape still is checked)."""
+    if params is None:
+        return
+    if not isinstance(params, dict) or len(params) > 32:
+        raise InvalidInput("parameters must be an object of at most 32 entries", field=field)
+    for key, value in params.items():
+        if not isinstance(value, (str, int, float, bool)) or isinstance(value, str) and len(value) > 1024:
+            raise InvalidInput("parameter values must be strings, numbers or booleans", field=f"{field}.{key}")
+
+
 def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits = Limits()) -> InferRequest:
     doc = loads(body)
     if not isinstance(doc, dict):
@@ -57,6 +80,15 @@ def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits =
     req_id = doc.get("id")
     if req_id is not None and (not isinstance(req_id, str) or len(req_id) > 128):
         raise InvalidInput("id must be a string of at most 128 characters", field="id")
+    _check_parameters(doc.get("parameters"), "parameters")
+    outputs = doc.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or len(outputs) > 8:
+            raise InvalidInput("outputs must be a list of at most 8 requested outputs", field="outputs")
+        for i, out in enumerate(outputs):
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str) or set(out) - {"name", "parameters"}:
+                raise InvalidInput("each requested output is an object with a string name", field=f"outputs[{i}]")
+            _check_parameters(out.get("parameters"), f"outputs[{i}].parameters")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise InvalidInput("inputs must be a list holding exactly one tensor", field="inputs")
@@ -69,6 +101,7 @@ def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits =
         raise InvalidInput(f"unknown field {sorted(extra)[0]!r}", field=f"{f}.{sorted(extra)[0]}")
     if not isinstance(tensor.get("name"), str):
         raise InvalidInput("name must be a string", field=f"{f}.name")
+    _check_parameters(tensor.get("parameters"), f"{f}.parameters")
     dtype = tensor.get("datatype")
     if not isinstance(dtype, str) or dtype not in DATATYPES:
         raise InvalidInput(f"datatype must be one of {sorted(DATATYPES)}, got {dtype!r}", field=f"{f}.datatype")
@@ -91,7 +124,7 @@ def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits =
         arr = np.asarray(data)
     except ValueError:  # ragged nesting
         raise InvalidInput("data is ragged: nested lists of unequal length", field=f"{f}.data") from None
-    if arr.dtype.kind not in "if":  # bools, strings, objects (ints beyond 64 bits) are not numbers here
+    if arr.dtype.kind not in "if" or _holds_bool(data):  # bools, strings, objects (ints beyond 64 bits)
         raise InvalidInput("data must hold only numbers", field=f"{f}.data")
     expected = math.prod(shape)
     if arr.size != expected:

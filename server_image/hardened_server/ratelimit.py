@@ -25,7 +25,8 @@ import time
 
 from aiohttp import web
 
-from .common import (ServingConfig, Timer, TooManyRequests, Unauthorized, error_middleware, log_fields, read_body)
+from .common import (BODY_TIMEOUT_SECONDS, ServingConfig, Timer, TooManyRequests, Unauthorized, error_middleware,
+                     log_fields, read_body)
 from .metrics import METRICS
 from .proxy import Upstream
 
@@ -130,7 +131,7 @@ def presented_key(request: web.Request) -> str | None:
 
 
 def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys, *, logger: logging.Logger,
-              limiter: Limiter | None = None) -> web.Application:
+              limiter: Limiter | None = None, body_timeout: float = BODY_TIMEOUT_SECONDS) -> web.Application:
     limiter = limiter or Limiter(cfg)
     max_body = cfg.validation.max_body_bytes
 
@@ -149,7 +150,7 @@ def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys, *, logger: 
         client = keys.authenticate(presented_key(request))
         request["client"] = client
         await limiter.admit(client)
-        body = await read_body(request, max_body) if request.method == "POST" else None
+        body = await read_body(request, max_body, body_timeout) if request.method == "POST" else None
         status, headers, payload = await upstream.forward(request, body, {"X-Client-Id": client})
         METRICS.client_requests.labels(client).inc()
         METRICS.requests.labels("ratelimit", "forwarded", str(status)).inc()
@@ -181,7 +182,8 @@ async def run(args) -> int:
         if not keys.digests:
             raise ValueError(f"{args.api_keys}: no API keys")
         limiter = Limiter(cfg)
-        app = build_app(cfg, Upstream(args.upstream), keys, logger=logger, limiter=limiter)
+        app = build_app(cfg, Upstream(args.upstream), keys, logger=logger, limiter=limiter,
+                        body_timeout=args.body_timeout)
     except (ConfigError, ValueError, OSError) as exc:
         log_fields(logger, logging.ERROR, "bad configuration", error=str(exc))
         return 2

@@ -20,7 +20,8 @@ import pathlib
 import numpy as np
 from aiohttp import web
 
-from .common import InvalidInput, NotFound, ServingConfig, Timer, UpstreamError, error_middleware, log_fields, read_body
+from .common import (BODY_TIMEOUT_SECONDS, InvalidInput, NotFound, ServingConfig, Timer, UpstreamError, error_middleware,
+                     log_fields, read_body)
 from .metrics import METRICS
 from .protocol import Limits, encode_request, parse_infer_request
 from .proxy import Upstream
@@ -78,8 +79,8 @@ def harden_output(body: dict, cfg: ServingConfig) -> tuple[dict, int]:
     return new, int(low.sum())
 
 
-def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
-              ood: OodScorer | None = None) -> web.Application:
+def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger, ood: OodScorer | None = None,
+              body_timeout: float = BODY_TIMEOUT_SECONDS) -> web.Application:
     v = cfg.validation
     limits = Limits(max_batch_size=v.max_batch_size, min_value=v.min_value, max_value=v.max_value)
     if v.ood_threshold is not None and ood is None:
@@ -103,7 +104,7 @@ def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
         if ctype not in ("application/json", ""):
             raise InvalidInput(f"Content-Type must be application/json, got {ctype!r}", field="Content-Type")
-        body = await read_body(request, v.max_body_bytes)
+        body = await read_body(request, v.max_body_bytes, body_timeout)
         req = parse_infer_request(body, input_shape=cfg.model.input_shape, limits=limits)
         if ood is not None:
             scores = ood.score(req.x)
@@ -145,7 +146,7 @@ async def run(args) -> int:
     try:
         cfg = load_serving_config(args.config)
         ood = OodScorer.from_model_dir(pathlib.Path(args.model_dir)) if args.model_dir else None
-        app = build_app(cfg, Upstream(args.upstream), logger=logger, ood=ood)
+        app = build_app(cfg, Upstream(args.upstream), logger=logger, ood=ood, body_timeout=args.body_timeout)
     except (ConfigError, ValueError, OSError) as exc:
         log_fields(logger, logging.ERROR, "bad configuration", error=str(exc))
         return 2

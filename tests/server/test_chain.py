@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import Process, free_port, http, infer_body, make_artifact, serving_config
+from helpers import Process, free_port, http, infer_body, make_artifact, serving_config, start_chain
 
 pytestmark = pytest.mark.server
 KEY = "key-" + "a" * 28
@@ -25,19 +25,7 @@ def chain(tmp_path_factory, artifact, keys):
         "validation": {"maxBatchSize": 4, "maxBodyBytes": 4096, "oodThreshold": 3.0},
         "rateLimit": {"perKey": {"requestsPerSecond": 5, "burst": 10}},
         "output": {"mode": "rounded", "decimals": 2, "minConfidence": 0.5}})
-    (tmp / "keys").write_text(f"{KEY}\n{OTHER_KEY}\n")
-    ports = {n: free_port() for n in ("model", "model_m", "val", "val_m", "rl", "rl_m")}
-    procs = [
-        Process("serve", "--artifact", str(artifact), "--public-key", str(keys[1]), "--port", str(ports["model"]),
-                "--metrics-port", str(ports["model_m"]), ready_url=f"http://127.0.0.1:{ports['model']}/v2/health/ready",
-                log=tmp / "model.log"),
-        Process("validate-proxy", "--config", str(cfg), "--upstream", f"http://127.0.0.1:{ports['model']}",
-                "--model-dir", str(artifact / "model"), "--port", str(ports["val"]), "--metrics-port",
-                str(ports["val_m"]), ready_url=f"http://127.0.0.1:{ports['val']}/v2/health/ready", log=tmp / "val.log"),
-        Process("ratelimit-proxy", "--config", str(cfg), "--api-keys", str(tmp / "keys"), "--upstream",
-                f"http://127.0.0.1:{ports['val']}", "--port", str(ports["rl"]), "--metrics-port", str(ports["rl_m"]),
-                ready_url=f"http://127.0.0.1:{ports['rl']}/v2/health/ready", log=tmp / "rl.log"),
-    ]
+    ports, procs = start_chain(tmp, artifact, keys[1], cfg, [KEY, OTHER_KEY])
     yield {"url": f"http://127.0.0.1:{ports['rl']}", "ports": ports, "procs": procs, "tmp": tmp}
     codes = [p.stop() for p in procs]
     assert codes == [0, 0, 0], [p.output() for p in procs]  # SIGTERM: graceful, clean exit

@@ -92,3 +92,24 @@ def test_mutated_tensors_are_valid_or_rejected_with_a_field(key, value):
         assert req.x.shape[1:] == (1, 8, 8) and np.isfinite(req.x).all()
     except InvalidInput as exc:  # "body": an integer of over 4,300 digits is refused by the JSON parser
         assert exc.field.startswith("inputs[0]") or exc.field == "body"
+
+
+@pytest.mark.parametrize("raw, field, match", [
+    # found by the fuzzer (tests/server/test_fuzz.py): these were accepted before
+    (body([True] + [0.5] * 63), "inputs[0].data", "only numbers"),
+    (body(np.full((1, 1, 8, 8), 0.5).tolist()[:0] + [[[[False] * 8] * 8]]), "inputs[0].data", "only numbers"),
+    (body(parameters=[1]), "parameters", "object"),
+    (body(parameters={"a": {"nested": 1}}), "parameters.a", "strings, numbers or booleans"),
+    (body(outputs="x"), "outputs", "list"),
+    (body(outputs=[{"name": []}]), "outputs[0]", "string name"),
+    (json.dumps({"inputs": [{"name": "i", "shape": [1, *SHAPE], "datatype": "FP32", "data": [0.5] * 64,
+                             "parameters": "x"}]}).encode(), "inputs[0].parameters", "object"),
+])
+def test_fuzzer_findings_are_rejected(raw, field, match):
+    reject(raw, field, match)
+
+
+def test_valid_parameters_and_outputs_are_accepted():
+    req = parse_infer_request(body(parameters={"binary_data": False, "x": 1}, outputs=[{"name": "output-0"}]),
+                              input_shape=SHAPE, limits=LIMITS)
+    assert req.x.shape == (1, 1, 8, 8)
