@@ -7,19 +7,56 @@ ownerReferences lack a uid. kmock has no controllers, garbage collection or
 label selectors: the tests play the Job and Deployment controllers.
 """
 import asyncio
+import dataclasses
 import datetime
 import itertools
+import re
 import time
 import uuid
 
+import aiohttp.web
 import kmock
 import yaml
 
 _rv = itertools.count(1000)
 
 
+@dataclasses.dataclass
+class Fault:
+    """Answer the next ``times`` requests matching ``method`` and ``path`` (a regular expression) with ``status``
+    instead of serving them; status 0 drops the connection (for a watch: the stream ends)."""
+    method: str
+    path: str
+    status: int
+    times: int = 1
+    hits: int = 0
+
+
 class RVEmulator(kmock.KubernetesEmulator):
+    faults: list = []
+
+    def inject(self, method: str, path: str, status: int, times: int = 1) -> Fault:
+        fault = Fault(method, path, status, times)
+        self.faults = [*self.faults, fault]
+        return fault
+
+    def _fault_for(self, request):
+        method = str(getattr(request.method, "value", request.method)).upper()
+        for fault in self.faults:
+            if fault.hits < fault.times and fault.method == method and re.search(fault.path, str(request.url)):
+                fault.hits += 1
+                return fault
+        return None
+
     async def _handle(self, request):
+        fault = self._fault_for(request) if self.faults else None
+        if fault is not None:
+            if fault.status == 0:
+                return aiohttp.web.Response(status=200, body=b"")  # a watch stream that ends at once
+            reason = {409: "Conflict", 500: "InternalError", 503: "ServiceUnavailable"}.get(fault.status, "Error")
+            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                              "code": fault.status, "reason": reason,
+                                              "message": f"injected {fault.status}"}, status=fault.status)
         data = request.data
         if request.resource is not None:
             if request.action == kmock.action.CREATE and isinstance(data, dict):

@@ -61,8 +61,13 @@ def _reconcile(namespace, name, logger):
     from hardened_operator.reconcile import handle_model
 
     kube = Kube()
+    retry = float(os.environ.get("HARDENED_RETRY_SECONDS", "15"))
     with _LOCKS[namespace, name], METRICS.duration.time():
-        body = kube.get("HardenedModel", namespace, name)
+        try:
+            body = kube.get("HardenedModel", namespace, name)
+        except Exception as exc:
+            METRICS.errors.labels(type(exc).__name__).inc()
+            raise kopf.TemporaryError(f"reading the model: {type(exc).__name__}: {exc}", delay=retry) from exc
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None
 
@@ -72,15 +77,30 @@ def _reconcile(namespace, name, logger):
 
         patch = _StatusPatch()
         try:
-            return handle_model(body, kube=kube, patch=patch, event=event, metrics=METRICS)
+            result = handle_model(body, kube=kube, patch=patch, event=event, metrics=METRICS)
         except (kopf.PermanentError, kopf.TemporaryError):
+            _write_status(kube, namespace, name, patch, retry)
             raise
         except Exception as exc:
+            # an API error (409/5xx, a dropped connection) is transient: retry the whole pass, which re-reads
             METRICS.errors.labels(type(exc).__name__).inc()
-            raise kopf.TemporaryError(f"{type(exc).__name__}: {exc}", delay=15) from exc
-        finally:
-            if patch.status:
-                kube.patch_status("HardenedModel", namespace, name, patch.status)
+            _write_status(kube, namespace, name, patch, retry)
+            raise kopf.TemporaryError(f"{type(exc).__name__}: {exc}", delay=retry) from exc
+        _write_status(kube, namespace, name, patch, retry)
+        return result
+
+
+def _write_status(kube, namespace, name, patch, retry):
+    """Write what the pass decided; a failed write is retried like any API error (the next pass recomputes it)."""
+    from hardened_operator.operator_metrics import METRICS
+
+    if not patch.status:
+        return
+    try:
+        kube.patch_status("HardenedModel", namespace, name, patch.status)
+    except Exception as exc:
+        METRICS.errors.labels(type(exc).__name__).inc()
+        raise kopf.TemporaryError(f"writing status: {type(exc).__name__}: {exc}", delay=retry) from exc
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)

@@ -34,6 +34,10 @@ _CUSTOM = {"ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
 IMMUTABLE = {"Job", "Pod"}
 
 
+class Conflict(Exception):
+    """A write that must be retried by a later pass (the caller turns it into a kopf TemporaryError)."""
+
+
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None):
         self.client = api_client or kubernetes.client.ApiClient()
@@ -114,7 +118,9 @@ class Kube:
             if self.create(obj) is not None:
                 return "created"
             existing = self.get(kind, ns, name)  # lost a race: someone created it meanwhile
-        if kind in IMMUTABLE or existing is None:
+            if existing is None:  # 409, yet not there (an object of that name still being deleted): not done
+                raise Conflict(f"{kind} {ns}/{name}: create answered 409 (AlreadyExists) but it cannot be read")
+        if kind in IMMUTABLE:
             return "unchanged"
         desired = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
         desired["metadata"] = {k: obj["metadata"][k] for k in ("labels", "annotations", "ownerReferences")

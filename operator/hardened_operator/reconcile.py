@@ -51,6 +51,16 @@ def _deployment_ready(dep: dict | None, replicas: int, digest: str | None) -> tu
             and (digest is None or pinned == digest)), ready
 
 
+def _rollout_stuck(dep: dict | None, digest: str | None) -> str | None:
+    """The Deployment controller's verdict that the rollout of ``digest`` stopped progressing, if it gave one."""
+    if dep is None or digest is None or (dep["metadata"].get("annotations") or {}).get("hardened.dev/digest") != digest:
+        return None
+    for c in (dep.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Progressing" and c.get("status") == "False":
+            return f"{c.get('reason')}: {c.get('message')}"
+    return None
+
+
 def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> Decision:
     spec, n = model.spec, objects.names(model)
     gen = model.metadata.generation or 0
@@ -121,8 +131,17 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
     else:
         serve_cond = ("False", "RollingOut", f"{ready_replicas}/{spec.serving.replicas} replicas ready")
 
+    stuck = _rollout_stuck(dep, serving_digest) if not ready_dep else None
     failed_stage = None
-    if t_state == "failed":
+    if stuck:
+        # The new pods never became ready before the Deployment's progress deadline: the init container
+        # refused the artifact (changed after verification) or the server crashed. maxUnavailable 0 keeps the
+        # previous pods serving; the operator says so and does not retry a version that cannot start.
+        failed_stage, phase = "rollout", "Failed"
+        why = ("False", "RolloutStuck", f"Deployment {n['serving']} did not progress ({stuck}); the pods of the "
+                                        "previous version keep serving; kubectl describe pods shows why the new "
+                                        "ones do not start")
+    elif t_state == "failed":
         failed_stage, phase, why = "training", "Failed", train_cond
     elif v_state in ("succeeded", "failed") and not (rollout or warn_rollout):
         failed_stage, phase = "verification", "Failed"

@@ -371,3 +371,72 @@ async def test_monitoring_drift_repair_and_the_chart_grants_exactly_what_the_ope
     used = {(p.group, p.resource, p.verb) for p in operator_permissions(k8s)}
     granted = grants(chart_rbac)
     assert used == granted, f"granted, never used: {sorted(granted - used)}; used, not granted: {sorted(used - granted)}"
+
+
+async def test_api_faults_409_500_and_dropped_watches_converge_to_one_job_and_serving(k8s):
+    """Conflicts, server errors and watch streams that end: the operator retries, creates each Job once, and
+    reaches the same final status as without faults."""
+    doc = manifest()
+    n = job_names(doc)
+    await create_signing_secret(k8s)
+    ns = f"/namespaces/{NS}"
+    faults = [
+        k8s.inject("POST", rf"/apis/batch/v1{ns}/jobs$", 409),              # a conflict on the first Job create
+        k8s.inject("POST", rf"/api/v1{ns}/configmaps$", 500, times=2),      # the API server fails twice
+        k8s.inject("PATCH", r"/hardenedmodels/digits-demo/status$", 500),   # the first status write fails
+        k8s.inject("GET", rf"/apis/apps/v1{ns}/deployments/digits-demo$", 503, times=2),
+        k8s.inject("GET", r"/hardenedmodels/digits-demo$", 500),            # reading the model fails once
+        k8s.inject("GET", r"/apis/batch/v1/jobs\?.*watch=true", 0, times=3),  # the Job watch drops 3 times
+        k8s.inject("GET", r"/hardenedmodels\?.*watch=true", 0, times=2),
+    ]
+    async with runner():
+        await create_model(k8s, doc)
+        await to_serving(k8s, doc)
+        assert await wait_for(lambda: cond(k8s, "Ready").get("status") == "True", 30), status(k8s)
+    hit = {f.path: f.hits for f in faults}
+    assert all(f.hits == f.times for f in faults), hit  # every fault was met
+    created = [r for r in k8s[kmock.action.CREATE] if r.resource and "jobs" in str(r.resource)]
+    succeeded = {r.data["metadata"]["name"] for r in created} & {n["train"], n["verify"]}
+    assert succeeded == {n["train"], n["verify"]}
+    assert alive(k8s.objects, ("batch/v1/jobs", NS, n["train"]))
+    st = status(k8s)
+    assert st["phase"] == "Serving" and st["observedGeneration"] == 1
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "True"
+
+
+async def test_restart_mid_rollout_and_a_stuck_rollout_keep_the_old_version(k8s):
+    """Restart during a rollout: no new Job, the same Deployment. A new version whose pods never start (its
+    artifact changed after verification, so the init container refuses it): Failed, the old pods serve on."""
+    doc = manifest()
+    await create_signing_secret(k8s)
+    async with runner():
+        await create_model(k8s, doc)
+        await to_serving(k8s, doc)
+        new = manifest(training={"epochs": 21})
+        await update_spec(k8s, new)
+        n2 = job_names(new)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["train"])))
+        await complete_job(k8s, n2["train"], {"gatesPassed": True})
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["verify"])))
+        await complete_job(k8s, n2["verify"], {**VERIFIED, "digest": "7e" * 32})
+        dep_key = ("apps/v1/deployments", NS, "digits-demo")
+        assert await wait_for(lambda: get(k8s.objects, dep_key)["metadata"]["annotations"]["hardened.dev/digest"]
+                              == "7e" * 32)
+        assert await wait_for(lambda: status(k8s).get("phase") == "RollingOut")
+    jobs_before, rolling = job_creates(k8s), status(k8s)
+    async with runner():  # restarted mid-rollout
+        await asyncio.sleep(1.5)
+        assert job_creates(k8s) == jobs_before and status(k8s)["phase"] == "RollingOut"
+        assert status(k8s)["conditions"] == rolling["conditions"]
+        # the new pods' init container refuses the artifact: the Deployment controller gives up
+        dep = get(k8s.objects, dep_key)
+        await k8s.patch(f"/apis/apps/v1/namespaces/{NS}/deployments/digits-demo", json={"status": {
+            "observedGeneration": dep["metadata"].get("generation", 1), "readyReplicas": 1, "updatedReplicas": 0,
+            "replicas": 2, "conditions": [{"type": "Progressing", "status": "False",
+                                           "reason": "ProgressDeadlineExceeded",
+                                           "message": 'ReplicaSet "digits-demo-new" has timed out progressing.'}]}})
+        assert await wait_for(lambda: status(k8s).get("phase") == "Failed"), status(k8s)
+        st = status(k8s)
+        assert cond(k8s, "Ready")["reason"] == "RolloutStuck"
+        assert "previous version keep serving" in cond(k8s, "Ready")["message"]
+        assert st["lastFailure"]["stage"] == "rollout" and job_creates(k8s) == jobs_before

@@ -84,3 +84,23 @@ def test_failed_training_keeps_the_old_version_and_records_the_failure():
     assert "keeps serving" in next(c for c in d.status["conditions"] if c["type"] == "Ready")["message"]
     again = decide(model(), obs, d.status, now=LATER)
     assert again.failure is None and again.status["lastFailure"]["time"] == NOW  # counted and stamped once
+
+
+def test_a_rollout_that_stops_progressing_fails_and_says_the_old_pods_keep_serving():
+    """The artifact changed after verification: the new pods' init container refuses it, the Deployment controller
+    reports ProgressDeadlineExceeded, and maxUnavailable 0 keeps the previous pods serving."""
+    stuck = deployment(ready=1)
+    stuck["status"]["updatedReplicas"] = 0
+    stuck["status"]["conditions"] = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                      "message": 'ReplicaSet "digits-demo-7d9" has timed out progressing.'}]
+    obs = Observed(train_job=job("Complete"), verify_job=job("Complete"), verify_message=VERIFIED, deployment=stuck)
+    d = decide(model(serving={"replicas": 1}), obs, {}, now=NOW)
+    assert d.status["phase"] == "Failed"
+    ready = next(c for c in d.status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "RolloutStuck"
+    assert "ProgressDeadlineExceeded" in ready["message"] and "previous version keep serving" in ready["message"]
+    assert d.status["lastFailure"]["stage"] == "rollout"
+    assert kinds(d).count("Deployment") == 1  # kept as built: no flapping between versions
+    # still progressing (no verdict yet): rolling out, not failed
+    stuck["status"]["conditions"] = [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]
+    assert decide(model(serving={"replicas": 1}), obs, {}, now=NOW).status["phase"] == "RollingOut"
