@@ -90,6 +90,33 @@ def test_report_renders_in_headless_chromium(running, tmp_path):
     assert colored > 0.001, "the screenshot has no coloured plot pixels"
 
 
+def test_no_secret_reaches_a_log_the_output_or_a_metric(running):
+    """After real traffic (200s, 401s, 429s): the API key and the signing private key appear in no log of the
+    four stages, not in `up`'s output, and not on any metrics endpoint."""
+    import re
+    import urllib.request
+
+    tmp = running["tmp"]
+    for key in (running["key"], "wrong-key-" + "x" * 20):
+        for _ in range(6):
+            infer(running, infer_body(np.full((1, 1, 8, 8), 0.5)), key=key)
+    private = (tmp / ".hardened/secrets/digits-demo-signing/private.pem").read_text()
+    secret_lines = [line for line in private.splitlines() if line and not line.startswith("-----")]
+    logs = {p: p.read_text(errors="replace") for p in (tmp / ".hardened").rglob("*.log")}
+    assert len(logs) >= 4  # train, model, validation, ratelimit
+    assert running["key"] not in (tmp / ".hardened/digits-demo/serving.json").read_text()  # keys live apart
+    metrics = []
+    for text in logs.values():
+        metrics += [int(m) for m in re.findall(r'"metrics_port": (\d+)', text)]
+    assert len(metrics) >= 3
+    pages = [urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+             for port in set(metrics)]
+    for where, text in [*logs.items(), ("up output", running["out"]), *(("metrics", p) for p in pages)]:
+        assert running["key"] not in text, where
+        assert "wrong-key-" not in text, where  # rejected keys are not logged either
+        assert not any(line in text for line in secret_lines), where
+
+
 def test_tampered_weights_are_refused_and_up_retrains(running):
     tmp, spec = running["tmp"], running["spec"]
     assert cli("down", str(spec), cwd=tmp).returncode == 0

@@ -209,6 +209,10 @@ async def test_create_to_ready_secret_missing_then_created(k8s):
     assert "PrerequisiteMissing" in r.output and "Serving" in r.output
     posted = [req.data for req in k8s[kmock.action.CREATE] if req.resource and "events" in str(req.resource)]
     assert {e.get("reason") for e in posted} >= {"PrerequisiteMissing", "Training", "Serving"}  # per transition
+    # the generated API key is in its Secret and nowhere else: not in the operator's log, not in an Event
+    api_key = get(k8s.objects, ("v1/secrets", NS, "digits-demo-api-keys"))["stringData"]["keys"].strip()
+    assert api_key.startswith("hm_") and len(api_key) > 30
+    assert api_key not in r.output and not any(api_key in str(e) for e in posted)
 
 
 async def test_restart_mid_training_makes_no_second_job(k8s):

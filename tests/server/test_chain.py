@@ -201,3 +201,18 @@ def test_verify_checks_gates_and_pinned_digest(tmp_path, artifact, keys):
                         "https://token.actions.githubusercontent.com", log=tmp_path / "keyless.log")
     assert wrong_key.wait() == 3  # a key-signed bundle fails a keyless policy (offline trust root)
     assert "expected certificate in bundle" in wrong_key.output()
+
+
+def test_a_model_signed_by_another_key_is_refused_at_verify_and_at_load(tmp_path, artifact, keys):
+    """Wrong signer: a correctly signed artifact, but not by the key the trust policy names."""
+    from hardened_operator.signing import generate_key_pair
+
+    _, stranger_public = generate_key_pair(tmp_path / "stranger")
+    verify = Process("verify", "--artifact", str(artifact), "--public-key", str(stranger_public),
+                     log=tmp_path / "verify.log")
+    assert verify.wait() == 3
+    result = json.loads(verify.output().splitlines()[0])
+    assert result["verified"] is False and "signature" in result["reason"].lower()
+    server = Process("serve", "--artifact", str(artifact), "--public-key", str(stranger_public), "--port",
+                     str(free_port()), "--metrics-port", str(free_port()), log=tmp_path / "serve.log")
+    assert server.wait() == 3 and "refusing to serve" in server.output()
