@@ -51,6 +51,22 @@ def _deployment_ready(dep: dict | None, replicas: int, digest: str | None) -> tu
             and (digest is None or pinned == digest)), ready
 
 
+def _json_or_none(text: str | None):
+    import json
+
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def _signature_version_id(version_ids: dict[str, str] | None) -> str | None:
+    """status.artifact.versionId: the S3 version of the signature bundle, which pins all the rest."""
+    from .signing import SIGNATURE_NAME
+
+    return next((v for k, v in (version_ids or {}).items() if k.endswith("/" + SIGNATURE_NAME)), None)
+
+
 def _rollout_stuck(dep: dict | None, digest: str | None) -> str | None:
     """The Deployment controller's verdict that the rollout of ``digest`` stopped progressing, if it gave one."""
     if dep is None or digest is None or (dep["metadata"].get("annotations") or {}).get("hardened.dev/digest") != digest:
@@ -74,9 +90,11 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
     # A Job created in this pass counts as running, so the next pass reports the same.
     t_state, t_reason, t_msg = job_state(obs.train_job) if obs.train_job else ("running", "Running", "running")
     v_state, v_reason, v_msg = "pending", "Pending", "waiting for training"
+    # S3 object versions of what the trainer uploaded (s3:// stores): every later download is pinned to them
+    uploaded_ids = {k: v for k, v in ((obs.train_message or {}).get("versionIds") or {}).items() if v} or None
     if t_state == "succeeded":
         if obs.verify_job is None:
-            ensure.append(objects.build_verify_job(model))
+            ensure.append(objects.build_verify_job(model, version_ids=uploaded_ids))
         v_state, v_reason, v_msg = job_state(obs.verify_job) if obs.verify_job else ("running", "Running", "running")
     vm = obs.verify_message or {}
     verified = v_state in ("succeeded", "failed") and vm.get("verified") is True
@@ -86,15 +104,18 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
 
     dep = obs.deployment
     dep_ann = (dep or {}).get("metadata", {}).get("annotations") or {}
+    dep_ids = _json_or_none(dep_ann.get(objects.VERSION_IDS_ANNOTATION))
     if rollout or warn_rollout:
-        target = (vm["digest"], version)
+        # the trainer's report, or (its pod gone) what the Deployment already pins for this version
+        target = (vm["digest"], version, uploaded_ids or (dep_ids if dep_ann.get("hardened.dev/version") == version
+                                                          else None))
     elif dep is not None and dep_ann.get("hardened.dev/digest"):
-        target = (dep_ann["hardened.dev/digest"], dep_ann.get("hardened.dev/version", version))
+        target = (dep_ann["hardened.dev/digest"], dep_ann.get("hardened.dev/version", version), dep_ids)
     else:
         target = None
     if target:
         ensure += [objects.build_serving_configmap(model),
-                   objects.build_deployment(model, digest=target[0], version=target[1]),
+                   objects.build_deployment(model, digest=target[0], version=target[1], version_ids=target[2]),
                    objects.build_service(model), objects.build_metrics_service(model),
                    objects.build_network_policy(model), objects.build_pdb(model)]
         if obs.monitoring_crds and spec.monitoring.service_monitor:
@@ -180,7 +201,9 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
                   "completionTime": ((obs.train_job or {}).get("status") or {}).get("completionTime")},
         metrics=metrics or None,
         artifact={k: v for k, v in {"uri": uri, "digest": vm.get("digest") if verified else None,
-                                    "signer": vm.get("signer") if verified else None}.items() if v},
+                                    "signer": vm.get("signer") if verified else None,
+                                    "versionId": _signature_version_id(uploaded_ids) if verified else None}.items()
+                  if v},
         serving={k: v for k, v in {"url": f"http://{model.metadata.name}.{model.metadata.namespace}.svc",
                                    "readyReplicas": ready_replicas, "servedDigest": serving_digest}.items()
                  if v is not None} if target else None,

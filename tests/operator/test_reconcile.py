@@ -1,4 +1,6 @@
 """decide(): the pure heart of the operator, without a cluster."""
+import json
+
 from hardened_operator.reconcile import Observed, decide
 from hardened_operator.spec import parse_manifest
 from helpers import example
@@ -104,3 +106,29 @@ def test_a_rollout_that_stops_progressing_fails_and_says_the_old_pods_keep_servi
     # still progressing (no verdict yet): rolling out, not failed
     stuck["status"]["conditions"] = [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]
     assert decide(model(serving={"replicas": 1}), obs, {}, now=NOW).status["phase"] == "RollingOut"
+
+
+def test_s3_downloads_are_pinned_to_the_object_versions_the_trainer_uploaded():
+    doc = example("eks-s3-irsa")
+    doc["metadata"].update(uid="u-1", generation=1)
+    m = parse_manifest(doc)
+    ids = {"hardened/fraud-mnist/fraud-mnist-eks/v/model.sig": "sigV1",
+           "hardened/fraud-mnist/fraud-mnist-eks/v/model/model.safetensors": "wV1"}
+    trained = Observed(train_job=job("Complete"), train_message={"gatesPassed": True, "versionIds": ids})
+    verify = next(o for o in decide(m, trained, {}, now=NOW).ensure if o["kind"] == "Job")
+    args = verify["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert json.loads(args[args.index("--version-ids") + 1]) == ids
+    verified = Observed(train_job=job("Complete"), train_message={"versionIds": ids}, verify_job=job("Complete"),
+                        verify_message=VERIFIED)
+    d = decide(m, verified, {}, now=NOW)
+    dep = next(o for o in d.ensure if o["kind"] == "Deployment")
+    init = dep["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert json.loads(init[init.index("--version-ids") + 1]) == ids
+    assert d.status["artifact"]["versionId"] == "sigV1"
+    # the trainer's pod is gone later: the Deployment keeps the pinned versions (no spurious rollout)
+    dep_now = {**dep, "status": {"observedGeneration": 1, "readyReplicas": 3, "updatedReplicas": 3}}
+    dep_now["metadata"] = {**dep["metadata"], "generation": 1}
+    later = Observed(train_job=job("Complete"), verify_job=job("Complete"), verify_message=VERIFIED,
+                     deployment=dep_now)
+    again = next(o for o in decide(m, later, {}, now=LATER).ensure if o["kind"] == "Deployment")
+    assert again == dep

@@ -22,6 +22,7 @@ SERVING_CONFIG_MOUNT = "/etc/hardened/serving"
 API_KEYS_MOUNT = "/var/run/secrets/hardened/api-keys"
 ARTIFACTS_MOUNT = "/artifacts"
 MODELS_MOUNT = "/models"
+VERSION_IDS_ANNOTATION = "hardened.dev/s3-version-ids"
 PORTS = {"model": 8080, "validation": 8081, "ratelimit": 8443,
          "model-metrics": 9090, "validation-metrics": 9091, "ratelimit-metrics": 9092}
 
@@ -186,7 +187,7 @@ def _trust_args(model: HardenedModel) -> tuple[list[str], list[dict], list[dict]
 
 
 def _verify_container(model: HardenedModel, *, digest: str | None, target: str, version: str | None = None,
-                      gates: bool = True) -> tuple[dict, list[dict]]:
+                      gates: bool = True, version_ids: dict[str, str] | None = None) -> tuple[dict, list[dict]]:
     """The verify command: the verification Job checks the gates; the serving pod's init container checks
     signature and pinned digest only (the gates held at rollout; a tightened gate stops the next rollout,
     not a running one)."""
@@ -207,6 +208,8 @@ def _verify_container(model: HardenedModel, *, digest: str | None, target: str, 
             args += ["--region", s.artifacts.region or s.aws.region]
         if s.artifacts.endpoint:
             args += ["--endpoint", s.artifacts.endpoint]
+        if version_ids:  # download exactly the object versions the trainer uploaded
+            args += ["--version-ids", json.dumps(version_ids, sort_keys=True, separators=(",", ":"))]
         mounts = mounts + [{"name": "models", "mountPath": MODELS_MOUNT}]
     store_volumes, store_mounts = _store_volume(model, read_only=True)
     container = {"name": "verify", "image": s.serving.image, "command": ["hardened-model"], "args": args,
@@ -218,9 +221,10 @@ def _verify_container(model: HardenedModel, *, digest: str | None, target: str, 
     return container, volumes + store_volumes
 
 
-def build_verify_job(model: HardenedModel) -> dict:
+def build_verify_job(model: HardenedModel, *, version_ids: dict[str, str] | None = None) -> dict:
+    """``version_ids``: the S3 object versions the trainer reported (s3:// stores), to pin the download."""
     n = names(model)
-    container, volumes = _verify_container(model, digest=None, target=MODELS_MOUNT)
+    container, volumes = _verify_container(model, digest=None, target=MODELS_MOUNT, version_ids=version_ids)
     volumes = volumes + [{"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}}]
     pod = {"restartPolicy": "Never", "securityContext": POD_SECURITY, "automountServiceAccountToken": False,
            "containers": [container], "volumes": volumes}
@@ -239,12 +243,15 @@ def build_serving_configmap(model: HardenedModel) -> dict:
             "data": {"serving.json": json.dumps(build_serving_config(model), indent=2, sort_keys=True)}}
 
 
-def build_deployment(model: HardenedModel, *, digest: str, version: str) -> dict:
-    """The serving Deployment for one verified version (``digest`` pinned in every container)."""
+def build_deployment(model: HardenedModel, *, digest: str, version: str,
+                     version_ids: dict[str, str] | None = None) -> dict:
+    """The serving Deployment for one verified version (``digest`` pinned in every container, and for s3://
+    stores the object ``version_ids`` pinned in the init container's download and kept in an annotation)."""
     s, n = model.spec, names(model)
     _, local = version_location(model, version)
     artifact = local if local else MODELS_MOUNT
-    init, volumes = _verify_container(model, digest=digest, target=MODELS_MOUNT, version=version, gates=False)
+    init, volumes = _verify_container(model, digest=digest, target=MODELS_MOUNT, version=version, gates=False,
+                                      version_ids=version_ids)
     trust_args, _, trust_mounts = _trust_args(model)
     init = {**init, "name": "verify-model"}
     keys = s.serving.api_keys_secret
@@ -297,7 +304,9 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str) -> dict
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(model, n["serving"], "serving",
-                          annotations={"hardened.dev/digest": digest, "hardened.dev/version": version}),
+                          annotations={"hardened.dev/digest": digest, "hardened.dev/version": version,
+                                       **({VERSION_IDS_ANNOTATION: json.dumps(version_ids, sort_keys=True)}
+                                          if version_ids else {})}),
         "spec": {
             "replicas": s.serving.replicas,
             "selector": {"matchLabels": {"hardened.dev/model": model.metadata.name,
