@@ -124,7 +124,8 @@ def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits =
         arr = np.asarray(data)
     except ValueError:  # ragged nesting
         raise InvalidInput("data is ragged: nested lists of unequal length", field=f"{f}.data") from None
-    if arr.dtype.kind not in "if" or _holds_bool(data):  # bools, strings, objects (ints beyond 64 bits)
+    # bools, strings, objects (ints beyond 64 bits); the byte search keeps the Python walk off the usual path
+    if arr.dtype.kind not in "if" or ((b"true" in body or b"false" in body) and _holds_bool(data)):
         raise InvalidInput("data must hold only numbers", field=f"{f}.data")
     expected = math.prod(shape)
     if arr.size != expected:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from ..spec import HardenedModel
 from .monitoring import build_prometheus_rule, build_service_monitor
 from .objects import (build_deployment, build_jobs_network_policy, build_metrics_service, build_network_policy,
-                      build_pdb, build_service, build_serving_configmap, build_training_configmap, build_training_job, build_verify_job, names)
+                      build_pdb, build_service, build_serving_configmap, build_training_configmap, build_training_job,
+                      build_verify_job, names)
 
 # The Deployment pins the digest of a *verified* artifact, known only after the
 # verification Job; render shows where it goes.
@@ -12,8 +13,9 @@ UNVERIFIED = "digest-of-the-verified-artifact"
 
 
 def build_all(model: HardenedModel, *, digest: str = UNVERIFIED, monitoring_crds: bool = True) -> list[dict]:
-    objs = [build_jobs_network_policy(model), build_training_configmap(model), build_training_job(model), build_verify_job(model),
-            build_serving_configmap(model), build_deployment(model, digest=digest, version=names(model)["version"]),
+    objs = [build_jobs_network_policy(model), build_training_configmap(model), build_training_job(model),
+            build_verify_job(model), build_serving_configmap(model),
+            build_deployment(model, digest=digest, version=names(model)["version"]),
             build_service(model), build_metrics_service(model), build_network_policy(model), build_pdb(model)]
     m = model.spec.monitoring
     if monitoring_crds and m.service_monitor:
