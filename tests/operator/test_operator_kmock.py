@@ -234,20 +234,26 @@ async def test_restart_mid_training_makes_no_second_job(k8s):
         await to_serving(k8s, doc)
 
 
+async def train_new_version(k8s) -> dict:
+    """While the first version serves, a training change: the new version's Jobs run; the verify Job is left
+    for the caller to complete. Returns the new version's names."""
+    new = manifest(training={"epochs": 21})
+    await update_spec(k8s, new)
+    n2 = job_names(new)
+    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["train"])))
+    assert status(k8s)["serving"]["servedDigest"] == DIGEST  # the old version serves meanwhile
+    await complete_job(k8s, n2["train"], {"gatesPassed": True})
+    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["verify"])))
+    return n2
+
+
 async def test_tampered_version_never_replaces_the_serving_one(k8s):
     doc = manifest()
     await create_signing_secret(k8s)
     async with runner():
         await create_model(k8s, doc)
         await to_serving(k8s, doc)
-        # a training change: a new version trains while the old one serves
-        new = manifest(training={"epochs": 21})
-        await update_spec(k8s, new)
-        n2 = job_names(new)
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["train"])))
-        assert status(k8s)["serving"]["servedDigest"] == DIGEST
-        await complete_job(k8s, n2["train"], {"gatesPassed": True})
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["verify"])))
+        n2 = await train_new_version(k8s)
         await complete_job(k8s, n2["verify"], {"verified": False, "reason": "files changed after signing "
                                                                             "(sha256 mismatch): model.safetensors"},
                            failed=True)
@@ -416,12 +422,7 @@ async def test_restart_mid_rollout_and_a_stuck_rollout_keep_the_old_version(k8s)
     async with runner():
         await create_model(k8s, doc)
         await to_serving(k8s, doc)
-        new = manifest(training={"epochs": 21})
-        await update_spec(k8s, new)
-        n2 = job_names(new)
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["train"])))
-        await complete_job(k8s, n2["train"], {"gatesPassed": True})
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["verify"])))
+        n2 = await train_new_version(k8s)
         await complete_job(k8s, n2["verify"], {**VERIFIED, "digest": "7e" * 32})
         dep_key = ("apps/v1/deployments", NS, "digits-demo")
         assert await wait_for(lambda: get(k8s.objects, dep_key)["metadata"]["annotations"]["hardened.dev/digest"]
