@@ -14,6 +14,11 @@ set far above the offered load so nothing is rejected. The load generators
 share the 2 cores with the servers, as every figure here does.
 
     .venv/bin/python benchmarks/serving_latency.py
+
+With --profile (needs `pip install py-spy`): no latency runs; wrk drives the chain for 12 s while py-spy
+samples each of the three processes, and the share of CPU samples per function is printed.
+
+    .venv/bin/python benchmarks/serving_latency.py --profile
 """
 import asyncio
 import json
@@ -103,6 +108,29 @@ def wrk(url: str, body_file: pathlib.Path, seconds: int = 10) -> float:
     return float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
 
 
+def profile(pids: dict[str, int], url: str, body_file: pathlib.Path, out: pathlib.Path, seconds: int = 12) -> None:
+    """Sample each process with py-spy (raw collapsed stacks) while wrk loads the chain; print self-time shares."""
+    import collections
+
+    spies = {n: subprocess.Popen([shutil.which("py-spy") or str(ROOT / ".venv/bin/py-spy"), "record", "--gil", "-r", "200",
+                                  "-d", str(seconds), "-f", "raw", "-o", str(out / f"{n}.txt"), "-p", str(pid)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for n, pid in pids.items()}
+    time.sleep(0.5)
+    print(f"chain under wrk while sampled: {wrk(url, body_file, seconds=seconds - 1):.0f} rps")
+    for spy in spies.values():
+        spy.wait()
+    for name in pids:
+        own: collections.Counter = collections.Counter()
+        total = 0
+        for line in (out / f"{name}.txt").read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            total += int(count)
+            own[stack.split(";")[-1].split(" (")[0]] += int(count)
+        print(f"{name}: {total} samples; self time:")
+        for func, count in own.most_common(8):
+            print(f"  {100 * count / total:5.1f}%  {func}")
+
+
 def main():
     tmp = pathlib.Path(tempfile.mkdtemp())
     from hardened_operator.signing import generate_key_pair
@@ -136,6 +164,10 @@ def main():
         (tmp / "body.json").write_bytes(body)
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
         path = "/v2/models/digits-demo/infer"
+        if "--profile" in sys.argv:
+            profile({"model": procs[0].proc.pid, "validation": procs[1].proc.pid, "ratelimit": procs[2].proc.pid},
+                    f"http://127.0.0.1:{p['rl']}{path}", tmp / "body.json", tmp)
+            return
         targets = {"model": p["model"], "chain": p["rl"], "nginx": p["nginx"]}
         lat = {n: asyncio.run(open_loop(f"http://127.0.0.1:{port}{path}", body, headers, RATE, SECONDS))
                for n, port in targets.items()}
