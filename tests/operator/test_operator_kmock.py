@@ -414,26 +414,43 @@ async def test_api_faults_409_500_and_dropped_watches_converge_to_one_job_and_se
     assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "True"
 
 
-async def test_restart_mid_rollout_and_a_stuck_rollout_keep_the_old_version(k8s):
-    """Restart during a rollout: no new Job, the same Deployment. A new version whose pods never start (its
-    artifact changed after verification, so the init container refuses it): Failed, the old pods serve on."""
+async def roll_out_a_second_version(k8s) -> tuple:
+    """v1 serves; v2 trains and verifies; the operator points the Deployment at v2 (RollingOut)."""
     doc = manifest()
     await create_signing_secret(k8s)
+    await create_model(k8s, doc)
+    await to_serving(k8s, doc)
+    n2 = await train_new_version(k8s)
+    await complete_job(k8s, n2["verify"], {**VERIFIED, "digest": "7e" * 32})
+    dep_key = ("apps/v1/deployments", NS, "digits-demo")
+    assert await wait_for(lambda: get(k8s.objects, dep_key)["metadata"]["annotations"]["hardened.dev/digest"]
+                          == "7e" * 32)
+    assert await wait_for(lambda: status(k8s).get("phase") == "RollingOut")
+    return n2, dep_key
+
+
+async def test_restart_mid_rollout_reaches_the_same_final_status(k8s):
     async with runner():
-        await create_model(k8s, doc)
-        await to_serving(k8s, doc)
-        n2 = await train_new_version(k8s)
-        await complete_job(k8s, n2["verify"], {**VERIFIED, "digest": "7e" * 32})
-        dep_key = ("apps/v1/deployments", NS, "digits-demo")
-        assert await wait_for(lambda: get(k8s.objects, dep_key)["metadata"]["annotations"]["hardened.dev/digest"]
-                              == "7e" * 32)
-        assert await wait_for(lambda: status(k8s).get("phase") == "RollingOut")
+        n2, dep_key = await roll_out_a_second_version(k8s)
     jobs_before, rolling = job_creates(k8s), status(k8s)
     async with runner():  # restarted mid-rollout
         await asyncio.sleep(1.5)
         assert job_creates(k8s) == jobs_before and status(k8s)["phase"] == "RollingOut"
         assert status(k8s)["conditions"] == rolling["conditions"]
-        # the new pods' init container refuses the artifact: the Deployment controller gives up
+        await deployment_ready(k8s)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Serving"), status(k8s)
+    st = status(k8s)
+    assert st["serving"]["servedDigest"] == "7e" * 32 and st["artifact"]["digest"] == "7e" * 32
+    assert cond(k8s, "Ready")["status"] == "True" and job_creates(k8s) == jobs_before
+    assert st["observedGeneration"] == 2 and "lastFailure" not in st
+
+
+async def test_a_rollout_whose_pods_never_start_fails_while_the_old_pods_serve(k8s):
+    """The new version's artifact changed after verification: its init container refuses it, the Deployment
+    controller gives up (ProgressDeadlineExceeded), maxUnavailable 0 keeps the old pods: Failed, said why."""
+    async with runner():
+        n2, dep_key = await roll_out_a_second_version(k8s)
+        jobs_before = job_creates(k8s)
         dep = get(k8s.objects, dep_key)
         await k8s.patch(f"/apis/apps/v1/namespaces/{NS}/deployments/digits-demo", json={"status": {
             "observedGeneration": dep["metadata"].get("generation", 1), "readyReplicas": 1, "updatedReplicas": 0,
