@@ -58,16 +58,20 @@ def _reconcile(namespace, name, logger):
     """One pass for one model, serialised, on the latest stored object; status written before unlocking."""
     from hardened_operator.kube import Kube
     from hardened_operator.operator_metrics import METRICS
-    from hardened_operator.reconcile import handle_model
+    from hardened_operator.reconcile import handle_model, retry_seconds
+
+    def transient(exc: Exception, what: str = "") -> kopf.TemporaryError:
+        """An API error (409/5xx, a dropped connection) is transient: kopf retries the whole pass, which
+        re-reads everything."""
+        METRICS.errors.labels(type(exc).__name__).inc()
+        return kopf.TemporaryError(f"{what}{type(exc).__name__}: {exc}", delay=retry_seconds(15))
 
     kube = Kube()
-    retry = float(os.environ.get("HARDENED_RETRY_SECONDS", "15"))
     with _LOCKS[namespace, name], METRICS.duration.time():
         try:
             body = kube.get("HardenedModel", namespace, name)
         except Exception as exc:
-            METRICS.errors.labels(type(exc).__name__).inc()
-            raise kopf.TemporaryError(f"reading the model: {type(exc).__name__}: {exc}", delay=retry) from exc
+            raise transient(exc, "reading the model: ") from exc
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None
 
@@ -77,30 +81,17 @@ def _reconcile(namespace, name, logger):
 
         patch = _StatusPatch()
         try:
-            result = handle_model(body, kube=kube, patch=patch, event=event, metrics=METRICS)
+            return handle_model(body, kube=kube, patch=patch, event=event, metrics=METRICS)
         except (kopf.PermanentError, kopf.TemporaryError):
-            _write_status(kube, namespace, name, patch, retry)
             raise
         except Exception as exc:
-            # an API error (409/5xx, a dropped connection) is transient: retry the whole pass, which re-reads
-            METRICS.errors.labels(type(exc).__name__).inc()
-            _write_status(kube, namespace, name, patch, retry)
-            raise kopf.TemporaryError(f"{type(exc).__name__}: {exc}", delay=retry) from exc
-        _write_status(kube, namespace, name, patch, retry)
-        return result
-
-
-def _write_status(kube, namespace, name, patch, retry):
-    """Write what the pass decided; a failed write is retried like any API error (the next pass recomputes it)."""
-    from hardened_operator.operator_metrics import METRICS
-
-    if not patch.status:
-        return
-    try:
-        kube.patch_status("HardenedModel", namespace, name, patch.status)
-    except Exception as exc:
-        METRICS.errors.labels(type(exc).__name__).inc()
-        raise kopf.TemporaryError(f"writing status: {type(exc).__name__}: {exc}", delay=retry) from exc
+            raise transient(exc) from exc
+        finally:  # what the pass decided, also when it stopped early; a failed write is retried like the rest
+            if patch.status:
+                try:
+                    kube.patch_status("HardenedModel", namespace, name, patch.status)
+                except Exception as exc:
+                    raise transient(exc, "writing status: ") from exc
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)

@@ -12,11 +12,14 @@ it has: the serving model is never replaced by an unverified one.
 """
 from __future__ import annotations
 
+import json
+import os
 import secrets
 from dataclasses import dataclass, field
 
 from .manifests import monitoring, objects
 from .manifests.trainer_config import training_version
+from .signing import SIGNATURE_NAME, generate_key_pem
 from .spec import HardenedModel, SpecError, parse_manifest
 from .status import build_status, job_state
 
@@ -51,9 +54,12 @@ def _deployment_ready(dep: dict | None, replicas: int, digest: str | None) -> tu
             and (digest is None or pinned == digest)), ready
 
 
-def _json_or_none(text: str | None):
-    import json
+def retry_seconds(default: float) -> float:
+    """How long kopf waits before retrying a pass; HARDENED_RETRY_SECONDS overrides every default (tests)."""
+    return float(os.environ.get("HARDENED_RETRY_SECONDS", default))
 
+
+def _json_or_none(text: str | None):
     try:
         return json.loads(text) if text else None
     except ValueError:
@@ -62,8 +68,6 @@ def _json_or_none(text: str | None):
 
 def _signature_version_id(version_ids: dict[str, str] | None) -> str | None:
     """status.artifact.versionId: the S3 version of the signature bundle, which pins all the rest."""
-    from .signing import SIGNATURE_NAME
-
     return next((v for k, v in (version_ids or {}).items() if k.endswith("/" + SIGNATURE_NAME)), None)
 
 
@@ -239,8 +243,6 @@ def ensure_prerequisites(kube, model: HardenedModel) -> list[str]:
     does), so a missing bucket shows as a failed training Job with the trainer's
     message in status.lastFailure.
     """
-    from .signing import generate_key_pem
-
     ns, s, n = model.metadata.namespace, model.spec, objects.names(model)
     missing = []
     refs = []
@@ -319,9 +321,7 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
             patch.status.update(status)
             event("Warning", "PrerequisiteMissing", message)
         metrics.reconciles.labels("waiting").inc()
-        import os
-
-        raise kopf.TemporaryError(message, delay=float(os.environ.get("HARDENED_RETRY_SECONDS", "30")))
+        raise kopf.TemporaryError(message, delay=retry_seconds(30))
     obs = observe(kube, model)
     decision = decide(model, obs, previous, now=now())
     for obj in decision.ensure:

@@ -1,7 +1,6 @@
 """No pickle-based loading anywhere in the shipped code: an AST check over every module of the three
 packages (and the benchmarks), tested against code that does unpickle."""
 import ast
-import pathlib
 
 import pytest
 

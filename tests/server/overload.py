@@ -20,7 +20,6 @@ async def offer(urls: list[str], *, rate: float, seconds: float, headers: dict, 
     late = 0
 
     async def one(session, i):
-        nonlocal late
         async with sem:
             try:
                 async with session.post(urls[i % len(urls)], data=body, headers=headers) as resp:
