@@ -22,10 +22,14 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return out
 
 
+def set_args(sets) -> list[str]:
+    """``--set`` flags for helm, one per value."""
+    return [arg for s in sets for arg in ("--set", s)]
+
+
 def render(*sets: str, namespace: str = "hardened-system", crds: bool = False) -> list[dict]:
     args = ["template", "hm", str(CHART), "--namespace", namespace] + (["--include-crds"] if crds else [])
-    for s in sets:
-        args += ["--set", s]
+    args += set_args(sets)
     return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
 
 

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from chart_support import CHART, HELM, grants, helm, render, rules_of
+from chart_support import CHART, HELM, grants, helm, render, rules_of, set_args
 from hardened_operator.crd import build_crd
 from helpers import EXAMPLES, ROOT, restricted_pss_violations
 
@@ -28,10 +28,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_helm_lint_strict(variant):
-    args = ["lint", "--strict", str(CHART)]
-    for s in VARIANTS[variant]:
-        args += ["--set", s]
-    out = helm(*args)
+    out = helm("lint", "--strict", str(CHART), *set_args(VARIANTS[variant]))
     assert "0 chart(s) failed" in out.stdout
 
 
@@ -132,10 +129,8 @@ def test_every_value_is_documented_and_in_the_schema():
 
 def test_notes_render_for_both_scopes():
     for variant, expected in [("default", "watches every namespace"), ("namespaced", "watches: ml, prod")]:
-        args = ["install", "hm", str(CHART), "--dry-run=client", "--namespace", "hardened-system"]
-        for s in VARIANTS[variant]:
-            args += ["--set", s]
-        out = helm(*args).stdout
+        out = helm("install", "hm", str(CHART), "--dry-run=client", "--namespace", "hardened-system",
+                   *set_args(VARIANTS[variant])).stdout
         assert expected in out and "kubectl wait" in out
 
 

@@ -23,6 +23,7 @@ API_KEYS_MOUNT = "/var/run/secrets/hardened/api-keys"
 ARTIFACTS_MOUNT = "/artifacts"
 MODELS_MOUNT = "/models"
 VERSION_IDS_ANNOTATION = "hardened.dev/s3-version-ids"
+DNS_EGRESS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
 PORTS = {"model": 8080, "validation": 8081, "ratelimit": 8443,
          "model-metrics": 9090, "validation-metrics": 9091, "ratelimit-metrics": 9092}
 
@@ -348,7 +349,7 @@ def build_network_policy(model: HardenedModel) -> dict:
     and (for s3:// stores, where the init container downloads) HTTPS."""
     s = model.spec
     selector = {"matchLabels": {"hardened.dev/model": model.metadata.name, "app.kubernetes.io/component": "serving"}}
-    egress = [{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]
+    egress = [DNS_EGRESS]
     if StoreURI.parse(s.artifacts.store).scheme == "s3":
         egress.append({"ports": [{"protocol": "TCP", "port": 443}]})
     if s.serving.rate_limit.storage.startswith("redis"):
@@ -367,7 +368,7 @@ def build_jobs_network_policy(model: HardenedModel) -> dict:
     """The training and verify Job pods accept no connection at all; they reach out only to DNS and, when the
     spec needs it (s3:// data or store, Sigstore keyless signing), HTTPS."""
     s = model.spec
-    egress = [{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]
+    egress = [DNS_EGRESS]
     if (StoreURI.parse(s.artifacts.store).scheme == "s3" or s.data.source.startswith("s3://")
             or s.signing.method == "keyless"):
         egress.append({"ports": [{"protocol": "TCP", "port": 443}]})
