@@ -178,6 +178,18 @@ def start_chain(tmp: pathlib.Path, artifact: pathlib.Path, public_key: pathlib.P
     return ports, procs
 
 
+def ratelimit_sidecars(tmp: pathlib.Path, config: pathlib.Path, upstream: str, key: str,
+                       count: int) -> tuple[list[int], list[Process]]:
+    """``count`` rate-limit sidecars with one API key in front of ``upstream``, each ready: (ports, processes)."""
+    (tmp / "keys").write_text(f"{key}\n")
+    ports = [(free_port(), free_port()) for _ in range(count)]
+    return [p for p, _ in ports], [
+        Process("ratelimit-proxy", "--config", str(config), "--api-keys", str(tmp / "keys"), "--upstream", upstream,
+                "--port", str(p), "--metrics-port", str(m), ready_url=f"http://127.0.0.1:{p}/v2/health/live",
+                log=tmp / f"rl{i}.log")
+        for i, (p, m) in enumerate(ports)]
+
+
 def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 10.0):
     """(status, parsed JSON or text, headers) without raising on 4xx/5xx."""
     import urllib.error

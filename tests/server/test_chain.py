@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from helpers import Process, free_port, http, infer_body, make_artifact, serving_config, start_chain
+from helpers import (Process, free_port, http, infer_body, make_artifact, ratelimit_sidecars, serving_config,
+                     start_chain)
 
 pytestmark = pytest.mark.server
 KEY = "key-" + "a" * 28
@@ -150,13 +151,7 @@ def test_two_rate_limit_processes_share_one_global_limit_in_redis(tmp_path, chai
     cfg = serving_config(tmp_path / "serving.json", {
         "rateLimit": {"perKey": {"requestsPerSecond": 100, "burst": 100},
                       "global": {"requestsPerSecond": 3, "burst": 6}, "storage": redis_url}})
-    (tmp_path / "keys").write_text(f"{KEY}\n")
-    upstream = f"http://127.0.0.1:{chain['ports']['val']}"
-    ports = [free_port() for _ in range(4)]
-    procs = [Process("ratelimit-proxy", "--config", str(cfg), "--api-keys", str(tmp_path / "keys"), "--upstream",
-                     upstream, "--port", str(ports[i]), "--metrics-port", str(ports[i + 2]),
-                     ready_url=f"http://127.0.0.1:{ports[i]}/v2/health/live", log=tmp_path / f"rl{i}.log")
-             for i in range(2)]
+    ports, procs = ratelimit_sidecars(tmp_path, cfg, f"http://127.0.0.1:{chain['ports']['val']}", KEY, 2)
     try:
         x, _ = digits(1)
         codes = [http("POST", f"http://127.0.0.1:{ports[i % 2]}/v2/models/digits-demo/infer", infer_body(x),

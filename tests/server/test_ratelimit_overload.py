@@ -12,7 +12,7 @@ from aiohttp import web
 
 from hardened_server.common import TooManyRequests, Unauthorized, load_serving_config
 from hardened_server.ratelimit import ApiKeys, Limiter, key_id
-from helpers import Process, free_port, serving_config
+from helpers import free_port, ratelimit_sidecars, serving_config
 from overload import offer
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -35,21 +35,12 @@ async def stub_upstream():
     return runner, f"http://127.0.0.1:{port}"
 
 
-def sidecars(tmp_path, upstream, cfg, count):
-    (tmp_path / "keys").write_text(f"{KEY}\n")
-    ports = [(free_port(), free_port()) for _ in range(count)]
-    return ports, [Process("ratelimit-proxy", "--config", str(cfg), "--api-keys", str(tmp_path / "keys"),
-                           "--upstream", upstream, "--port", str(p), "--metrics-port", str(m),
-                           ready_url=f"http://127.0.0.1:{p}/v2/health/live", log=tmp_path / f"rl{i}.log")
-                   for i, (p, m) in enumerate(ports)]
-
-
 async def overload(tmp_path, rate_limit: dict, configured: float, processes: int) -> dict:
     runner, upstream = await stub_upstream()
     cfg = serving_config(tmp_path / "serving.json", {"rateLimit": rate_limit})
-    ports, procs = await asyncio.to_thread(sidecars, tmp_path, upstream, cfg, processes)
+    ports, procs = await asyncio.to_thread(ratelimit_sidecars, tmp_path, cfg, upstream, KEY, processes)
     try:
-        return await offer([f"http://127.0.0.1:{p}/v2/models/digits-demo/infer" for p, _ in ports],
+        return await offer([f"http://127.0.0.1:{p}/v2/models/digits-demo/infer" for p in ports],
                            rate=10 * configured, seconds=SECONDS, headers={"Authorization": f"Bearer {KEY}"},
                            body=b"{}")
     finally:
