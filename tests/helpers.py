@@ -122,7 +122,13 @@ class Process:
         self.proc = subprocess.Popen([sys.executable, "-m", "hardened_operator.cli", *args], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         if ready_url:
-            self.wait_ready(ready_url)
+            try:
+                self.wait_ready(ready_url)
+            except BaseException:
+                self.proc.kill()  # a server that never became ready must not outlive the test
+                self.proc.wait(10)
+                self.log.close()
+                raise
 
     def wait_ready(self, url: str, timeout: float = 30.0) -> None:
         import time
