@@ -22,6 +22,7 @@ samples each of the three processes, and the share of CPU samples per function i
 """
 import asyncio
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -96,16 +97,28 @@ async def open_loop(url: str, body: bytes, headers: dict, rate: int, seconds: fl
     return np.asarray(latencies) * 1000
 
 
-def wrk(url: str, body_file: pathlib.Path, seconds: int = 10) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, body_file: pathlib.Path, seconds: int = 10, pids: dict[str, int] | None = None) -> float:
     script = body_file.with_suffix(".lua")
     script.write_text(f'wrk.method = "POST"\nwrk.body = io.open("{body_file}"):read("*a")\n'
                       f'wrk.headers["Content-Type"] = "application/json"\n'
                       f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
+    before = {n: cpu_seconds(pid) for n, pid in (pids or {}).items()}
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(script), url], capture_output=True,
                          text=True, check=True).stdout
     if "Non-2xx" in out:
         raise RuntimeError(out)
-    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+    rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+    total = int(next(line.split()[0] for line in out.splitlines() if "requests in" in line))
+    if pids:
+        print(f"  {url}: {rps:.0f} rps; CPU per request: " + ", ".join(
+            f"{n} {1e6 * (cpu_seconds(pid) - before[n]) / total:.0f} us" for n, pid in pids.items()))
+    return rps
 
 
 def profile(pids: dict[str, int], url: str, body_file: pathlib.Path, out: pathlib.Path, seconds: int = 12) -> None:
@@ -164,14 +177,20 @@ def main():
         (tmp / "body.json").write_bytes(body)
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
         path = "/v2/models/digits-demo/infer"
+        pids = {"model": procs[0].proc.pid, "validation": procs[1].proc.pid, "ratelimit": procs[2].proc.pid}
         if "--profile" in sys.argv:
-            profile({"model": procs[0].proc.pid, "validation": procs[1].proc.pid, "ratelimit": procs[2].proc.pid},
-                    f"http://127.0.0.1:{p['rl']}{path}", tmp / "body.json", tmp)
+            profile(pids, f"http://127.0.0.1:{p['rl']}{path}", tmp / "body.json", tmp)
             return
         targets = {"model": p["model"], "chain": p["rl"], "nginx": p["nginx"]}
+        if "--cpu" in sys.argv:
+            for n in ("model", "chain"):
+                wrk(f"http://127.0.0.1:{targets[n]}{path}", tmp / "body.json",
+                    pids=pids if n == "chain" else {"model": pids["model"]})
+            return
         lat = {n: asyncio.run(open_loop(f"http://127.0.0.1:{port}{path}", body, headers, RATE, SECONDS))
                for n, port in targets.items()}
-        rps = {n: wrk(f"http://127.0.0.1:{port}{path}", tmp / "body.json") for n, port in targets.items()}
+        rps = {n: wrk(f"http://127.0.0.1:{port}{path}", tmp / "body.json",
+                      pids=pids if n == "chain" else {"model": pids["model"]}) for n, port in targets.items()}
     finally:
         nginx.terminate()
         nginx.wait(10)

@@ -220,6 +220,16 @@ def _trust_args(p: argparse.ArgumentParser) -> None:
                                           "bundled with sigstore-python, used offline")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _server_args(p: argparse.ArgumentParser, port: int, metrics_port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=port, help=f"listen port (default: {port})")
@@ -300,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", required=True, help="folder holding model/ and model.sig (default: none)")
     p.add_argument("--expect-digest", help="refuse unless the signed digest is this sha256 (default: none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
-    p.add_argument("--max-batch", type=int, default=64, help="rows per batched forward pass (default: 64)")
+    p.add_argument("--max-batch", type=_positive_int, default=64, help="rows per batched forward pass (default: 64)")
+    p.add_argument("--cpu-threads", type=_positive_int, default=1,
+                   help="torch threads for CPU inference; the pod passes its CPU request, rounded up (default: 1)")
     _trust_args(p)
     _server_args(p, 8080, 9090)
     p.set_defaults(func=_serve_model)

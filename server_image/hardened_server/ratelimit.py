@@ -31,6 +31,9 @@ from .metrics import METRICS
 from .proxy import Upstream
 
 
+CLIENT = web.RequestKey("client", str)  # the key id of an authenticated request
+
+
 def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -138,7 +141,7 @@ def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys, *, logger: 
     def on_error(request, exc):
         METRICS.requests.labels("ratelimit", "rejected", exc.reason).inc()
         log_fields(logger, logging.INFO, "rejected", status=exc.status, reason=exc.reason, path=request.path,
-                   client=request.get("client"))  # a key id, never the key
+                   client=request.get(CLIENT))  # a key id, never the key
 
     app = web.Application(middlewares=[error_middleware(on_error)], client_max_size=max_body)
     app.on_startup.append(upstream.start)
@@ -148,7 +151,7 @@ def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys, *, logger: 
         t = Timer()
         keys.maybe_reload()
         client = keys.authenticate(presented_key(request))
-        request["client"] = client
+        request[CLIENT] = client
         await limiter.admit(client)
         body = await read_body(request, max_body, body_timeout) if request.method == "POST" else None
         status, headers, payload = await upstream.forward(request, body, {"X-Client-Id": client})

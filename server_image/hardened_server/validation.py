@@ -18,12 +18,13 @@ import logging
 import pathlib
 
 import numpy as np
+import orjson
 from aiohttp import web
 
 from .common import (BODY_TIMEOUT_SECONDS, InvalidInput, NotFound, ServingConfig, Timer, UpstreamError, error_middleware,
                      log_fields, read_body)
 from .metrics import METRICS
-from .protocol import Limits, encode_request, parse_infer_request
+from .protocol import Limits, dumps, encode_request, parse_infer_request
 from .proxy import Upstream
 
 ABSTAIN = "abstain"
@@ -68,9 +69,10 @@ def harden_output(body: dict, cfg: ServingConfig) -> tuple[dict, int]:
         probs[low] = 0.0
     tensors = [{"name": "label", "datatype": "BYTES", "shape": [len(labels)], "data": labels}]
     if out.mode != "label":
-        shown = np.round(probs, out.decimals) if out.mode == "rounded" else probs
+        # float32 values are written as their shortest decimal, so rounded ones print as rounded
+        shown = (np.round(probs, out.decimals) if out.mode == "rounded" else probs).astype(np.float32)
         tensors.insert(0, {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
-                           "data": shown.reshape(-1).tolist()})
+                           "data": shown.reshape(-1)})
     if out.min_confidence > 0:
         tensors.append({"name": "low_confidence", "datatype": "BOOL", "shape": [len(low)],
                         "data": [bool(v) for v in low]})
@@ -118,7 +120,7 @@ def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
             METRICS.requests.labels("validation", "upstream_error", str(status)).inc()
             return web.Response(status=status, body=payload, content_type="application/json")
         try:
-            hardened, low = harden_output(json.loads(payload), cfg)
+            hardened, low = harden_output(orjson.loads(payload), cfg)
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamError(f"model response is malformed: {exc}") from None
         if low:
@@ -126,7 +128,7 @@ def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
         METRICS.predictions.inc(len(req.x))
         METRICS.requests.labels("validation", "ok", "").inc()
         METRICS.latency.labels("validation").observe(t.elapsed())
-        return web.json_response(hardened)
+        return web.Response(body=dumps(hardened), content_type="application/json")
 
     async def passthrough(request: web.Request) -> web.Response:
         """Health and metadata: GET only, no body, forwarded as they are."""

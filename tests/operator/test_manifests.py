@@ -114,6 +114,31 @@ def test_deployment_pins_the_digest_and_verifies_first():
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_model_server_threads_follow_the_cpu_request():
+    import re
+
+    from hardened_operator.cli import build_parser
+
+    dep = build_deployment(model(), digest="ab" * 32, version="v1")
+    model_c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert model_c["args"][model_c["args"].index("--cpu-threads") + 1] == "$(CPU_REQUEST)"
+    (cpu,) = [e for e in model_c["env"] if e["name"] == "CPU_REQUEST"]
+    assert cpu["valueFrom"]["resourceFieldRef"] == {"containerName": "model", "resource": "requests.cpu",
+                                                   "divisor": "1"}  # divisor 1: rounded up to whole cores
+    # every $(VAR) in any container's args is an env var of that container (else Kubernetes passes it verbatim)
+    for path in EXAMPLES:
+        pod = build_deployment(model(path.stem), digest="ab" * 32, version="v1")["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod["initContainers"]:
+            refs = {m for a in c["args"] for m in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", a)}
+            assert refs <= {e["name"] for e in c.get("env", [])}, (path.stem, c["name"], refs)
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--artifact", "a", "--public-key", "k", "--cpu-threads", "3"])
+    assert args.cpu_threads == 3
+    for bad in ("0", "-1", "1.5", "$(CPU_REQUEST)"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--artifact", "a", "--cpu-threads", bad])
+
+
 def test_s3_versions_are_downloaded_by_the_init_container():
     dep = build_deployment(model("eks-s3-irsa"), digest="cd" * 32, version="v1")
     (init,) = dep["spec"]["template"]["spec"]["initContainers"]

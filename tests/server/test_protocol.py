@@ -53,10 +53,12 @@ def test_valid_flat_and_nested():
     (body(data=["0.5"] * 64), "inputs[0].data", "only numbers"),
     (body(data=[True] * 64), "inputs[0].data", "only numbers"),
     (body(data=[10**30] + [0] * 63), "inputs[0].data", "only numbers|above the maximum"),
-    (body().replace(b"[0.5,", b"[1e400,", 1), "inputs[0].data", "overflows to infinity"),
+    (body().replace(b"[0.5,", b"[1e400,", 1), "body", "not valid JSON: number is infinity"),
+    (body().replace(b"[0.5,", b"[1e39,", 1), "inputs[0].data", "beyond the FP32 range"),  # finite as a double
     (body(data=[-0.1] + [0] * 63), "inputs[0].data", "below the minimum 0.0"),
     (body(data=[1.5] + [0] * 63), "inputs[0].data", "above the maximum 1.0"),
     (body(id=5), "id", "id must be a string"),
+    (b'{"id": "\\ud800", "inputs": []}', "body", "not valid JSON"),  # a lone surrogate cannot be re-encoded
 ])
 def test_rejections_name_the_field(raw, field, match):
     reject(raw, field, match)
@@ -66,6 +68,11 @@ def test_forwarded_request_holds_only_validated_fields():
     req = parse_infer_request(body(id="abc", parameters={"x": 1}), input_shape=SHAPE, limits=LIMITS)
     doc = json.loads(encode_request(req))
     assert set(doc) == {"inputs", "id"} and doc["inputs"][0]["shape"] == [1, 1, 8, 8]
+    # float32 values travel as their shortest decimal and arrive as the same float32 values
+    x = np.random.default_rng(0).random((3, *SHAPE)).astype(np.float32)
+    sent = parse_infer_request(body(x.reshape(-1).tolist(), [3, *SHAPE]), input_shape=SHAPE, limits=LIMITS)
+    again = parse_infer_request(encode_request(sent), input_shape=SHAPE, limits=LIMITS)
+    assert again.x.dtype == np.float32 and np.array_equal(again.x, x)
 
 
 @settings(max_examples=300, deadline=None)

@@ -12,9 +12,13 @@ from helpers import serving_config
 KEYS = ["key-" + "a" * 28, "key-" + "b" * 28]
 
 
+async def ok(_):
+    return web.json_response({"ok": True})
+
+
 async def test_unknown_keys_leave_no_state_and_known_keys_one_each(tmp_path):
     upstream_app = web.Application()
-    upstream_app.router.add_post("/v2/models/{name}/infer", lambda r: web.json_response({"ok": True}))
+    upstream_app.router.add_post("/v2/models/{name}/infer", ok)
     async with TestServer(upstream_app) as upstream:
         cfg = load_serving_config(str(serving_config(tmp_path / "s.json", {"rateLimit": {
             "perKey": {"requestsPerSecond": 1000, "burst": 1000},

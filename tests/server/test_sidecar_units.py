@@ -1,10 +1,12 @@
 """Output hardening, API keys and token-bucket mapping (no sockets)."""
 import hashlib
+import json
 
 import numpy as np
 import pytest
 
 from hardened_server.common import Unauthorized, load_serving_config
+from hardened_server.protocol import dumps
 from hardened_server.ratelimit import ApiKeys, bucket_item, key_id, presented_key
 from hardened_server.validation import ABSTAIN, OodScorer, harden_output
 from helpers import serving_config
@@ -21,11 +23,17 @@ def model_response(probs):
 PROBS = [[0.9, 0.1] + [0.0] * 8, [0.3, 0.25, 0.2, 0.25] + [0.0] * 6]
 
 
+def hardened(probs, cfg):
+    """harden_output as a client sees it: the body after encoding."""
+    out, low = harden_output(model_response(probs), cfg)
+    return json.loads(dumps(out)), low
+
+
 @pytest.mark.parametrize("mode, expect_probs", [("probabilities", True), ("rounded", True), ("label", False)])
 def test_output_modes(tmp_path, mode, expect_probs):
     cfg = load_serving_config(str(serving_config(tmp_path / "s.json", {"output": {
         "mode": mode, "decimals": 1, "minConfidence": 0.5, "lowConfidenceAction": "flag"}})))
-    out, low = harden_output(model_response(PROBS), cfg)
+    out, low = hardened(PROBS, cfg)
     names = [o["name"] for o in out["outputs"]]
     assert ("probabilities" in names) == expect_probs
     assert out["outputs"][names.index("label")]["data"] == ["0", "0"]
@@ -39,7 +47,7 @@ def test_output_modes(tmp_path, mode, expect_probs):
 def test_abstain_replaces_low_confidence_rows(tmp_path):
     cfg = load_serving_config(str(serving_config(tmp_path / "s.json", {"output": {
         "mode": "probabilities", "minConfidence": 0.5, "lowConfidenceAction": "abstain"}})))
-    out, low = harden_output(model_response(PROBS), cfg)
+    out, low = hardened(PROBS, cfg)
     assert out["outputs"][1]["data"] == ["0", ABSTAIN]
     assert out["outputs"][0]["data"][10:20] == [0.0] * 10
 

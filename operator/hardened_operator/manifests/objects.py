@@ -270,21 +270,26 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
         return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 2,
                 "failureThreshold": 3}
 
-    def container(name: str, args: list[str], port: int, metrics: int, mounts: list[dict], resources: dict) -> dict:
+    def container(name: str, args: list[str], port: int, metrics: int, mounts: list[dict], resources: dict,
+                  env: tuple = ()) -> dict:
         return {"name": name, "image": s.serving.image, "command": ["hardened-model"],
                 "args": args + ["--host", "0.0.0.0" if name == "ratelimit" else "127.0.0.1", "--port", str(port),
                                 "--metrics-port", str(metrics)],
                 "ports": [{"name": name[:9] if name != "ratelimit" else "http", "containerPort": port},
                           {"name": f"{name[:5]}-metrics", "containerPort": metrics}],
-                "env": [{"name": "HOME", "value": "/tmp"}],
+                "env": [{"name": "HOME", "value": "/tmp"}, *env],
                 "resources": resources, "securityContext": CONTAINER_SECURITY, "volumeMounts": mounts,
                 "readinessProbe": probe(port), "livenessProbe": probe(port, "/v2/health/live", 10)}
 
     sidecar_resources = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
     containers = [
-        container("model", ["serve", "--artifact", artifact, *trust_args, "--expect-digest", digest],
+        # torch's CPU threads follow the container's CPU request (the Downward API rounds it up to whole cores)
+        container("model", ["serve", "--artifact", artifact, *trust_args, "--expect-digest", digest,
+                            "--cpu-threads", "$(CPU_REQUEST)"],
                   PORTS["model"], PORTS["model-metrics"], model_mounts + trust_mounts,
-                  _resources(s.serving.resources, gpu=True)),
+                  _resources(s.serving.resources, gpu=True),
+                  env=({"name": "CPU_REQUEST", "valueFrom": {"resourceFieldRef": {
+                      "containerName": "model", "resource": "requests.cpu", "divisor": "1"}}},)),
         container("validation", ["validate-proxy", "--config", f"{SERVING_CONFIG_MOUNT}/serving.json", "--upstream",
                                  f"http://127.0.0.1:{PORTS['model']}", "--model-dir", f"{artifact}/{MODEL_DIR_NAME}"],
                   PORTS["validation"], PORTS["validation-metrics"],
