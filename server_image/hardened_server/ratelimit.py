@@ -90,36 +90,61 @@ def bucket_item(requests_per_second: float, burst: float):
     return RateLimitItemPerSecond(int(burst), window)
 
 
-def make_storage(uri: str):
-    """memory:// or redis://host:port/db as limits' asyncio storage (redis through redis-py)."""
-    from limits.storage import storage_from_string
-
-    options = {} if uri.startswith("memory://") else {"implementation": "redispy"}
-    return storage_from_string("async+" + uri, **options)
-
-
 class Limiter:
+    """Moving windows in ``limits``: its synchronous in-process storage for ``memory://``, called inline, and
+    its asyncio storage (redis-py) for ``redis://``, shared by every replica.
+
+    Why not the asyncio memory storage: it hops to a worker thread for every key on each expiry pass, and a
+    pass starts after each request. A hit cost 115 us of CPU that way and 9 us with the synchronous storage
+    (one key, 20,000 hits in an event loop, CI machine); the hop was 11% of the rate-limit sidecar's busy
+    samples under wrk. The synchronous storage expires windows on its own timer thread every 10 ms instead,
+    but (limits 5.8.0) keeps each emptied window's key: ``admit`` drops those every ``PRUNE_SECONDS``.
+    """
+
+    PRUNE_SECONDS = 5.0
+
     def __init__(self, cfg: ServingConfig):
-        from limits.aio.strategies import MovingWindowRateLimiter
+        from limits import aio, strategies
+        from limits.storage import MemoryStorage, storage_from_string
 
         rl = cfg.rate_limit
-        self.storage = make_storage(rl.storage)
-        self.strategy = MovingWindowRateLimiter(self.storage)
+        self.inline = rl.storage.startswith("memory://")
+        if self.inline:
+            self.storage = MemoryStorage()
+            self.strategy = strategies.MovingWindowRateLimiter(self.storage)
+        else:
+            self.storage = storage_from_string("async+" + rl.storage, implementation="redispy")
+            self.strategy = aio.strategies.MovingWindowRateLimiter(self.storage)
         self.per_key = bucket_item(rl.per_key.requests_per_second, rl.per_key.burst)
         self.global_ = bucket_item(rl.global_.requests_per_second, rl.global_.burst) if rl.global_ else None
         self.namespace = cfg.model.name
+        self._pruned = time.monotonic()
+
+    def _prune(self) -> None:
+        """Forget windows limits has emptied. Only this thread adds events, so an empty one stays empty."""
+        self._pruned = time.monotonic()
+        for key, events in list(self.storage.events.items()):
+            if not events:
+                self.storage.events.pop(key, None)
+
+    async def _hit(self, item, *ids: str) -> bool:
+        return self.strategy.hit(item, *ids) if self.inline else await self.strategy.hit(item, *ids)
 
     async def retry_after(self, item, *ids: str) -> int:
-        stats = await self.strategy.get_window_stats(item, *ids)
+        stats = self.strategy.get_window_stats(item, *ids)
+        if not self.inline:
+            stats = await stats
         return max(1, math.ceil(stats.reset_time - time.time()))
 
     async def admit(self, client: str) -> None:
-        if not await self.strategy.hit(self.per_key, self.namespace, "key", client):
+        if self.inline and time.monotonic() - self._pruned > self.PRUNE_SECONDS:
+            self._prune()
+        if not await self._hit(self.per_key, self.namespace, "key", client):
             METRICS.rate_limited.labels("key").inc()
             wait = await self.retry_after(self.per_key, self.namespace, "key", client)
             raise TooManyRequests(f"rate limit of this API key exceeded; retry in {wait}s", field="Authorization",
                                   headers={"Retry-After": str(wait)})
-        if self.global_ is not None and not await self.strategy.hit(self.global_, self.namespace, "global"):
+        if self.global_ is not None and not await self._hit(self.global_, self.namespace, "global"):
             METRICS.rate_limited.labels("global").inc()
             wait = await self.retry_after(self.global_, self.namespace, "global")
             raise TooManyRequests(f"global rate limit exceeded; retry in {wait}s", field="global",
