@@ -194,8 +194,11 @@ def main():
     finally:
         nginx.terminate()
         nginx.wait(10)
-        for proc in procs:
-            proc.stop()
+        for proc in procs:  # each one, even when another failed to stop in time
+            try:
+                proc.stop()
+            except subprocess.TimeoutExpired:
+                proc.proc.kill()
     base50, base99 = np.percentile(lat["model"], 50), np.percentile(lat["model"], 99)
     print(f"open loop {RATE} rps x {SECONDS} s per target; wrk -t2 -c32 -d10s; body {len(body)} bytes (1 digit)")
     print(f"{'target':8s} {'p50 ms':>8s} {'p99 ms':>8s} {'added p50':>10s} {'added p99':>10s} {'max rps':>9s}")

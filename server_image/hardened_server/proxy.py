@@ -48,6 +48,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol
     def connection_made(self, transport):
         self.transport = transport
+        self.parser = httptools.HttpResponseParser(self)  # one per connection: it parses message after message
 
     def connection_lost(self, exc):
         self.closed = True
@@ -80,7 +81,6 @@ class _Connection(asyncio.Protocol):
 
     # -- use
     def send(self, data: bytes) -> asyncio.Future:
-        self.parser = httptools.HttpResponseParser(self)
         self.headers, self.body, self.received = [], [], 0
         self.fut = asyncio.get_running_loop().create_future()
         self.transport.write(data)

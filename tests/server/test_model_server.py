@@ -1,6 +1,7 @@
 """The model server's batching and graceful shutdown (in process; test_chain.py runs the real processes)."""
 import asyncio
 import logging
+import threading
 import time
 
 import aiohttp
@@ -54,10 +55,11 @@ class Recorder:
     """A forward pass that takes ``seconds``, records its batch sizes, and answers row i with x[i].sum()."""
 
     def __init__(self, seconds: float = 0.05, fail_on: float | None = None):
-        self.seconds, self.fail_on, self.batches = seconds, fail_on, []
+        self.seconds, self.fail_on, self.batches, self.threads = seconds, fail_on, [], []
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.batches.append(len(x))
+        self.threads.append(threading.current_thread().name)
         time.sleep(self.seconds)
         if self.fail_on is not None and (x == self.fail_on).any():
             raise RuntimeError("forward pass failed")
@@ -115,10 +117,19 @@ async def test_an_abandoned_request_is_left_out_of_the_pass():
 
 @pytest.mark.parametrize("rows", [1, 3])
 async def test_an_idle_model_does_not_wait_to_fill_a_batch(rows):
-    batcher = Batcher(Recorder(seconds=0), max_batch=64)
+    predict = Recorder(seconds=0)
+    batcher = Batcher(predict, max_batch=64)
     batcher.start()
     start = time.monotonic()
     for _ in range(20):
         await batcher.submit(np.zeros((rows, 2), np.float32))
     await batcher.stop()
     assert (time.monotonic() - start) / 20 < 0.002  # under a millisecond or two each: no collection window
+    # a fast pass runs on the event loop once it has been timed; a slow one stays on the forward thread
+    assert predict.threads[0].startswith("forward") and set(predict.threads[1:]) == {"MainThread"}
+
+
+async def test_a_slow_pass_stays_off_the_event_loop():
+    predict = Recorder(seconds=Batcher.INLINE_SECONDS * 2)
+    await run_batched(predict, [1, 1], max_batch=1)
+    assert len(predict.threads) == 3 and all(t.startswith("forward") for t in predict.threads)
