@@ -4,10 +4,10 @@ The next hop is the pod's own validation sidecar or model server on loopback, so
 exactly that: one request at a time per connection, responses framed by Content-Length or chunked encoding
 and parsed by httptools (llhttp, the parser uvicorn uses).
 
-Why not aiohttp's client, which the sidecars used before: forwarding through it cost 173 us of CPU per request
-in an aiohttp proxy in front of a trivial upstream; this pool costs 63 us in the same proxy (the server side
-unchanged), measured with wrk -c32 on the 2-core CI machine (docs/benchmarks.md, "Serving"). Every sidecar
-request pays it once per hop.
+Why not aiohttp's client, which the sidecars used before: the same aiohttp proxy in front of an instant
+upstream used 201-212 us of CPU per request with aiohttp's client and 93-109 us with this pool, and served
+4,700-5,000 against 9,100-10,700 requests/s (benchmarks/proxy_overhead.py, two runs on the 2-core CI
+machine; docs/benchmarks.md). Every sidecar request pays it once per hop.
 """
 from __future__ import annotations
 
