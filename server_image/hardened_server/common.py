@@ -239,9 +239,9 @@ async def serve(app: web.Application, *, host: str, port: int, metrics_port: int
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Everything built so far (imports, config, the model) lives as long as the process. Frozen out of the
-    # collector, a full collection stops walking it while requests wait: measured on the CI machine, a full
-    # collection took 30 ms after the sidecars' imports and 110 ms after the model server's (torch), and
-    # under 0.01 ms after gc.freeze().
+    # collector, a full collection stops walking it while requests wait: on the CI machine a full collection
+    # took 21-30 ms after the sidecars' imports and 85-110 ms after the model server's (torch), and under
+    # 0.01 ms after gc.freeze() (benchmarks/serving_micro.py).
     gc.collect()
     gc.freeze()
     log_fields(logger, logging.INFO, "listening", host=host, port=port, metrics_port=metrics_port)

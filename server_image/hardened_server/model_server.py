@@ -96,8 +96,8 @@ class Batcher:
 
     Where the pass runs: a pass that took under ``INLINE_SECONDS`` last time runs on the event loop, a longer
     one on a worker thread, so the loop keeps reading requests and answering probes. A hand-off to the
-    thread and back costs about 110 us of CPU on the 2-core CI machine, and the digits model's one-row pass
-    128 us: inline, a batch of one costs half as much. Requests that arrive during an inline pass wait in
+    thread and back costs 95-108 us of CPU on the 2-core CI machine, and the digits model's one-row pass
+    117-128 us (benchmarks/serving_micro.py): inline, a batch of one costs half as much. Requests that arrive during an inline pass wait in
     the socket buffers and form the next batch, as they queue here during a threaded one.
     """
 
@@ -260,8 +260,9 @@ async def run(args) -> int:
     import torch
 
     # torch sizes its CPU thread pool by the node's cores, not the pod's CPU request: on a big node a small
-    # pod would spin dozens of OpenMP threads against its own sidecars. Measured on the 2-core CI machine with
-    # the digits model under wrk: 412 us of CPU per request with torch's default (2 threads), 179 us with 1.
+    # pod would spin dozens of OpenMP threads against its own sidecars. On the 2-core CI machine the digits
+    # model's pass takes the same wall time with torch's default of 2 threads as with 1, and twice the CPU
+    # (267 against 125 us at batch 1; benchmarks/serving_micro.py).
     torch.set_num_threads(args.cpu_threads)
     policy = TrustPolicy(public_key=args.public_key, identity=args.identity, oidc_issuer=args.oidc_issuer,
                          trust_config=args.trust_config)

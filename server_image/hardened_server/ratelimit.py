@@ -95,8 +95,8 @@ class Limiter:
     its asyncio storage (redis-py) for ``redis://``, shared by every replica.
 
     Why not the asyncio memory storage: it hops to a worker thread for every key on each expiry pass, and a
-    pass starts after each request. A hit cost 115 us of CPU that way and 9 us with the synchronous storage
-    (one key, 20,000 hits in an event loop, CI machine); the hop was 11% of the rate-limit sidecar's busy
+    pass starts after each request. A hit cost 100-115 us of CPU that way and 9-12 us with the synchronous
+    storage (benchmarks/serving_micro.py, CI machine); the hop was 11% of the rate-limit sidecar's busy
     samples under wrk. The synchronous storage expires windows on its own timer thread every 10 ms instead,
     but (limits 5.8.0) keeps each emptied window's key: ``admit`` drops those every ``PRUNE_SECONDS``.
     """
