@@ -105,7 +105,8 @@ def main() -> None:
                 raise RuntimeError(out)
             total = int(next(line.split()[0] for line in out.splitlines() if "requests in" in line))
             rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
-            print(f"{kind:15s} {rps:8.0f} rps  {1e6 * (cpu_seconds(proc.pid) - before) / total:6.0f} us CPU per request")
+            used = 1e6 * (cpu_seconds(proc.pid) - before) / total
+            print(f"{kind:15s} {rps:8.0f} rps  {used:6.0f} us CPU per request")
     finally:
         for proc in procs:
             proc.kill()

@@ -97,8 +97,9 @@ class Batcher:
     Where the pass runs: a pass that took under ``INLINE_SECONDS`` last time runs on the event loop, a longer
     one on a worker thread, so the loop keeps reading requests and answering probes. A hand-off to the
     thread and back costs 95-108 us of CPU on the 2-core CI machine, and the digits model's one-row pass
-    117-128 us (benchmarks/serving_micro.py): inline, a batch of one costs half as much. Requests that arrive during an inline pass wait in
-    the socket buffers and form the next batch, as they queue here during a threaded one.
+    117-128 us (benchmarks/serving_micro.py): inline, a batch of one costs half as much. Requests that
+    arrive during an inline pass wait in the socket buffers and form the next batch, as they queue here
+    during a threaded one.
     """
 
     INLINE_SECONDS = 0.002

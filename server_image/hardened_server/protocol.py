@@ -37,10 +37,11 @@ _CONSTANTS = (b"NaN", b"Infinity")
 def loads(body: bytes) -> object:
     """Parse a request body, with every failure a 400 naming the body.
 
-    orjson, not the standard library: the 477-byte one-digit request parses in 1.5-2.0 us with orjson and 13.4-14.7 us
-    with ``json.loads``, and encoding the forwarded request drops from 13.6-13.7 us to 1.8-2.4 us
-    (benchmarks/serving_micro.py); JSON was 22% of the model server's busy samples under load (py-spy). orjson also refuses what the standard library
-    lets through: NaN/Infinity tokens, numbers that overflow a double, lone surrogates, nesting beyond 1024.
+    orjson, not the standard library: the 477-byte one-digit request parses in 1.5-2.0 us with orjson and
+    13.4-14.7 us with ``json.loads``, and encoding the forwarded request drops from 13.6-13.7 us to 1.8-2.4 us
+    (benchmarks/serving_micro.py); JSON was 22% of the model server's busy samples under load (py-spy).
+    orjson also refuses what the standard library lets through: NaN/Infinity tokens, numbers that overflow a
+    double, lone surrogates, nesting beyond 1024.
     """
     try:
         return orjson.loads(body)

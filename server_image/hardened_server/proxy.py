@@ -125,7 +125,8 @@ class Upstream:
 
     async def _exchange(self, head: bytes, body: bytes | None) -> tuple[int, list, bytes]:
         conn = await self._connection()
-        timer = asyncio.get_running_loop().call_later(self.timeout, conn._fail, _Failed(f"no answer in {self.timeout:g}s"))
+        timer = asyncio.get_running_loop().call_later(self.timeout, conn._fail,
+                                                      _Failed(f"no answer in {self.timeout:g}s"))
         try:
             status, headers, payload, keep_alive = await conn.send(head + body if body else head)
         except BaseException:
