@@ -1,9 +1,12 @@
-"""CPU per request of one forwarding hop: aiohttp's client against the sidecars' pool (hardened_server.proxy).
+"""CPU per request of one forwarding hop: aiohttp's client against the sidecars' pool (hardened_server.proxy);
+and, for the server side of a hop, aiohttp's server against a bare asyncio protocol on httptools.
 
 Both proxies are the same aiohttp server handler (read the body, forward it, answer with the upstream's
-body); only the client differs. The upstream is a bare asyncio server that answers every request at once,
-so what is measured is the proxy process: its user + system CPU time over a wrk run, divided by the
-requests wrk completed. wrk -t2 -c32 -d8s, a 470-byte POST, on 127.0.0.1.
+body); only the client differs. The upstream is a bare asyncio server (httptools) that answers every
+request at once, so what is measured is the proxy process: its user + system CPU time over a wrk run,
+divided by the requests wrk completed. The server-side rows answer wrk directly, with no upstream: an
+aiohttp application with one route, and the bare upstream itself. wrk -t2 -c32 -d8s, a 470-byte POST,
+on 127.0.0.1.
 
     .venv/bin/python benchmarks/proxy_overhead.py
 """
@@ -47,6 +50,7 @@ def upstream(port: int) -> None:
 
 
 def proxy(kind: str, port: int, upstream_port: int) -> None:
+    """An aiohttp server: a proxy through aiohttp's client or the pool, or (aiohttp-server) answering itself."""
     import aiohttp
     from aiohttp import web
 
@@ -54,7 +58,11 @@ def proxy(kind: str, port: int, upstream_port: int) -> None:
 
     url = f"http://127.0.0.1:{upstream_port}"
     app = web.Application()
-    if kind == "aiohttp-client":
+    if kind == "aiohttp-server":
+        async def handle(request):
+            await request.read()
+            return web.Response(body=ANSWER, content_type="application/json")
+    elif kind == "aiohttp-client":
         async def start(app):
             app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), auto_decompress=False)
 
@@ -90,14 +98,17 @@ def main() -> None:
     up_port = free_port()
     procs = [subprocess.Popen([sys.executable, __file__, "upstream", str(up_port)])]
     try:
-        ports = {}
-        for kind in ("aiohttp-client", "pool"):
+        ports, pids = {}, {}
+        for kind in ("aiohttp-client", "pool", "aiohttp-server"):
             ports[kind] = free_port()
             procs.append(subprocess.Popen([sys.executable, __file__, "proxy", kind, str(ports[kind]), str(up_port)]))
+            pids[kind] = procs[-1].pid
+        ports["httptools-protocol"], pids["httptools-protocol"] = up_port, procs[0].pid
         time.sleep(3)
-        print("wrk -t2 -c32 -d8s, 470-byte POST; CPU of the proxy process per request")
-        for kind, proc in zip(ports, procs[1:]):
-            before = cpu_seconds(proc.pid)
+        print("wrk -t2 -c32 -d8s, 470-byte POST; CPU of the measured process per request")
+        for kind in ports:
+            pid = pids[kind]
+            before = cpu_seconds(pid)
             out = subprocess.run(["wrk", "-t2", "-c32", "-d8s", "-s", str(script),
                                   f"http://127.0.0.1:{ports[kind]}/v2/models/m/infer"],
                                  capture_output=True, text=True, check=True).stdout
@@ -105,8 +116,9 @@ def main() -> None:
                 raise RuntimeError(out)
             total = int(next(line.split()[0] for line in out.splitlines() if "requests in" in line))
             rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
-            used = 1e6 * (cpu_seconds(proc.pid) - before) / total
-            print(f"{kind:15s} {rps:8.0f} rps  {used:6.0f} us CPU per request")
+            used = 1e6 * (cpu_seconds(pid) - before) / total
+            role = "server only" if kind in ("aiohttp-server", "httptools-protocol") else "proxy hop"
+            print(f"{role:11s} {kind:18s} {rps:8.0f} rps  {used:6.0f} us CPU per request")
     finally:
         for proc in procs:
             proc.kill()

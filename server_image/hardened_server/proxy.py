@@ -5,8 +5,8 @@ exactly that: one request at a time per connection, responses framed by Content-
 and parsed by httptools (llhttp, the parser uvicorn uses).
 
 Why not aiohttp's client, which the sidecars used before: the same aiohttp proxy in front of an instant
-upstream used 201-212 us of CPU per request with aiohttp's client and 93-109 us with this pool, and served
-4,700-5,000 against 9,100-10,700 requests/s (benchmarks/proxy_overhead.py, two runs on the 2-core CI
+upstream used 201-250 us of CPU per request with aiohttp's client and 93-127 us with this pool, and served
+3,900-5,000 against 7,100-10,700 requests/s (benchmarks/proxy_overhead.py, four runs on the 2-core CI
 machine; docs/benchmarks.md). Every sidecar request pays it once per hop.
 """
 from __future__ import annotations
