@@ -120,11 +120,13 @@ async def test_an_idle_model_does_not_wait_to_fill_a_batch(rows):
     predict = Recorder(seconds=0)
     batcher = Batcher(predict, max_batch=64)
     batcher.start()
-    start = time.monotonic()
-    for _ in range(20):
+    took = []
+    for _ in range(21):
+        start = time.monotonic()
         await batcher.submit(np.zeros((rows, 2), np.float32))
+        took.append(time.monotonic() - start)
     await batcher.stop()
-    assert (time.monotonic() - start) / 20 < 0.002  # under a millisecond or two each: no collection window
+    assert sorted(took)[10] < 0.002  # the median: well under the 2 ms an old-style collection window waits
     # a fast pass runs on the event loop once it has been timed; a slow one stays on the forward thread
     assert predict.threads[0].startswith("forward") and set(predict.threads[1:]) == {"MainThread"}
 
