@@ -234,7 +234,8 @@ def _server_args(p: argparse.ArgumentParser, port: int, metrics_port: int) -> No
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=port, help=f"listen port (default: {port})")
     p.add_argument("--metrics-port", type=int, default=metrics_port,
-                   help=f"Prometheus /metrics port, separate from traffic (default: {metrics_port})")
+                   help=f"admin port: Prometheus /metrics and the probes /healthz, /readyz (default: {metrics_port})")
+    p.add_argument("--metrics-host", help="admin port's listen address (default: --host)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level (default: INFO)")
     p.add_argument("--body-timeout", type=float, default=10.0,

@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -216,25 +216,46 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def metrics_app() -> web.Application:
-    """Metrics live on their own port, so clients reaching the Service cannot read them."""
+def metrics_app(ready: Callable[[], bool] = lambda: True) -> web.Application:
+    """The admin port: /metrics, and the kubelet's probes /healthz and /readyz.
+
+    Metrics live on their own port, so clients reaching the Service cannot read them. The probes live here
+    too because the model server and the validation sidecar listen on 127.0.0.1 (only their neighbours in the
+    pod may reach them), and the kubelet probes the pod IP: an httpGet probe of a loopback-only port is
+    refused, which would fail readiness for ever and restart the container every liveness period.
+    /healthz answers while the event loop runs; /readyz while ``ready()`` holds.
+    """
+    async def healthz(_):
+        return web.json_response({"live": True})
+
+    async def readyz(_):
+        if not ready():
+            return web.json_response({"ready": False}, status=503)
+        return web.json_response({"ready": True})
+
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app
 
 
 async def serve(app: web.Application, *, host: str, port: int, metrics_port: int | None, logger: logging.Logger,
+                metrics_host: str | None = None, is_ready: Callable[[], bool] = lambda: True,
                 ready: asyncio.Event | None = None, shutdown_timeout: float = 10.0) -> None:
-    """Run ``app`` (and the metrics app) until SIGTERM/SIGINT, then drain in-flight requests."""
+    """Run ``app`` on host:port and the admin app (metrics, probes) on metrics_host:metrics_port (default: the
+    same host) until SIGTERM/SIGINT, then drain in-flight requests. /readyz fails from SIGTERM on, and
+    whenever ``is_ready()`` does not hold."""
+    stop = asyncio.Event()
     runners = []
-    for a, p in [(app, port), (metrics_app(), metrics_port)]:
+    for a, h, p in [(app, host, port), (metrics_app(lambda: not stop.is_set() and is_ready()),
+                                        metrics_host or host, metrics_port)]:
         if p is None:
             continue
         runner = web.AppRunner(a, access_log=None, shutdown_timeout=shutdown_timeout, auto_decompress=False)
         await runner.setup()
-        await web.TCPSite(runner, host, p, backlog=1024, reuse_address=True).start()
+        await web.TCPSite(runner, h, p, backlog=1024, reuse_address=True).start()
         runners.append(runner)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -244,7 +265,8 @@ async def serve(app: web.Application, *, host: str, port: int, metrics_port: int
     # 0.01 ms after gc.freeze() (benchmarks/serving_micro.py).
     gc.collect()
     gc.freeze()
-    log_fields(logger, logging.INFO, "listening", host=host, port=port, metrics_port=metrics_port)
+    log_fields(logger, logging.INFO, "listening", host=host, port=port, metrics_host=metrics_host or host,
+               metrics_port=metrics_port)
     if ready:
         ready.set()
     await stop.wait()

@@ -20,6 +20,7 @@ import logging
 import pathlib
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from aiohttp import web
@@ -171,6 +172,9 @@ class Batcher:
                     start += len(xi)
 
 
+READY = web.AppKey("ready", Callable[[], bool])  # what /v2/health/ready and the admin port's /readyz say
+
+
 def build_app(model: LoadedModel, *, logger: logging.Logger, max_batch: int = 64) -> web.Application:
     batcher = Batcher(model.predict, max_batch=max_batch)
     state = {"ready": False}
@@ -179,6 +183,7 @@ def build_app(model: LoadedModel, *, logger: logging.Logger, max_batch: int = 64
         METRICS.requests.labels("model", "rejected", exc.reason).inc()
 
     app = web.Application(middlewares=[error_middleware(on_error)], client_max_size=64 * 1024 * 1024)
+    app[READY] = lambda: state["ready"]
 
     async def on_startup(_):
         batcher.start()
@@ -279,7 +284,8 @@ async def run(args) -> int:
                              "signer": model.signer or ""})
     log_fields(logger, logging.INFO, "model loaded", model=model.name, version=model.version, digest=model.digest,
                device=str(model.device))
-    await serve(build_app(model, logger=logger, max_batch=args.max_batch), host=args.host, port=args.port,
-                metrics_port=args.metrics_port, logger=logger)
+    app = build_app(model, logger=logger, max_batch=args.max_batch)
+    await serve(app, host=args.host, port=args.port, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                is_ready=app[READY], logger=logger)
     return 0
 

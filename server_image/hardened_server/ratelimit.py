@@ -216,5 +216,6 @@ async def run(args) -> int:
         log_fields(logger, logging.ERROR, "bad configuration", error=str(exc))
         return 2
     log_fields(logger, logging.INFO, "api keys loaded", count=len(keys.digests))
-    await serve(app, host=args.host, port=args.port, metrics_port=args.metrics_port, logger=logger)
+    await serve(app, host=args.host, port=args.port, metrics_host=args.metrics_host,
+                metrics_port=args.metrics_port, logger=logger)
     return 0

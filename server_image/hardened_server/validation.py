@@ -152,5 +152,6 @@ async def run(args) -> int:
     except (ConfigError, ValueError, OSError) as exc:
         log_fields(logger, logging.ERROR, "bad configuration", error=str(exc))
         return 2
-    await serve(app, host=args.host, port=args.port, metrics_port=args.metrics_port, logger=logger)
+    await serve(app, host=args.host, port=args.port, metrics_host=args.metrics_host,
+                metrics_port=args.metrics_port, logger=logger)
     return 0

@@ -114,6 +114,41 @@ def test_deployment_pins_the_digest_and_verifies_first():
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_every_probe_and_scrape_reaches_an_address_the_kubelet_and_prometheus_can_connect_to():
+    """The kubelet probes the pod IP and Prometheus scrapes it: a probe of a port bound to 127.0.0.1 is refused,
+    which keeps the pod unready and restarts the container every liveness period."""
+    from hardened_operator.cli import build_parser
+    from hardened_operator.manifests.monitoring import build_service_monitor
+    from hardened_operator.manifests.objects import build_metrics_service
+
+    parser = build_parser()
+    for path in EXAMPLES:
+        m = model(path.stem)
+        pod = build_deployment(m, digest="ab" * 32, version="v1")["spec"]["template"]["spec"]
+        bound = {}  # container port -> the address the process listens on, from its own argument parser
+        for c in pod["containers"]:
+            args = parser.parse_args([a.replace("$(CPU_REQUEST)", "2") for a in c["args"]])
+            bound[args.port] = args.host
+            bound[args.metrics_port] = args.metrics_host or args.host
+            named = {p["name"]: p["containerPort"] for p in c["ports"]}
+            assert set(named.values()) == {args.port, args.metrics_port}, c["name"]
+            for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+                if kind in c:
+                    port = c[kind]["httpGet"]["port"]
+                    assert bound[named.get(port, port)] == "0.0.0.0", (path.stem, c["name"], kind)
+            # liveness is the process's own: the admin port's /healthz, never forwarded down the chain
+            assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": args.metrics_port}, c["name"]
+        service = {p["name"]: p["targetPort"] for p in build_metrics_service(m)["spec"]["ports"]}
+        for endpoint in build_service_monitor(m)["spec"]["endpoints"]:
+            assert bound[service[endpoint["port"]]] == "0.0.0.0", endpoint
+        by_name = {c["name"]: c for c in pod["containers"]}
+        # the Service routes to a pod only when the whole chain is ready: rate limit -> validation -> model
+        assert by_name["ratelimit"]["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8443}
+        # loading a large model must not trip liveness
+        startup = by_name["model"]["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+
+
 def test_model_server_threads_follow_the_cpu_request():
     import re
 

@@ -51,6 +51,66 @@ def test_requests_in_flight_are_answered_before_the_model_server_stops():
     assert stopped_after < 3.0  # the drain waited for the forward pass, not for the 10 s timeout
 
 
+def test_the_admin_port_answers_the_kubelets_probes_on_its_own_address_and_readiness_fails_while_draining():
+    """serve(): traffic on one address, the admin port (metrics, /healthz, /readyz) on another, as the serving
+    Deployment runs them (127.0.0.1 and 0.0.0.0; here 127.0.0.1 and 127.0.0.2, both loopback)."""
+    import gc
+    import os
+    import signal
+
+    from hardened_server.common import serve
+    from hardened_server.model_server import READY
+
+    model = SlowModel(name="digits-demo", version="v1", digest="0" * 64, signer=None, architecture="cnn-8x8",
+                      input_shape=[1, 8, 8], labels=[str(i) for i in range(10)], module=None, device="cpu")
+    port, admin = free_port(), free_port()
+
+    async def get(session, host, p, path):
+        try:
+            async with session.get(f"http://{host}:{p}{path}") as resp:
+                return resp.status
+        except aiohttp.ClientConnectorError:
+            return "refused"
+
+    async def scenario():
+        app = build_app(model, logger=logging.getLogger("test"))
+        listening = asyncio.Event()
+        server = asyncio.create_task(serve(app, host="127.0.0.1", port=port, metrics_host="127.0.0.2",
+                                           metrics_port=admin, is_ready=app[READY], logger=logging.getLogger("test"),
+                                           ready=listening))
+        await asyncio.wait_for(listening.wait(), 10)
+        seen = {}
+        async with aiohttp.ClientSession() as session:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                seen[path] = await get(session, "127.0.0.2", admin, path)
+            seen["admin on the traffic address"] = await get(session, "127.0.0.1", admin, "/healthz")
+            seen["traffic on the admin address"] = await get(session, "127.0.0.2", port, "/v2/health/live")
+            seen["traffic"] = await get(session, "127.0.0.1", port, "/v2/health/ready")
+
+            async def call():
+                async with session.post(f"http://127.0.0.1:{port}/v2/models/digits-demo/infer",
+                                        json=infer_body(np.zeros((1, 1, 8, 8)))) as resp:
+                    return resp.status
+
+            in_flight = asyncio.create_task(call())
+            await asyncio.sleep(0.2)  # inside the 0.5 s forward pass
+            os.kill(os.getpid(), signal.SIGTERM)  # serve()'s handler: stop accepting, drain
+            await asyncio.sleep(0.1)
+            seen["readyz while draining"] = await get(session, "127.0.0.2", admin, "/readyz")
+            seen["healthz while draining"] = await get(session, "127.0.0.2", admin, "/healthz")
+            seen["in-flight request"] = await in_flight
+        await asyncio.wait_for(server, 10)
+        return seen
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        gc.unfreeze()  # serve() froze everything alive in this test process
+    assert seen == {"/healthz": 200, "/readyz": 200, "/metrics": 200, "admin on the traffic address": "refused",
+                    "traffic on the admin address": "refused", "traffic": 200,
+                    "readyz while draining": 503, "healthz while draining": 200, "in-flight request": 200}
+
+
 class Recorder:
     """A forward pass that takes ``seconds``, records its batch sizes, and answers row i with x[i].sum()."""
 

@@ -23,6 +23,9 @@ API_KEYS_MOUNT = "/var/run/secrets/hardened/api-keys"
 ARTIFACTS_MOUNT = "/artifacts"
 MODELS_MOUNT = "/models"
 VERSION_IDS_ANNOTATION = "hardened.dev/s3-version-ids"
+# The model server verifies and loads the weights before it listens: the startup probe allows this long
+# (a multi-GB model from a slow volume) before liveness may restart it.
+MODEL_STARTUP_SECONDS = 600
 DNS_EGRESS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
 PORTS = {"model": 8080, "validation": 8081, "ratelimit": 8443,
          "model-metrics": 9090, "validation-metrics": 9091, "ratelimit-metrics": 9092}
@@ -266,20 +269,31 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                     + ([{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}] if not local else []))
     cfg_mount = {"name": "serving-config", "mountPath": SERVING_CONFIG_MOUNT, "readOnly": True}
 
-    def probe(port: int, path: str = "/v2/health/ready", period: int = 5) -> dict:
+    def probe(port: int, path: str, period: int = 5, failures: int = 3) -> dict:
         return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 2,
-                "failureThreshold": 3}
+                "failureThreshold": failures}
 
     def container(name: str, args: list[str], port: int, metrics: int, mounts: list[dict], resources: dict,
-                  env: tuple = ()) -> dict:
-        return {"name": name, "image": s.serving.image, "command": ["hardened-model"],
-                "args": args + ["--host", "0.0.0.0" if name == "ratelimit" else "127.0.0.1", "--port", str(port),
-                                "--metrics-port", str(metrics)],
-                "ports": [{"name": name[:9] if name != "ratelimit" else "http", "containerPort": port},
-                          {"name": f"{name[:5]}-metrics", "containerPort": metrics}],
-                "env": [{"name": "HOME", "value": "/tmp"}, *env],
-                "resources": resources, "securityContext": CONTAINER_SECURITY, "volumeMounts": mounts,
-                "readinessProbe": probe(port), "livenessProbe": probe(port, "/v2/health/live", 10)}
+                  env: tuple = (), startup_seconds: int = 0) -> dict:
+        # Only the rate-limit sidecar takes traffic from outside the pod; the validation sidecar and the model
+        # server listen on 127.0.0.1, so nothing reaches them around the key check. The kubelet probes the pod
+        # IP, so every container's admin port (metrics, /healthz, /readyz) listens on all addresses; the
+        # NetworkPolicy admits it for scraping only. Readiness of the rate-limit sidecar is the whole chain's
+        # (/v2/health/ready goes through to the model); liveness is always the process's own, so a model that
+        # is down does not get its sidecars restarted.
+        public = name == "ratelimit"
+        out = {"name": name, "image": s.serving.image, "command": ["hardened-model"],
+               "args": args + ["--host", "0.0.0.0" if public else "127.0.0.1", "--port", str(port),
+                               "--metrics-host", "0.0.0.0", "--metrics-port", str(metrics)],
+               "ports": [{"name": name[:9] if not public else "http", "containerPort": port},
+                         {"name": f"{name[:5]}-metrics", "containerPort": metrics}],
+               "env": [{"name": "HOME", "value": "/tmp"}, *env],
+               "resources": resources, "securityContext": CONTAINER_SECURITY, "volumeMounts": mounts,
+               "readinessProbe": probe(port, "/v2/health/ready") if public else probe(metrics, "/readyz"),
+               "livenessProbe": probe(metrics, "/healthz", 10)}
+        if startup_seconds:  # liveness waits until the process listens, however long loading takes
+            out["startupProbe"] = probe(metrics, "/healthz", 5, failures=startup_seconds // 5)
+        return out
 
     sidecar_resources = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
     containers = [
@@ -289,7 +303,8 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                   PORTS["model"], PORTS["model-metrics"], model_mounts + trust_mounts,
                   _resources(s.serving.resources, gpu=True),
                   env=({"name": "CPU_REQUEST", "valueFrom": {"resourceFieldRef": {
-                      "containerName": "model", "resource": "requests.cpu", "divisor": "1"}}},)),
+                      "containerName": "model", "resource": "requests.cpu", "divisor": "1"}}},),
+                  startup_seconds=MODEL_STARTUP_SECONDS),
         container("validation", ["validate-proxy", "--config", f"{SERVING_CONFIG_MOUNT}/serving.json", "--upstream",
                                  f"http://127.0.0.1:{PORTS['model']}", "--model-dir", f"{artifact}/{MODEL_DIR_NAME}"],
                   PORTS["validation"], PORTS["validation-metrics"],
