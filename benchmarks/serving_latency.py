@@ -1,17 +1,23 @@
 """Latency added by the sidecar chain, and max throughput, against the model server alone and
 against nginx limit_req as a reverse proxy in front of the same server; side by side on 127.0.0.1.
 
-Targets (same model server process behind all three):
+Targets (same model server process behind all of them):
   model   client -> model server
   chain   client -> rate-limit sidecar -> validation sidecar -> model server
   nginx   client -> nginx (limit_req + proxy_pass, keepalive upstream) -> model server
+  pipes   client -> byte pipe -> byte pipe -> model server   (latency only)
 
-Latency: an open-loop generator sends requests at a fixed rate (500 rps) for
-10 s per target, new requests not waiting for old ones, and records each
-latency; p50/p99 are reported, and "added" is the target minus the model
-alone. Throughput: wrk with 32 connections for 10 s (closed loop). Limits are
-set far above the offered load so nothing is rejected. The load generators
-share the 2 cores with the servers, as every figure here does.
+The pipes are the floor of this design: two Python processes in the path, where the chain has its two
+sidecars, that only copy bytes (asyncio protocols, no HTTP parsing, no work).
+
+Latency: an open-loop generator sends requests at a fixed rate (500 rps), new requests not waiting for old
+ones, and records each latency; p50/p99 are reported, and "added" is the target minus the model alone. The
+targets take turns in 1 s slices, eleven rounds, so a noisy spell of the machine falls on all of them rather
+than on whichever ran then; the first 50 ms of each turn are sent but not recorded (the target's processes
+waking from their idle turns), leaving 5,225 per target. The machine's steal time during these runs is
+printed. Throughput: wrk with 32 connections for 10 s (closed loop). Limits are set far above the offered
+load so nothing is rejected. The load generators share the 2 cores with the servers, as every figure here
+does.
 
     .venv/bin/python benchmarks/serving_latency.py
 
@@ -19,6 +25,8 @@ With --profile (needs `pip install py-spy`): no latency runs; wrk drives the cha
 samples each of the three processes, and the share of CPU samples per function is printed.
 
     .venv/bin/python benchmarks/serving_latency.py --profile
+
+With --trace: 20 s at 500 rps against the model alone, then the chain, and when the slowest 1% happened.
 """
 import asyncio
 import json
@@ -69,38 +77,134 @@ http {{
     return conf
 
 
-async def open_loop(url: str, body: bytes, headers: dict, rate: int, seconds: float) -> np.ndarray:
-    latencies, errors = [], 0
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async def one():
+def pipe(port: int, upstream: int) -> None:
+    """Copy bytes between each client connection and its own upstream connection; nothing else."""
+
+    class Back(asyncio.Protocol):
+        def __init__(self, front: asyncio.Transport):
+            self.front = front
+
+        def data_received(self, data: bytes):
+            self.front.write(data)
+
+        def connection_lost(self, exc):
+            self.front.close()
+
+    class Front(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport, self.up, self.pending = transport, None, []
+            asyncio.get_running_loop().create_task(self.connect())
+
+        async def connect(self):
+            self.up, _ = await asyncio.get_running_loop().create_connection(lambda: Back(self.transport),
+                                                                            "127.0.0.1", upstream)
+            for data in self.pending:
+                self.up.write(data)
+
+        def data_received(self, data: bytes):
+            if self.up is None:
+                self.pending.append(data)
+            else:
+                self.up.write(data)
+
+        def connection_lost(self, exc):
+            if self.up is not None:
+                self.up.close()
+
+    async def run():
+        server = await asyncio.get_running_loop().create_server(Front, "127.0.0.1", port)
+        await server.serve_forever()
+
+    asyncio.run(run())
+
+
+async def open_loop(urls: dict[str, str], body: bytes, headers: dict, rate: int, seconds: float,
+                    slice_seconds: float = 1.0) -> dict[str, np.ndarray]:
+    """Each target in turn for ``slice_seconds`` at ``rate``, until each has had ``seconds``."""
+    latencies: dict[str, list[float]] = {n: [] for n in urls}
+    errors = 0
+    sessions = {n: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) for n in urls}
+    try:
+        async def one(name: str, record: bool = True):
             nonlocal errors
             t = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as r:
+            async with sessions[name].post(urls[name], data=body, headers=headers) as r:
                 await r.read()
                 if r.status != 200:
                     errors += 1
-            latencies.append(time.perf_counter() - t)
+            if record:
+                latencies[name].append(time.perf_counter() - t)
 
-        for _ in range(50):  # warm up connections and caches
-            await one()
-        latencies.clear()
-        tasks, start = [], time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        for name in urls:  # warm up connections and caches
+            for _ in range(50):
+                await one(name)
+            latencies[name].clear()
+        per_slice = int(rate * slice_seconds)
+        for _ in range(int(seconds / slice_seconds) + 1):  # one more turn each: the unrecorded starts
+            for name in urls:
+                tasks, start = [], time.perf_counter()
+                for i in range(per_slice):
+                    delay = start + i / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    # the first 50 ms of a turn wake the target's processes after their idle turns: not recorded
+                    tasks.append(asyncio.create_task(one(name, record=i >= rate // 20)))
+                await asyncio.gather(*tasks)
+    finally:
+        for session in sessions.values():
+            await session.close()
     if errors:
-        raise RuntimeError(f"{errors} non-200 responses from {url}")
-    return np.asarray(latencies) * 1000
+        raise RuntimeError(f"{errors} non-200 responses")
+    return {n: np.asarray(v) * 1000 for n, v in latencies.items()}
+
+
+def trace(name: str, url: str, body: bytes, headers: dict, seconds: float = 20.0) -> None:
+    """When do the slowest 1% happen? One target at RATE for ``seconds``; prints the p99, how late the generator
+    sent (its own pauses), and the spells (gaps under 20 ms) into which the requests over the p99 fall."""
+    async def run():
+        sent, lag, took = [], [], []
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            async def one(due: float):
+                t = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                sent.append(due - start)
+                lag.append(t - due)
+                took.append(time.perf_counter() - t)
+
+            start = time.perf_counter()
+            for _ in range(50):  # warm-up, not kept
+                await one(time.perf_counter())
+            sent.clear(), lag.clear(), took.clear()
+            start = time.perf_counter()
+            tasks = []
+            for i in range(int(RATE * seconds)):
+                due = start + i / RATE
+                if due > time.perf_counter():
+                    await asyncio.sleep(due - time.perf_counter())
+                tasks.append(asyncio.create_task(one(due)))
+            await asyncio.gather(*tasks)
+        return np.asarray(sent), np.asarray(lag) * 1000, np.asarray(took) * 1000
+
+    sent, lag, took = asyncio.run(run())
+    p99 = np.percentile(took, 99)
+    slow = np.sort(sent[took >= p99])
+    spells = np.split(slow, np.nonzero(np.diff(slow) > 0.02)[0] + 1)
+    print(f"{name}: p50 {np.percentile(took, 50):.2f} ms, p99 {p99:.2f} ms; generator sent late by up to "
+          f"{lag.max():.1f} ms (p99 {np.percentile(lag, 99):.2f}); the {len(slow)} requests over the p99 fall in "
+          f"{len(spells)} spells: " + ", ".join(f"{s[0]:.2f}s x{len(s)}" for s in spells if len(s) > 1))
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of the whole machine so far: steal is CPU time the hypervisor gave to others."""
+    fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return fields[7], sum(fields[:8])
 
 
 def wrk(url: str, body_file: pathlib.Path, seconds: int = 10, pids: dict[str, int] | None = None) -> float:
@@ -153,7 +257,7 @@ def main():
     cfg = serving_config(tmp / "serving.json", {"rateLimit": {"perKey": {"requestsPerSecond": 100000,
                                                                          "burst": 100000}}})
     (tmp / "api-keys").write_text(KEY + "\n")
-    p = {n: free_port() for n in ("model", "val", "rl", "nginx", "m1", "m2", "m3")}
+    p = {n: free_port() for n in ("model", "val", "rl", "nginx", "pipe1", "pipe2", "m1", "m2", "m3")}
     procs = [
         Process("serve", "--artifact", str(artifact), "--public-key", str(pub), "--port", str(p["model"]),
                 "--metrics-port", str(p["m1"]), "--log-level", "WARNING",
@@ -166,6 +270,8 @@ def main():
                 "--log-level", "WARNING", ready_url=f"http://127.0.0.1:{p['rl']}/v2/health/ready",
                 log=tmp / "rl.log"),
     ]
+    pipes = [subprocess.Popen([sys.executable, __file__, "pipe", str(p["pipe2"]), str(p["model"])]),
+             subprocess.Popen([sys.executable, __file__, "pipe", str(p["pipe1"]), str(p["pipe2"])])]
     nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(tmp), "-c",
                               str(nginx_conf(tmp, p["nginx"], p["model"])), "-g", "daemon off;"])
     time.sleep(1)
@@ -187,25 +293,41 @@ def main():
                 wrk(f"http://127.0.0.1:{targets[n]}{path}", tmp / "body.json",
                     pids=pids if n == "chain" else {"model": pids["model"]})
             return
-        lat = {n: asyncio.run(open_loop(f"http://127.0.0.1:{port}{path}", body, headers, RATE, SECONDS))
-               for n, port in targets.items()}
+        if "--trace" in sys.argv:
+            for n in ("model", "chain"):
+                trace(n, f"http://127.0.0.1:{targets[n]}{path}", body, headers)
+            return
+        ticks = cpu_ticks()
+        lat = asyncio.run(open_loop({n: f"http://127.0.0.1:{port}{path}"
+                                     for n, port in {**targets, "pipes": p["pipe1"]}.items()},
+                                    body, headers, RATE, SECONDS))
+        steal = [b - a for a, b in zip(ticks, cpu_ticks())]
         rps = {n: wrk(f"http://127.0.0.1:{port}{path}", tmp / "body.json",
                       pids=pids if n == "chain" else {"model": pids["model"]}) for n, port in targets.items()}
     finally:
         nginx.terminate()
         nginx.wait(10)
+        for proc in pipes:
+            proc.kill()
+            proc.wait(10)
         for proc in procs:  # each one, even when another failed to stop in time
             try:
                 proc.stop()
             except subprocess.TimeoutExpired:
                 proc.proc.kill()
     base50, base99 = np.percentile(lat["model"], 50), np.percentile(lat["model"], 99)
-    print(f"open loop {RATE} rps x {SECONDS} s per target; wrk -t2 -c32 -d10s; body {len(body)} bytes (1 digit)")
+    print(f"open loop {RATE} rps x {SECONDS} s per target, in 1 s turns; wrk -t2 -c32 -d10s; body {len(body)} bytes (1 digit)")
+    print(f"steal (CPU time the hypervisor gave elsewhere) during the latency runs: "
+          f"{100 * steal[0] / max(1, steal[1]):.1f}%")
     print(f"{'target':8s} {'p50 ms':>8s} {'p99 ms':>8s} {'added p50':>10s} {'added p99':>10s} {'max rps':>9s}")
-    for n in targets:
+    for n in lat:
         p50, p99 = np.percentile(lat[n], 50), np.percentile(lat[n], 99)
-        print(f"{n:8s} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f} {rps[n]:9.0f}")
+        print(f"{n:8s} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f} "
+              f"{rps[n] if n in rps else float('nan'):9.0f}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["pipe"]:
+        pipe(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        main()
