@@ -11,7 +11,6 @@ on 127.0.0.1.
     .venv/bin/python benchmarks/proxy_overhead.py
 """
 import asyncio
-import os
 import pathlib
 import subprocess
 import sys
@@ -83,13 +82,9 @@ def proxy(kind: str, port: int, upstream_port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     from helpers import free_port
+    from serving_latency import cpu_seconds
 
     tmp = pathlib.Path(tempfile.mkdtemp())
     script = tmp / "post.lua"

@@ -119,13 +119,17 @@ def pipe(port: int, upstream: int) -> None:
 
 
 async def open_loop(urls: dict[str, str], body: bytes, headers: dict, rate: int, seconds: float,
-                    slice_seconds: float = 1.0) -> dict[str, np.ndarray]:
-    """Each target in turn for ``slice_seconds`` at ``rate``, until each has had ``seconds``."""
-    latencies: dict[str, list[float]] = {n: [] for n in urls}
+                    slice_seconds: float = 1.0, skip_seconds: float = 0.05) -> dict[str, np.ndarray]:
+    """Each target in turn for ``slice_seconds`` at ``rate``, until each has had ``seconds`` recorded; the first
+    ``skip_seconds`` of each turn are sent but not recorded (the target's processes waking from their idle
+    turns). Per target, one row per recorded request: when it was due (s since the run began), how late the
+    generator sent it (ms: its own pauses), and its latency (ms)."""
+    rows: dict[str, list[tuple[float, float, float]]] = {n: [] for n in urls}
     errors = 0
     sessions = {n: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) for n in urls}
+    began = time.perf_counter()
     try:
-        async def one(name: str, record: bool = True):
+        async def one(name: str, due: float, record: bool = True):
             nonlocal errors
             t = time.perf_counter()
             async with sessions[name].post(urls[name], data=body, headers=headers) as r:
@@ -133,60 +137,36 @@ async def open_loop(urls: dict[str, str], body: bytes, headers: dict, rate: int,
                 if r.status != 200:
                     errors += 1
             if record:
-                latencies[name].append(time.perf_counter() - t)
+                rows[name].append((due - began, (t - due) * 1000, (time.perf_counter() - t) * 1000))
 
         for name in urls:  # warm up connections and caches
             for _ in range(50):
-                await one(name)
-            latencies[name].clear()
-        per_slice = int(rate * slice_seconds)
-        for _ in range(int(seconds / slice_seconds) + 1):  # one more turn each: the unrecorded starts
+                await one(name, time.perf_counter(), record=False)
+        per_slice, skip = int(rate * slice_seconds), int(rate * skip_seconds)
+        began = time.perf_counter()
+        for _ in range(int(seconds / slice_seconds) + (1 if skip else 0)):  # one more turn: the unrecorded starts
             for name in urls:
                 tasks, start = [], time.perf_counter()
                 for i in range(per_slice):
-                    delay = start + i / rate - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    # the first 50 ms of a turn wake the target's processes after their idle turns: not recorded
-                    tasks.append(asyncio.create_task(one(name, record=i >= rate // 20)))
+                    due = start + i / rate
+                    if due > time.perf_counter():
+                        await asyncio.sleep(due - time.perf_counter())
+                    tasks.append(asyncio.create_task(one(name, due, record=i >= skip)))
                 await asyncio.gather(*tasks)
     finally:
         for session in sessions.values():
             await session.close()
     if errors:
         raise RuntimeError(f"{errors} non-200 responses")
-    return {n: np.asarray(v) * 1000 for n, v in latencies.items()}
+    return {n: np.asarray(v) for n, v in rows.items()}
 
 
 def trace(name: str, url: str, body: bytes, headers: dict, seconds: float = 20.0) -> None:
     """When do the slowest 1% happen? One target at RATE for ``seconds``; prints the p99, how late the generator
     sent (its own pauses), and the spells (gaps under 20 ms) into which the requests over the p99 fall."""
-    async def run():
-        sent, lag, took = [], [], []
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            async def one(due: float):
-                t = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as r:
-                    await r.read()
-                sent.append(due - start)
-                lag.append(t - due)
-                took.append(time.perf_counter() - t)
-
-            start = time.perf_counter()
-            for _ in range(50):  # warm-up, not kept
-                await one(time.perf_counter())
-            sent.clear(), lag.clear(), took.clear()
-            start = time.perf_counter()
-            tasks = []
-            for i in range(int(RATE * seconds)):
-                due = start + i / RATE
-                if due > time.perf_counter():
-                    await asyncio.sleep(due - time.perf_counter())
-                tasks.append(asyncio.create_task(one(due)))
-            await asyncio.gather(*tasks)
-        return np.asarray(sent), np.asarray(lag) * 1000, np.asarray(took) * 1000
-
-    sent, lag, took = asyncio.run(run())
+    rows = asyncio.run(open_loop({name: url}, body, headers, RATE, seconds, slice_seconds=seconds,
+                                 skip_seconds=0))[name]
+    sent, lag, took = rows.T
     p99 = np.percentile(took, 99)
     slow = np.sort(sent[took >= p99])
     spells = np.split(slow, np.nonzero(np.diff(slow) > 0.02)[0] + 1)
@@ -298,9 +278,9 @@ def main():
                 trace(n, f"http://127.0.0.1:{targets[n]}{path}", body, headers)
             return
         ticks = cpu_ticks()
-        lat = asyncio.run(open_loop({n: f"http://127.0.0.1:{port}{path}"
-                                     for n, port in {**targets, "pipes": p["pipe1"]}.items()},
-                                    body, headers, RATE, SECONDS))
+        lat = {n: rows[:, 2] for n, rows in asyncio.run(open_loop(
+            {n: f"http://127.0.0.1:{port}{path}" for n, port in {**targets, "pipes": p["pipe1"]}.items()},
+            body, headers, RATE, SECONDS)).items()}
         steal = [b - a for a, b in zip(ticks, cpu_ticks())]
         rps = {n: wrk(f"http://127.0.0.1:{port}{path}", tmp / "body.json",
                       pids=pids if n == "chain" else {"model": pids["model"]}) for n, port in targets.items()}
