@@ -242,7 +242,7 @@ def metrics_app(ready: Callable[[], bool] = lambda: True) -> web.Application:
 
 async def serve(app: web.Application, *, host: str, port: int, metrics_port: int | None, logger: logging.Logger,
                 metrics_host: str | None = None, is_ready: Callable[[], bool] = lambda: True,
-                ready: asyncio.Event | None = None, shutdown_timeout: float = 10.0) -> None:
+                listening: asyncio.Event | None = None, shutdown_timeout: float = 10.0) -> None:
     """Run ``app`` on host:port and the admin app (metrics, probes) on metrics_host:metrics_port (default: the
     same host) until SIGTERM/SIGINT, then drain in-flight requests. /readyz fails from SIGTERM on, and
     whenever ``is_ready()`` does not hold."""
@@ -267,8 +267,8 @@ async def serve(app: web.Application, *, host: str, port: int, metrics_port: int
     gc.freeze()
     log_fields(logger, logging.INFO, "listening", host=host, port=port, metrics_host=metrics_host or host,
                metrics_port=metrics_port)
-    if ready:
-        ready.set()
+    if listening:
+        listening.set()
     await stop.wait()
     log_fields(logger, logging.INFO, "shutting down", drain_seconds=shutdown_timeout)
     for runner in runners:

@@ -22,9 +22,13 @@ class SlowModel(LoadedModel):
         return np.full((len(x), 10), 0.1, np.float32)
 
 
+def slow_model() -> SlowModel:
+    return SlowModel(name="digits-demo", version="v1", digest="0" * 64, signer=None, architecture="cnn-8x8",
+                     input_shape=[1, 8, 8], labels=[str(i) for i in range(10)], module=None, device="cpu")
+
+
 def test_requests_in_flight_are_answered_before_the_model_server_stops():
-    model = SlowModel(name="digits-demo", version="v1", digest="0" * 64, signer=None, architecture="cnn-8x8",
-                      input_shape=[1, 8, 8], labels=[str(i) for i in range(10)], module=None, device="cpu")
+    model = slow_model()
 
     async def scenario():
         # the same runner settings as common.serve, whose SIGTERM handler calls runner.cleanup()
@@ -61,8 +65,7 @@ def test_the_admin_port_answers_the_kubelets_probes_on_its_own_address_and_readi
     from hardened_server.common import serve
     from hardened_server.model_server import READY
 
-    model = SlowModel(name="digits-demo", version="v1", digest="0" * 64, signer=None, architecture="cnn-8x8",
-                      input_shape=[1, 8, 8], labels=[str(i) for i in range(10)], module=None, device="cpu")
+    model = slow_model()
     port, admin = free_port(), free_port()
 
     async def get(session, host, p, path):
@@ -77,7 +80,7 @@ def test_the_admin_port_answers_the_kubelets_probes_on_its_own_address_and_readi
         listening = asyncio.Event()
         server = asyncio.create_task(serve(app, host="127.0.0.1", port=port, metrics_host="127.0.0.2",
                                            metrics_port=admin, is_ready=app[READY], logger=logging.getLogger("test"),
-                                           ready=listening))
+                                           listening=listening))
         await asyncio.wait_for(listening.wait(), 10)
         seen = {}
         async with aiohttp.ClientSession() as session:
