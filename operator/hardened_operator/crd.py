@@ -47,10 +47,11 @@ def _field_defaults(cls: type[BaseModel]) -> dict[str, Any]:
         value = field.default_factory()
         key = field.alias or name
         if isinstance(value, BaseModel):
-            # A section: {} lets its own field defaults apply (structural defaulting
-            # recurses into defaulted objects), exactly like parse_spec.
-            out[key] = {} if field.default_factory is type(value) else value.model_dump(mode="json", by_alias=True,
-                                                                         exclude_none=True)
+            # A section defaults to its fully defaulted value, not to {}: the result is the same (structural
+            # defaulting would recurse into {}), but the apiserver checks a default against the section's CEL
+            # rules as written, without nested defaults, and `{}` fails every rule that reads a field
+            # ("no such key: enabled"; issue 14, found on a real v1.36 apiserver).
+            out[key] = value.model_dump(mode="json", by_alias=True, exclude_none=True)
         else:
             out[key] = value
     return out
@@ -138,16 +139,15 @@ def build_crd() -> dict:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # The one restriction a CRD may put on metadata (besides generateName); the apiserver answers
+            # "metadata.name: Too long: may not be more than 40 bytes". A CEL rule at the root cannot name this
+            # field (its fieldPath must be in the schema) and would report the error at "<nil>".
+            "metadata": {"type": "object", "properties": {"name": {
+                "type": "string", "maxLength": s.MAX_NAME_LENGTH,
+                "description": "At most 40 characters: child object names (Jobs, Pods) derive from it."}}},
             "spec": spec_schema,
             "status": status_schema,
         },
-        "x-kubernetes-validations": [{
-            "rule": f"size(self.metadata.name) <= {s.MAX_NAME_LENGTH}",
-            "message": f"metadata.name must be at most {s.MAX_NAME_LENGTH} characters "
-                       "(child object names derive from it)",
-            "fieldPath": ".metadata.name", "reason": "FieldValueInvalid",
-        }],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -55,20 +55,19 @@ class CelRule:
     """One ``x-kubernetes-validations`` entry, checked by the apiserver and by ``parse_spec``.
 
     ``field`` is the offending field relative to the rule's object (used as the
-    rule's ``fieldPath`` and to name the value in the error).
+    rule's ``fieldPath`` and to name the value in the error). There is no
+    messageExpression: a real apiserver estimates ``'a (' + string(self.a) + ')'``
+    at over 100x the CEL cost budget and refuses the whole CRD (issue 14), so
+    the message is static and the error names the value instead.
     """
 
     rule: str
     message: str
     field: str
-    message_expression: str | None = None
 
     def to_crd(self) -> dict:
-        out = {"rule": self.rule, "message": self.message,
-               "fieldPath": "." + self.field, "reason": "FieldValueInvalid"}
-        if self.message_expression:
-            out["messageExpression"] = self.message_expression
-        return out
+        return {"rule": self.rule, "message": self.message, "fieldPath": "." + self.field,
+                "reason": "FieldValueInvalid"}
 
 
 class _Base(BaseModel):
@@ -121,8 +120,7 @@ class ModelSection(_Base):
 
     cel_rules = (
         CelRule("!has(self.labels) || size(self.labels) == self.numClasses",
-                "labels must have exactly numClasses entries", "labels",
-                "'labels has ' + string(size(self.labels)) + ' entries but numClasses is ' + string(self.numClasses)"),
+                "labels must have exactly numClasses entries", "labels"),
         CelRule("self.architecture != 'cnn-28x28' || self.inputShape == [1, 28, 28]",
                 "architecture cnn-28x28 needs inputShape [1, 28, 28]", "inputShape"),
         CelRule("self.architecture != 'cnn-8x8' || self.inputShape == [1, 8, 8]",
@@ -194,8 +192,7 @@ class Adversarial(_Base):
                          description="Fraction of each batch replaced by adversarial examples.")
 
     cel_rules = (
-        CelRule("!has(self.epsStep) || self.epsStep <= self.eps", "epsStep must be <= eps", "epsStep",
-                "'epsStep (' + string(self.epsStep) + ') must be <= eps (' + string(self.eps) + ')'"),
+        CelRule("!has(self.epsStep) || self.epsStep <= self.eps", "epsStep must be <= eps", "epsStep"),
     )
 
 
@@ -335,8 +332,7 @@ class Validation(_Base):
         default=None, gt=0.0, description="Reject inputs whose out-of-distribution score exceeds this.")
 
     cel_rules = (
-        CelRule("self.minValue < self.maxValue", "minValue must be < maxValue", "minValue",
-                "'minValue (' + string(self.minValue) + ') must be < maxValue (' + string(self.maxValue) + ')'"),
+        CelRule("self.minValue < self.maxValue", "minValue must be < maxValue", "minValue"),
     )
 
 
@@ -347,8 +343,7 @@ class Bucket(_Base):
     burst: float = Field(ge=1.0, le=1e7, description="Bucket size; at least requestsPerSecond.")
 
     cel_rules = (
-        CelRule("self.burst >= self.requestsPerSecond", "burst must be >= requestsPerSecond", "burst",
-                "'burst (' + string(self.burst) + ') must be >= requestsPerSecond (' + string(self.requestsPerSecond) + ')'"),
+        CelRule("self.burst >= self.requestsPerSecond", "burst must be >= requestsPerSecond", "burst"),
     )
 
 
@@ -440,9 +435,7 @@ class HardenedModelSpec(_Base):
                 "|| !has(self.training.privacy.targetEpsilon) "
                 "|| self.training.privacy.targetEpsilon <= self.gates.maxEpsilon",
                 "training.privacy.targetEpsilon must be <= gates.maxEpsilon, or the gate always fails",
-                "training.privacy.targetEpsilon",
-                "'training.privacy.targetEpsilon (' + string(self.training.privacy.targetEpsilon) + ') must be <= "
-                "gates.maxEpsilon (' + string(self.gates.maxEpsilon) + '), or the gate always fails'"),
+                "training.privacy.targetEpsilon"),
         CelRule("!has(self.gates.minRobustAccuracy) || size(self.evaluation.attacks) > 0",
                 "gates.minRobustAccuracy needs at least one evaluation attack", "gates.minRobustAccuracy"),
         CelRule("!has(self.gates.maxMembershipAUC) || self.evaluation.membershipInference",
@@ -518,10 +511,8 @@ def check_cel(cls: type[_Base], data: Mapping, path: str) -> list[tuple[str, str
     for rule in cls.cel_rules:
         if not bool(cel_eval(rule.rule, data)):
             msg = rule.message
-            if rule.message_expression:
-                msg = str(cel_eval(rule.message_expression, data))
             value = _lookup(data, rule.field)
-            problems.append((f"{path}.{rule.field}", f"Invalid value: {value!r}: {msg}"))
+            problems.append((f"{path}.{rule.field}", f"Invalid value: {go_value(value)}: {msg}"))
     return problems
 
 
@@ -551,16 +542,88 @@ def _loc(loc: tuple, prefix: str) -> str:
     return out
 
 
+def go_value(value: Any) -> str:
+    """A value as the apiserver prints it in field errors (Go: strings quoted, 1.0 as 1, 1e-05)."""
+    import json
+
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
+    if isinstance(value, (str, list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _json_type(value: Any) -> str:
+    """The OpenAPI type name of a JSON value, as the apiserver names it in a type error."""
+    if isinstance(value, bool):
+        return "boolean"
+    return {int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), "object" if isinstance(value, Mapping) else "null" if value is None else "array")
+
+
+@functools.cache
+def _crd_schema() -> dict:
+    from .crd import build_crd  # the CRD's own schema: the bounds and enums the apiserver checks
+
+    return build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def _schema_at(loc: tuple) -> dict:
+    node = _crd_schema()
+    for part in loc:
+        if isinstance(part, int):
+            node = node.get("items", {})
+        else:
+            node = node.get("properties", {}).get(part) or (node.get("additionalProperties") or {})
+    return node
+
+
+def _apiserver_message(e: dict, loc: tuple, path: str) -> str:
+    """One pydantic error in the apiserver's words (k8s.io/kube-openapi validation + field.Error), so that
+    `hardened-model validate` and `kubectl apply` print the same line (tests/e2e/test_apiserver.py checks it
+    on a real apiserver). ``loc`` is the path from the manifest's root."""
+    node, value, kind = _schema_at(loc), e["input"], e["type"]
+    body = f"{path} in body"
+    if kind == "missing":
+        return "Required value"
+    if kind == "literal_error" and "enum" in node:
+        return (f"Unsupported value: {go_value(value)}: supported values: "
+                + ", ".join(go_value(v) for v in node["enum"]))
+    bounds = {"greater_than_equal": ("minimum", "greater than or equal to"),
+              "greater_than": ("minimum", "greater than"),
+              "less_than_equal": ("maximum", "less than or equal to"), "less_than": ("maximum", "less than")}
+    if kind in bounds and bounds[kind][0] in node:
+        return f"Invalid value: {go_value(value)}: {body} should be {bounds[kind][1]} {go_value(node[bounds[kind][0]])}"
+    if kind == "too_short" and "minItems" in node:
+        return f"Invalid value: {len(value)}: {body} should have at least {node['minItems']} items"
+    if kind == "too_long" and "maxItems" in node:
+        return f"Too many: {len(value)}: must have at most {node['maxItems']} items"
+    if kind == "string_too_short" and "minLength" in node:
+        return f"Invalid value: {go_value(value)}: {body} should be at least {node['minLength']} chars long"
+    if kind == "string_too_long" and "maxLength" in node:
+        return f"Too long: may not be more than {node['maxLength']} bytes"
+    if (kind == "string_pattern_mismatch" or kind == "value_error" and isinstance(value, str)) and "pattern" in node:
+        return f"Invalid value: {go_value(value)}: {body} should match '{node['pattern']}'"
+    want = node.get("type") or ("integer or string" if node.get("x-kubernetes-int-or-string") else None)
+    if kind.endswith("_type") or kind in ("int_from_float", "model_attributes_type"):
+        if want and want != _json_type(value):
+            return f'Invalid value: "{_json_type(value)}": {body} must be of type {want}: "{_json_type(value)}"'
+    return f"Invalid value: {go_value(value)}: {e['msg']}"
+
+
 def _problems(err: ValidationError, prefix: str) -> list[tuple[str, str]]:
     problems = []
     for e in err.errors(include_url=False):
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
-        if e["type"] == "missing":
-            problems.append((_loc(loc, prefix), "Required value"))
-        elif e["type"] == "extra_forbidden":
-            problems.append((_loc(loc, prefix), "unknown field (not in the HardenedModel schema)"))
-        else:
-            problems.append((_loc(loc, prefix), f"Invalid value: {e['input']!r}: {e['msg']}"))
+        # leave out pydantic's own steps: validator functions, literal and union branches (int | str)
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and (
+            p.startswith(("function-", "literal[")) or p in ("int", "str", "float", "bool"))))
+        path = _loc(loc, prefix)
+        if e["type"] == "extra_forbidden":
+            problems.append((path, f'unknown field "{path}"'))
+        else:  # prefix "spec" or "" (the envelope)
+            problems.append((path, _apiserver_message(e, (prefix,) * bool(prefix) + loc, path)))
     return problems
 
 

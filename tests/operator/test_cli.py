@@ -22,7 +22,7 @@ def test_validate_names_field_and_value(tmp_path, capsys):
     bad.write_text((ROOT / "examples/digits-demo.yaml").read_text().replace("epochs: 20", "epochs: -3"))
     assert main(["validate", str(bad)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert f"{bad}: spec.training.epochs: Invalid value: -3: Input should be greater than or equal to 1" in err
+    assert f"{bad}: spec.training.epochs: Invalid value: -3: spec.training.epochs in body should be greater than or equal to 1" in err
 
 
 def test_validate_missing_file(tmp_path, capsys):
