@@ -57,12 +57,46 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     from kopf.cli import main as kopf_main
 
+    from . import peering
+
+    if args.standalone and args.peering:
+        print("hardened-model operator: --standalone and --peering exclude each other", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        chosen = peering.decide(standalone=args.standalone, name=args.peering, namespaces=args.namespace,
+                                priority=args.priority, lookup=_peering_lookup)
+    except peering.PeeringMissing as exc:
+        print(f"hardened-model operator: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # no kubeconfig, the API server unreachable or refusing
+        print(f"hardened-model operator: cannot read the cluster: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    peering.CHOSEN = chosen
     os.environ.setdefault("HARDENED_METRICS_PORT", str(args.metrics_port))
     handlers = pathlib.Path(__file__).with_name("handlers.py")
-    argv = ["run", str(handlers), "--standalone" if args.standalone else "--peering=hardened-model",
-            f"--liveness=http://0.0.0.0:{args.health_port}/healthz"]
+    argv = ["run", str(handlers), *chosen.kopf_args, f"--liveness=http://0.0.0.0:{args.health_port}/healthz"]
     argv += ["--all-namespaces"] if not args.namespace else [f"--namespace={n}" for n in args.namespace]
     return kopf_main(argv, standalone_mode=False) or 0
+
+
+def _peering_lookup(name: str, namespaces: list[str] | None) -> bool:
+    """Whether the peering object exists, read with the credentials kopf will use (in-cluster, else kubeconfig).
+    A 403 (the chart's standalone RBAC grants no peering access) counts as absent."""
+    import kubernetes
+    from kubernetes.client.exceptions import ApiException
+
+    from . import peering
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    try:
+        return peering.exists(kubernetes.client.ApiClient(), name, namespaces)
+    except ApiException as exc:
+        if exc.status == 403:
+            return False
+        raise
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -264,7 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
     p.add_argument("--namespace", action="append", help="watch this namespace (repeatable; default: all)")
-    p.add_argument("--standalone", action="store_true", help="no peering (a single replica) (default: off)")
+    p.add_argument("--standalone", action="store_true",
+                   help="no peering: this is the only operator (default: peering when the object exists)")
+    p.add_argument("--peering", metavar="NAME",
+                   help="peer through this kopf peering object, which must exist (default: hardened-model when "
+                        "it exists, else standalone)")
+    p.add_argument("--priority", type=int,
+                   help="kopf peering priority; the highest live one reconciles (default: from the start time, "
+                        "so the oldest replica leads)")
     p.add_argument("--health-port", type=int, default=8080, help="liveness endpoint /healthz (default: 8080)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (default: 9090)")
     p.set_defaults(func=_cmd_operator)

@@ -30,8 +30,13 @@ def login(**kwargs):
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_):
+def configure(settings: kopf.OperatorSettings, logger, **_):
     import kubernetes
+
+    from hardened_operator import peering
+
+    if peering.CHOSEN is not None:
+        logger.info(f"Peering: {peering.CHOSEN.note}")
 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="hardened.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="hardened.dev")
@@ -103,6 +108,7 @@ def on_change(namespace, name, logger, **_):
 
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
 @kopf.on.event("apps", "v1", "deployments", labels=OURS)
+@kopf.on.event("", "v1", "pods", labels=OURS)  # a serving pod refusing its artifact changes no Deployment field
 def on_child(body, logger, **_):
     meta = body.get("metadata") or {}
     owner = (meta.get("labels") or {}).get("hardened.dev/model")

@@ -17,11 +17,13 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
+from kubernetes.client.exceptions import ApiException
+
 from .manifests import monitoring, objects
 from .manifests.trainer_config import training_version
 from .signing import SIGNATURE_NAME, generate_key_pem
 from .spec import HardenedModel, SpecError, parse_manifest
-from .status import build_status, job_state
+from .status import PHASES, build_status, job_state, pod_problems
 
 
 @dataclass
@@ -31,7 +33,9 @@ class Observed:
     verify_job: dict | None = None
     verify_message: dict | None = None
     deployment: dict | None = None
+    serving_pods: list[dict] = field(default_factory=list)
     monitoring_crds: bool = False
+    colocate: bool = False                      # a ReadWriteOnce pvc:// store: every pod on one node
     missing_secrets: list[str] = field(default_factory=list)
 
 
@@ -43,15 +47,29 @@ class Decision:
     failure: str | None = None                  # "training" | "verification" when a version just failed
 
 
-def _deployment_ready(dep: dict | None, replicas: int, digest: str | None) -> tuple[bool, int]:
+def rollout_complete(dep: dict | None, desired: dict | None, replicas: int) -> tuple[bool, int]:
+    """(the rollout of ``desired`` is complete, ready replicas), by `kubectl rollout status`'s rule: the
+    controller has seen the latest generation, every replica runs the new template, none of the old ones is
+    left, and every updated one is available. A stuck rollout (a new pod Pending, or refusing its artifact)
+    is not complete even while an old pod serves (issue 14). ``desired`` is the Deployment this pass wants:
+    one that still differs (patched in this very pass) is not rolled out yet."""
+    from .kube import is_subset
+
     if dep is None:
         return False, 0
     st = dep.get("status") or {}
     ready = int(st.get("readyReplicas") or 0)
+    if desired is not None and not is_subset({"spec": desired["spec"],
+                                              "metadata": {"annotations": desired["metadata"]["annotations"]}}, dep):
+        return False, ready
+    updated, total, available = (int(st.get(k) or 0) for k in ("updatedReplicas", "replicas", "availableReplicas"))
     current = (st.get("observedGeneration") or 0) >= (dep["metadata"].get("generation") or 0)
-    pinned = (dep["metadata"].get("annotations") or {}).get("hardened.dev/digest")
-    return (current and ready >= replicas and int(st.get("updatedReplicas") or 0) >= replicas
-            and (digest is None or pinned == digest)), ready
+    return current and updated >= replicas and total <= updated and available >= updated and ready >= replicas, ready
+
+
+def _ready_pod(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 def retry_seconds(default: float) -> float:
@@ -90,7 +108,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
 
     if obs.train_job is None:
         ensure += [objects.build_jobs_network_policy(model), objects.build_training_configmap(model),
-                   objects.build_training_job(model)]
+                   objects.build_training_job(model, colocate=obs.colocate)]
     # A Job created in this pass counts as running, so the next pass reports the same.
     t_state, t_reason, t_msg = job_state(obs.train_job) if obs.train_job else ("running", "Running", "running")
     v_state, v_reason, v_msg = "pending", "Pending", "waiting for training"
@@ -98,7 +116,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
     uploaded_ids = {k: v for k, v in ((obs.train_message or {}).get("versionIds") or {}).items() if v} or None
     if t_state == "succeeded":
         if obs.verify_job is None:
-            ensure.append(objects.build_verify_job(model, version_ids=uploaded_ids))
+            ensure.append(objects.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate))
         v_state, v_reason, v_msg = job_state(obs.verify_job) if obs.verify_job else ("running", "Running", "running")
     vm = obs.verify_message or {}
     verified = v_state in ("succeeded", "failed") and vm.get("verified") is True
@@ -117,9 +135,11 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
         target = (dep_ann["hardened.dev/digest"], dep_ann.get("hardened.dev/version", version), dep_ids)
     else:
         target = None
+    desired_dep = None
     if target:
-        ensure += [objects.build_serving_configmap(model),
-                   objects.build_deployment(model, digest=target[0], version=target[1], version_ids=target[2]),
+        desired_dep = objects.build_deployment(model, digest=target[0], version=target[1], version_ids=target[2],
+                                               colocate=obs.colocate)
+        ensure += [objects.build_serving_configmap(model), desired_dep,
                    objects.build_service(model), objects.build_metrics_service(model),
                    objects.build_network_policy(model), objects.build_pdb(model)]
         if obs.monitoring_crds and spec.monitoring.service_monitor:
@@ -146,19 +166,31 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
         sig_cond = ("False", "VerificationFailed", vm.get("reason") or f"verification Job failed: {v_msg}")
         gate_cond = ("Unknown", "NotChecked", "signature did not verify")
     serving_digest = target[0] if target else None
-    ready_dep, ready_replicas = _deployment_ready(dep, spec.serving.replicas, serving_digest)
+    ready_dep, ready_replicas = rollout_complete(dep, desired_dep, spec.serving.replicas)
     serving_current = target is not None and target[1] == version
+    problems = pod_problems([p for p in obs.serving_pods if not _ready_pod(p)]) if target and not ready_dep else []
+    keeps = "; the pods of the previous version keep serving" if ready_replicas else ""
     if target is None:
         serve_cond = ("False", "NotDeployed", "no verified version yet")
     elif ready_dep:
         serve_cond = ("True", "Ready", f"{ready_replicas}/{spec.serving.replicas} replicas serving version "
                                        f"{target[1]} (digest {target[0][:16]})")
+    elif problems:
+        serve_cond = ("False", problems[0][0], f"{ready_replicas}/{spec.serving.replicas} replicas ready; "
+                                               f"{problems[0][1]}" + keeps)
     else:
         serve_cond = ("False", "RollingOut", f"{ready_replicas}/{spec.serving.replicas} replicas ready")
+    prev_serving = next((c for c in (previous or {}).get("conditions") or [] if c.get("type") == "ServingReady"), {})
+    if problems and prev_serving.get("reason") != serve_cond[1]:
+        events.append(("Warning", serve_cond[1], serve_cond[2]))
 
     stuck = _rollout_stuck(dep, serving_digest) if not ready_dep else None
     failed_stage = None
-    if stuck:
+    if problems and problems[0][0] == "ArtifactRefused":
+        # The new pods' init container refuses the bytes it would load (changed after verification, or signed by
+        # someone else): waiting cannot help. maxUnavailable 0 keeps the previous pods serving meanwhile.
+        failed_stage, phase, why = "rollout", "Failed", serve_cond
+    elif stuck:
         # The new pods never became ready before the Deployment's progress deadline: the init container
         # refused the artifact (changed after verification) or the server crashed. maxUnavailable 0 keeps the
         # previous pods serving; the operator says so and does not retry a version that cannot start.
@@ -193,7 +225,8 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
                         and prev_fail.get("stage") == failed_stage else now}
     elif prev_fail and not (phase == "Serving" and serving_current):
         last_failure = prev_fail  # kept until a later version succeeds
-    metrics = {k: vm["metrics"].get(k) for k in ("cleanAccuracy", "robustAccuracy", "epsilon", "membershipAUC")
+    # rounded for display (`kubectl get hm` prints status as stored); the signed metrics.json keeps every digit
+    metrics = {k: round(vm["metrics"][k], 4) for k in ("cleanAccuracy", "robustAccuracy", "epsilon", "membershipAUC")
                if vm.get("metrics", {}).get(k) is not None} if verified and vm.get("metrics") else None
     uri, _ = objects.version_location(model)
     status = build_status(
@@ -228,6 +261,8 @@ def observe(kube, model: HardenedModel) -> Observed:
     obs = Observed(train_job=kube.get("Job", ns, n["train"]), verify_job=kube.get("Job", ns, n["verify"]),
                    deployment=kube.get("Deployment", ns, n["serving"]),
                    monitoring_crds=kube.crd_exists("prometheusrules.monitoring.coreos.com"))
+    if obs.deployment is not None:  # why pods are not ready: the Deployment alone only counts them
+        obs.serving_pods = kube.list("Pod", ns, objects.serving_selector(model))
     if obs.train_job is not None and job_state(obs.train_job)[0] in ("succeeded", "failed"):
         obs.train_message = termination_message(kube, ns, n["train"])
     if obs.verify_job is not None and job_state(obs.verify_job)[0] in ("succeeded", "failed"):
@@ -235,13 +270,21 @@ def observe(kube, model: HardenedModel) -> Observed:
     return obs
 
 
-def ensure_prerequisites(kube, model: HardenedModel) -> list[str]:
-    """Generate the Secrets the spec leaves to the operator; list what it names that is missing.
+def needs_colocation(pvc: dict | None) -> bool:
+    """A ReadWriteOnce claim (an EBS volume, say) attaches to one node at a time: the training, verify and
+    serving pods that mount it must run on one node, or the second one waits on Multi-Attach forever."""
+    modes = set(((pvc or {}).get("spec") or {}).get("accessModes") or [])
+    return bool(modes) and not modes & {"ReadWriteMany", "ReadOnlyMany"}
 
-    A pvc:// store must exist as a PersistentVolumeClaim. An s3:// store is not
-    checked here: the operator holds no AWS credentials (the trainer's IRSA role
-    does), so a missing bucket shows as a failed training Job with the trainer's
-    message in status.lastFailure.
+
+def ensure_prerequisites(kube, model: HardenedModel) -> tuple[list[str], dict | None]:
+    """Generate the Secrets the spec leaves to the operator; list what it names that is missing or unusable.
+    Also returns the pvc:// store's PersistentVolumeClaim (None for s3://).
+
+    A pvc:// store must exist as a PersistentVolumeClaim that several pods may
+    mount. An s3:// store is not checked here: the operator holds no AWS
+    credentials (the trainer's IRSA role does), so a missing bucket shows as a
+    failed training Job with the trainer's message in status.lastFailure.
     """
     ns, s, n = model.metadata.namespace, model.spec, objects.names(model)
     missing = []
@@ -256,18 +299,23 @@ def ensure_prerequisites(kube, model: HardenedModel) -> list[str]:
         secret = kube.get("Secret", ns, ref.name)
         if secret is None or ref.key not in (secret.get("data") or {}) and ref.key not in (
                 secret.get("stringData") or {}):
-            missing.append(f"{field_}: Secret {ns}/{ref.name} with key {ref.key!r}")
+            missing.append(f"missing {field_}: Secret {ns}/{ref.name} with key {ref.key!r}")
     from .artifacts import StoreURI
 
     store = StoreURI.parse(s.artifacts.store)
-    if store.scheme == "pvc" and kube.get("PersistentVolumeClaim", ns, store.bucket) is None:
-        missing.append(f"spec.artifacts.store: PersistentVolumeClaim {ns}/{store.bucket}")
+    pvc = kube.get("PersistentVolumeClaim", ns, store.bucket) if store.scheme == "pvc" else None
+    if store.scheme == "pvc" and pvc is None:
+        missing.append(f"missing spec.artifacts.store: PersistentVolumeClaim {ns}/{store.bucket}")
+    elif "ReadWriteOncePod" in ((pvc or {}).get("spec") or {}).get("accessModes", []):
+        missing.append(f"spec.artifacts.store: PersistentVolumeClaim {ns}/{store.bucket} is ReadWriteOncePod, "
+                       "but the training, verify and serving pods all mount it: use ReadWriteMany, ReadWriteOnce "
+                       "(the pods then share one node) or an s3:// store")
     if s.signing.method == "key" and s.signing.private_key_secret is None \
             and kube.get("Secret", ns, n["signing-secret"]) is None:
         kube.create(objects.build_signing_secret(model, *generate_key_pem()))
     if s.serving.api_keys_secret is None and kube.get("Secret", ns, n["api-keys-secret"]) is None:
         kube.create(objects.build_api_keys_secret(model, "hm_" + secrets.token_urlsafe(24)))
-    return missing
+    return missing, pvc
 
 
 def parse_body(body: dict) -> HardenedModel:
@@ -310,9 +358,9 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
             event("Warning", "InvalidSpec", message)
         metrics.reconciles.labels("invalid").inc()
         raise kopf.PermanentError(f"invalid spec: {message}")
-    missing = ensure_prerequisites(kube, model)
+    missing, pvc = ensure_prerequisites(kube, model)
     if missing:
-        message = "missing " + "; ".join(missing)
+        message = "; ".join(missing)
         status = build_status(previous, generation=gen, phase=previous.get("phase") or "Pending", now=now(),
                               conditions={**{c["type"]: (c["status"], c["reason"], c["message"])
                                              for c in previous.get("conditions") or [] if c["type"] != "Ready"},
@@ -323,11 +371,21 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
         metrics.reconciles.labels("waiting").inc()
         raise kopf.TemporaryError(message, delay=retry_seconds(30))
     obs = observe(kube, model)
+    obs.colocate = needs_colocation(pvc)
     decision = decide(model, obs, previous, now=now())
+    rejected = []
     for obj in decision.ensure:
-        result = kube.ensure(obj)
+        try:
+            result = kube.ensure(obj)
+        except ApiException as exc:
+            if not rejection(exc):
+                raise  # 409, 429, 5xx, a dropped connection: kopf retries the pass
+            rejected.append(f"{obj['kind']} {obj['metadata']['name']}: {rejection(exc)}")
+            continue
         if result != "unchanged":
             event("Normal", result.title(), f"{obj['kind']} {obj['metadata']['name']} {result}")
+    if rejected:
+        decision = with_rejections(decision, rejected, previous, now=now())
     if not _same({k: previous.get(k) for k in decision.status}, decision.status) or set(previous) - set(
             decision.status) - {"kopf"}:
         patch.status.update(decision.status)
@@ -344,5 +402,43 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
                        ("robustAccuracy", metrics.robust_accuracy), ("membershipAUC", metrics.membership_auc)):
         if figures.get(key) is not None:
             gauge.labels(model.metadata.namespace, model.metadata.name).set(figures[key])
+    if rejected:
+        metrics.reconciles.labels("rejected").inc()
+        # what the API server refused may be admitted later (a quota raised, a webhook fixed, an operator upgrade)
+        raise kopf.TemporaryError("; ".join(rejected), delay=retry_seconds(60))
     metrics.reconciles.labels("ok").inc()
     return decision.status["phase"]
+
+
+def rejection(exc) -> str | None:
+    """The API server's own message when it refused an object for good (400, 403, 404, 422: invalid,
+    forbidden by RBAC or admission, namespace gone), else None (worth an immediate retry)."""
+    if exc.status not in (400, 403, 404, 422):
+        return None
+    try:
+        message = json.loads(exc.body).get("message")
+    except (TypeError, ValueError):
+        message = None
+    return f"the API server refused it ({exc.status} {exc.reason}): {message or exc.body}"
+
+
+def with_rejections(decision: Decision, rejected: list[str], previous: dict, *, now: str) -> Decision:
+    """The decision's status once the API server refused children it ensures (issue 14: a Deployment refused
+    with 422 left the model 'Verifying' with no word of why): Failed, Ready False with the server's message,
+    lastFailure, a Warning Event. The previous version's objects, if any, are untouched and keep serving."""
+    from .status import condition
+
+    message = "; ".join(rejected)[:4000]
+    status = dict(decision.status)
+    gen = status["observedGeneration"]
+    status["conditions"] = [condition(previous.get("conditions") or [], c["type"], "False", "ChildRejected",
+                                      message, generation=gen, now=now)
+                            if c["type"] == "Ready" else c for c in status["conditions"]]
+    status["phase"] = "Failed"
+    prev = previous.get("lastFailure") or {}
+    status["lastFailure"] = {"stage": "apply", "reason": "ChildRejected", "message": message,
+                             "time": prev.get("time") if prev.get("reason") == "ChildRejected" else now}
+    events = [e for e in decision.events if e[1] not in PHASES]  # the phase is Failed now, said below
+    if prev.get("reason") != "ChildRejected" or prev.get("message") != message:
+        events.append(("Warning", "ChildRejected", message))
+    return Decision(ensure=decision.ensure, status=status, events=events, failure=decision.failure)

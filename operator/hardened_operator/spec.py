@@ -375,7 +375,10 @@ class ServingSection(_Base):
 
     replicas: int = Field(default=2, ge=1, le=100)
     image: str = Field(default="ghcr.io/hardened-model/server:0.1.0", pattern=IMAGE, max_length=512)
-    resources: Resources = _obj(Resources)
+    resources: Resources = Field(
+        default_factory=lambda: Resources(cpu="500m", memory="1Gi"),
+        description="Of the model server container (each sidecar adds 100m CPU, 128Mi). A rollout starts each new "
+                    "pod before it stops an old one, so a node needs room for one pod more than replicas.")
     validation: Validation = _obj(Validation)
     rate_limit: RateLimit = _obj(RateLimit)
     api_keys_secret: SecretKeyRef | None = Field(

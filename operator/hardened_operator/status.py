@@ -133,3 +133,53 @@ def job_state(job: dict | None) -> tuple[str, str, str]:
     if (job.get("status") or {}).get("succeeded"):
         return "succeeded", "Completed", "completed"
     return "running", "Running", "running"
+
+
+def _terminated(cs: dict) -> dict:
+    """The container's current or last termination (a restarting container shows it in lastState)."""
+    return ((cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {})
+
+
+def _refusal(term: dict) -> str:
+    """The verifier's reason from its termination message (JSON), else the raw message or exit code."""
+    import json
+
+    text = term.get("message") or ""
+    try:
+        return json.loads(text).get("reason") or text
+    except ValueError:
+        return text.strip()[-500:] or f"exit code {term.get('exitCode')}"
+
+
+def pod_problems(pods: list[dict]) -> list[tuple[str, str]]:
+    """Why serving pods are not ready, as (reason, message), worst first: a verify-model init container that
+    refused the artifact (ArtifactRefused), a pod the scheduler cannot place (Unschedulable), an image that
+    cannot be pulled (ImagePullFailed), a crashing container (CrashLoopBackOff). The Deployment only says
+    "0/1 ready"; these are what `kubectl describe pod` would show (issue 14)."""
+    found: list[tuple[int, str, str]] = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        st = pod.get("status") or {}
+        if (pod.get("metadata") or {}).get("deletionTimestamp") or st.get("phase") in ("Succeeded", "Failed"):
+            continue
+        for cs in st.get("initContainerStatuses") or []:
+            term = _terminated(cs)
+            if cs.get("name") == "verify-model" and term and term.get("exitCode") not in (None, 0):
+                found.append((0, "ArtifactRefused", f"pod {name}: init container verify-model refused the "
+                                                    f"artifact ({cs.get('restartCount', 0)} restarts): "
+                                                    f"{_refusal(term)}"))
+        for c in st.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                found.append((1, "Unschedulable", f"pod {name} cannot be scheduled: {c.get('message')}"))
+        for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                                         "ErrImageNeverPull"):
+                found.append((2, "ImagePullFailed", f"pod {name}: container {cs.get('name')}: "
+                                                    f"{waiting.get('reason')}: {waiting.get('message', '')}"))
+            elif waiting.get("reason") == "CrashLoopBackOff" and cs.get("name") != "verify-model":
+                term = _terminated(cs)
+                found.append((3, "CrashLoopBackOff", f"pod {name}: container {cs.get('name')} keeps exiting "
+                                                     f"(exit code {term.get('exitCode')}): {_refusal(term)}"))
+    found.sort(key=lambda f: f[0])
+    return [(reason, message) for _, reason, message in found]

@@ -45,6 +45,29 @@ def test_every_pod_meets_the_restricted_pod_security_standard(path):
         assert pod["automountServiceAccountToken"] is False
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_no_container_mounts_a_volume_or_path_twice(path):
+    """A real apiserver refused the serving Deployment with 422 (mountPath must be unique): the model container
+    got the trust volume twice. kubernetes-validate checks types, not this (issue 14)."""
+    for obj in build_all(model(path.stem)):
+        for pod in pod_specs(obj):
+            volumes = [v["name"] for v in pod["volumes"]]
+            assert len(volumes) == len(set(volumes)), obj["kind"]
+            for c in pod.get("initContainers", []) + pod["containers"]:
+                paths = [m["mountPath"] for m in c.get("volumeMounts", [])]
+                assert len(paths) == len(set(paths)), (obj["kind"], c["name"], paths)
+                assert {m["name"] for m in c.get("volumeMounts", [])} <= set(volumes), c["name"]
+
+
+def test_generated_secrets_outlive_the_model():
+    """Re-creating a model must not rotate the API key its clients hold nor its signing key (issue 14)."""
+    from hardened_operator.manifests.objects import build_api_keys_secret, build_signing_secret
+
+    for secret in (build_api_keys_secret(model(), "hm_x"), build_signing_secret(model(), "priv", "pub")):
+        assert "ownerReferences" not in secret["metadata"]
+        assert secret["metadata"]["labels"]["hardened.dev/model"] == "digits-demo"
+
+
 def test_the_restricted_check_catches_each_violation():
     pod = pod_specs(build_verify_job(model()))[0]
     for path, value, expected in [(("containers", 0, "securityContext", "runAsNonRoot"), False, "runAsNonRoot"),

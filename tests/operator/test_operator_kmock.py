@@ -143,7 +143,7 @@ async def deployment_ready(k8s, replicas=1):
     dep = get(k8s.objects, ("apps/v1/deployments", NS, "digits-demo"))
     await k8s.patch(f"/apis/apps/v1/namespaces/{NS}/deployments/digits-demo", json={"status": {
         "observedGeneration": dep["metadata"].get("generation", 1), "readyReplicas": replicas,
-        "updatedReplicas": replicas, "replicas": replicas}})
+        "updatedReplicas": replicas, "replicas": replicas, "availableReplicas": replicas}})
 
 
 def status(k8s):

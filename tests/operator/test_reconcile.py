@@ -26,10 +26,31 @@ def job(done=None):
 def deployment(digest=DIGEST, version="v0", ready=1):
     return {"metadata": {"name": "digits-demo", "generation": 2,
                          "annotations": {"hardened.dev/digest": digest, "hardened.dev/version": version}},
-            "status": {"observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": ready}}
+            "status": {"observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": ready, "replicas": ready,
+                       "availableReplicas": ready}}
 
 
 VERIFIED = {"verified": True, "digest": DIGEST, "signer": "s", "gatesPassed": True, "metrics": {"epsilon": 7.9}}
+
+
+def rolled_out(dep: dict, replicas: int = 1, **status) -> dict:
+    """``dep`` as the API server returns it once the Deployment controller finished its rollout."""
+    return {**dep, "metadata": {**dep["metadata"], "generation": 1},
+            "status": {"observedGeneration": 1, "readyReplicas": replicas, "updatedReplicas": replicas,
+                       "replicas": replicas, "availableReplicas": replicas, **status}}
+
+
+def serving(obs_status) -> tuple[Observed, object]:
+    """A model whose verified version's Deployment exists, with the given Deployment status."""
+    m = model(serving={"replicas": 1})
+    obs = Observed(train_job=job("Complete"), verify_job=job("Complete"), verify_message=VERIFIED)
+    dep = next(o for o in decide(m, obs, {}, now=NOW).ensure if o["kind"] == "Deployment")
+    obs.deployment = rolled_out(dep, **obs_status)
+    return obs, m
+
+
+def conditions(d) -> dict:
+    return {c["type"]: c for c in d.status["conditions"]}
 
 
 def kinds(decision):
@@ -56,8 +77,7 @@ def test_verified_version_rolls_out_and_then_serves():
     d = decide(m, obs, {}, now=NOW)
     dep = next(o for o in d.ensure if o["kind"] == "Deployment")
     assert dep["metadata"]["annotations"]["hardened.dev/digest"] == DIGEST and d.status["phase"] == "RollingOut"
-    obs.deployment = {**dep, "metadata": {**dep["metadata"], "generation": 1},
-                      "status": {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1}}
+    obs.deployment = rolled_out(dep)
     d = decide(m, obs, d.status, now=LATER)
     assert d.status["phase"] == "Serving"
     assert {c["type"]: c["status"] for c in d.status["conditions"]}["Ready"] == "True"
@@ -126,9 +146,111 @@ def test_s3_downloads_are_pinned_to_the_object_versions_the_trainer_uploaded():
     assert json.loads(init[init.index("--version-ids") + 1]) == ids
     assert d.status["artifact"]["versionId"] == "sigV1"
     # the trainer's pod is gone later: the Deployment keeps the pinned versions (no spurious rollout)
-    dep_now = {**dep, "status": {"observedGeneration": 1, "readyReplicas": 3, "updatedReplicas": 3}}
-    dep_now["metadata"] = {**dep["metadata"], "generation": 1}
+    dep_now = rolled_out(dep, 3)
     later = Observed(train_job=job("Complete"), verify_job=job("Complete"), verify_message=VERIFIED,
                      deployment=dep_now)
     again = next(o for o in decide(m, later, {}, now=LATER).ensure if o["kind"] == "Deployment")
     assert again == dep
+
+
+def test_ready_follows_the_rollout_complete_rule_not_the_old_ready_pod():
+    """Issue 14: a serving change whose new pod is Pending (no CPU left) kept Ready True, because the old pod was
+    ready. Complete means: every replica updated, none of the old ones left, every updated one available."""
+    for status in ({"replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1},  # surge Pending
+                   {"availableReplicas": 0, "readyReplicas": 1},                                  # not yet available
+                   {"observedGeneration": 0}):                                                    # controller behind
+        obs, m = serving(status)
+        d = decide(m, obs, {}, now=NOW)
+        assert d.status["phase"] == "RollingOut" and conditions(d)["Ready"]["status"] == "False", status
+    obs, m = serving({})
+    assert conditions(decide(m, obs, {}, now=NOW))["Ready"]["status"] == "True"
+    # a Deployment that differs from the one this pass wants (patched just now) is not rolled out yet
+    obs.deployment["spec"]["template"]["metadata"]["annotations"]["hardened.dev/serving-config"] = "older"
+    assert decide(m, obs, {}, now=NOW).status["phase"] == "RollingOut"
+
+
+def _pod(name, *, ready=False, init=None, scheduled=None, waiting=None):
+    status = {"phase": "Pending", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    if scheduled:
+        status["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                     "message": scheduled})
+    if init:
+        status["initContainerStatuses"] = [{"name": "verify-model", "restartCount": 4,
+                                            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                            "lastState": {"terminated": {"exitCode": 3, "message": json.dumps(init)}}}]
+    if waiting:
+        status["containerStatuses"] = [{"name": "model", "state": {"waiting": waiting}}]
+    return {"metadata": {"name": name}, "status": status}
+
+
+def test_a_pod_refusing_its_artifact_fails_the_rollout_with_the_verifiers_reason():
+    """Issue 14: the init container refused a tampered artifact and status said 'RollingOut 0/1' forever."""
+    obs, m = serving({"replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1})
+    obs.serving_pods = [_pod("old", ready=True),
+                        _pod("new", init={"verified": False, "reason": "files changed after signing (sha256 "
+                                                                       "mismatch): model.safetensors"})]
+    d = decide(m, obs, {}, now=NOW)
+    serving_ready, ready = conditions(d)["ServingReady"], conditions(d)["Ready"]
+    assert d.status["phase"] == "Failed" and serving_ready["reason"] == "ArtifactRefused"
+    assert "model.safetensors" in serving_ready["message"] and "pod new" in serving_ready["message"]
+    assert "previous version keep serving" in ready["message"] and ready["status"] == "False"
+    assert d.status["lastFailure"]["stage"] == "rollout" and d.status["lastFailure"]["reason"] == "ArtifactRefused"
+    assert ("Warning", "ArtifactRefused") in [e[:2] for e in d.events]
+    again = decide(m, obs, d.status, now=LATER)
+    assert not [e for e in again.events if e[1] == "ArtifactRefused"]  # said once
+
+
+def test_an_unschedulable_or_unpullable_pod_is_named_in_status():
+    obs, m = serving({"replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1})
+    obs.serving_pods = [_pod("old", ready=True), _pod("new", scheduled="0/1 nodes are available: 1 Insufficient cpu.")]
+    d = decide(m, obs, {}, now=NOW)
+    assert d.status["phase"] == "RollingOut"  # it may still fit once something else finishes
+    assert conditions(d)["ServingReady"]["reason"] == "Unschedulable"
+    assert "Insufficient cpu" in conditions(d)["ServingReady"]["message"]
+    assert ("Warning", "Unschedulable") in [e[:2] for e in d.events]
+    obs.serving_pods = [_pod("new", waiting={"reason": "ErrImagePull", "message": "pull access denied"})]
+    d = decide(m, obs, {}, now=NOW)
+    assert conditions(d)["ServingReady"]["reason"] == "ImagePullFailed"
+
+
+def test_rejected_children_fail_the_model_with_the_api_servers_message():
+    from hardened_operator.reconcile import with_rejections
+
+    obs, m = serving({})
+    d = decide(m, obs, {}, now=NOW)
+    msg = ("Deployment digits-demo: the API server refused it (422 Unprocessable Entity): Deployment.apps "
+           '"digits-demo" is invalid: spec.template.spec.containers[0].volumeMounts[3].mountPath: Invalid value: '
+           '"/var/run/secrets/hardened/trust": must be unique')
+    r = with_rejections(d, [msg], {}, now=NOW)
+    assert r.status["phase"] == "Failed"
+    assert conditions(r)["Ready"]["reason"] == "ChildRejected" and "must be unique" in conditions(r)["Ready"]["message"]
+    assert r.status["lastFailure"] == {"stage": "apply", "reason": "ChildRejected", "message": msg, "time": NOW}
+    assert r.events[-1] == ("Warning", "ChildRejected", msg)
+    again = with_rejections(decide(m, obs, r.status, now=LATER), [msg], r.status, now=LATER)
+    assert again.status["lastFailure"]["time"] == NOW and not [e for e in again.events if e[1] == "ChildRejected"]
+
+
+def test_a_readwriteonce_store_puts_every_pod_that_mounts_it_on_one_node():
+    from hardened_operator.reconcile import needs_colocation
+
+    assert needs_colocation({"spec": {"accessModes": ["ReadWriteOnce"]}})
+    assert not needs_colocation({"spec": {"accessModes": ["ReadWriteMany"]}}) and not needs_colocation(None)
+    m = model(serving={"replicas": 1})
+    obs = Observed(train_job=job("Complete"), verify_job=job("Complete"), verify_message=VERIFIED, colocate=True)
+    pods = [o["spec"]["template"] for o in decide(m, obs, {}, now=NOW).ensure if o["kind"] == "Deployment"]
+    pods += [o["spec"]["template"] for o in decide(m, Observed(colocate=True), {}, now=NOW).ensure
+             if o["kind"] == "Job"]
+    pods += [o["spec"]["template"] for o in decide(m, Observed(train_job=job("Complete"), colocate=True), {},
+                                                   now=NOW).ensure if o["kind"] == "Job"]
+    assert len(pods) == 3  # serving, training, verify
+    for pod in pods:
+        assert pod["metadata"]["labels"]["hardened.dev/store"] == "hardened-models"
+        (term,) = pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term == {"labelSelector": {"matchLabels": {"hardened.dev/store": "hardened-models"}},
+                        "topologyKey": "kubernetes.io/hostname"}
+
+
+def test_status_metrics_are_rounded_for_display():
+    obs, m = serving({})
+    obs.verify_message = {**VERIFIED, "metrics": {"epsilon": 7.996902055510751, "robustAccuracy": 0.6377777777777778}}
+    assert decide(m, obs, {}, now=NOW).status["metrics"] == {"epsilon": 7.9969, "robustAccuracy": 0.6378}

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from chart_support import CHART, HELM, grants, helm, render, rules_of, set_args
+from chart_support import CHART, HELM, Permission, allows, grants, helm, render, rules_of, set_args
 from hardened_operator.crd import build_crd
 from helpers import EXAMPLES, ROOT, restricted_pss_violations
 
@@ -23,6 +23,8 @@ VARIANTS = {
     "namespaced": ["watchNamespaces={ml,prod}", "metrics.serviceMonitor.enabled=true",
                    "image.digest=sha256:" + "a" * 64, "serviceAccount.annotations.team=ml-platform"],
     "minimal": ["metrics.enabled=false", "grafanaDashboard.enabled=false", "networkPolicy.enabled=false"],
+    "ha": ["replicas=2"],
+    "ha-namespaced": ["replicas=3", "watchNamespaces={ml,prod}"],
 }
 
 
@@ -42,6 +44,10 @@ def test_every_rendered_object_passes_strict_validation(variant, version):
         if obj["apiVersion"].startswith("monitoring.coreos.com"):
             assert obj["kind"] == "ServiceMonitor" and obj["spec"]["endpoints"][0]["port"] == "metrics"
             continue  # a Prometheus Operator CRD, not a core API
+        if obj["apiVersion"] == "kopf.dev/v1":
+            assert obj["kind"] in ("ClusterKopfPeering", "KopfPeering") and set(obj) == {"apiVersion", "kind",
+                                                                                         "metadata"}
+            continue  # kopf's peering CRD (crds/kopf-peerings.yaml), checked on a real apiserver in tests/e2e
         kubernetes_validate.validate(obj, version, strict=True)
 
 
@@ -57,8 +63,17 @@ def test_the_operator_pod_is_restricted_and_runs_the_operator(variant):
     pod = dep["spec"]["template"]["spec"]
     assert restricted_pss_violations(pod) == []
     (c,) = pod["containers"]
-    assert c["args"][:2] == ["operator", "--standalone"]
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    if variant.startswith("ha"):
+        assert c["args"][:2] == ["operator", "--peering=hardened-model"]
+        assert dep["spec"]["replicas"] == (2 if variant == "ha" else 3)
+        assert dep["spec"]["strategy"] == {"type": "RollingUpdate",
+                                           "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+        anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+        assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    else:
+        assert c["args"][:2] == ["operator", "--standalone"]
+        assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
     if variant == "namespaced":
         assert c["image"] == "ghcr.io/hardened-model/operator@sha256:" + "a" * 64
         assert [a for a in c["args"] if a.startswith("--namespace")] == ["--namespace=ml", "--namespace=prod"]
@@ -69,6 +84,30 @@ def test_the_operator_pod_is_restricted_and_runs_the_operator(variant):
     args = build_parser().parse_args(c["args"])
     assert args.command == "operator"
     assert args.metrics_port == (0 if variant == "minimal" else 9090)
+
+
+@pytest.mark.parametrize("variant", ["ha", "ha-namespaced"])
+def test_ha_mode_installs_the_peering_object_a_pdb_and_peering_rbac(variant):
+    objs = render(*VARIANTS[variant], crds=True)
+    crds = {o["metadata"]["name"] for o in objs if o["kind"] == "CustomResourceDefinition"}
+    assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= crds
+    peerings = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objs
+                if o["apiVersion"] == "kopf.dev/v1"]
+    rules = rules_of(objs)
+    if variant == "ha":
+        assert peerings == [("ClusterKopfPeering", None, "hardened-model")]
+        resource, scopes = "clusterkopfpeerings", [None]
+    else:
+        assert sorted(peerings) == [("KopfPeering", ns, "hardened-model") for ns in ("ml", "prod")]
+        resource, scopes = "kopfpeerings", ["ml", "prod"]
+    for ns in scopes:  # what kopf and the start-up check do, and nothing on other peering objects
+        for verb, name in [("list", None), ("watch", None), ("get", "hardened-model"), ("patch", "hardened-model")]:
+            assert allows(rules, Permission("kopf.dev", resource, verb, ns, name)), (verb, ns)
+        assert not allows(rules, Permission("kopf.dev", resource, "patch", ns, "someone-elses"))
+    (pdb,) = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert not [o for o in render() if o["kind"] == "PodDisruptionBudget" or o["apiVersion"] == "kopf.dev/v1"]
+    assert not [r for _, r in rules_of(render()) if "kopf.dev" in r["apiGroups"]]  # standalone: no peering rights
 
 
 def test_rbac_is_scoped_and_has_no_wildcards_deletes_or_secret_reads_in_bulk():
@@ -210,6 +249,7 @@ def test_checkov_finds_nothing_unjustified(tmp_path):
 
     (tmp_path / "chart.yaml").write_text(yaml.safe_dump_all(render("metrics.serviceMonitor.enabled=true",
                                                                    crds=True), sort_keys=False))
+    (tmp_path / "chart-ha.yaml").write_text(yaml.safe_dump_all(render("replicas=2"), sort_keys=False))
     for path in EXAMPLES:
         doc = example(path.stem)
         doc["metadata"].setdefault("namespace", "ml")
@@ -222,7 +262,7 @@ def test_checkov_finds_nothing_unjustified(tmp_path):
     report = json.loads(out.stdout)
     assert report["summary"]["passed"] > 300 and report["summary"]["parsing_errors"] == 0
     scanned = {c["file_path"].lstrip("/") for c in report["results"]["passed_checks"]}
-    assert scanned == {"chart.yaml"} | {f"{p.stem}.yaml" for p in EXAMPLES}
+    assert scanned == {"chart.yaml", "chart-ha.yaml"} | {f"{p.stem}.yaml" for p in EXAMPLES}
     justified = yaml.safe_load((ROOT / "charts/checkov-justifications.yaml").read_text())
     unjustified, used = [], set()
     for check in report["results"]["failed_checks"]:

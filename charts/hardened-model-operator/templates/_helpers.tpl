@@ -45,3 +45,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The kopf peering object of the HA mode; `hardened-model operator` with no flags looks for this name. */}}
+{{- define "hmo.peeringName" -}}
+hardened-model
+{{- end -}}

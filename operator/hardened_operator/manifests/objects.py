@@ -51,6 +51,11 @@ def labels(model: HardenedModel, component: str) -> dict[str, str]:
             "hardened.dev/model": model.metadata.name}
 
 
+def serving_selector(model: HardenedModel) -> dict[str, str]:
+    """The labels that select a model's serving pods (Deployment, Service, PDB, NetworkPolicy)."""
+    return {"hardened.dev/model": model.metadata.name, "app.kubernetes.io/component": "serving"}
+
+
 def owner_reference(model: HardenedModel) -> dict:
     return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": model.metadata.name,
             "uid": model.metadata.uid or "", "controller": True, "blockOwnerDeletion": True}
@@ -82,6 +87,22 @@ def _resources(r, *, gpu: bool) -> dict:
 def _aws_env(model: HardenedModel) -> list[dict]:
     region = model.spec.artifacts.region or model.spec.aws.region
     return [{"name": "AWS_REGION", "value": region}, {"name": "AWS_DEFAULT_REGION", "value": region}] if region else []
+
+
+STORE_LABEL = "hardened.dev/store"
+
+
+def _colocated(model: HardenedModel, pod: dict, pod_labels: dict, colocate: bool) -> None:
+    """For a ReadWriteOnce pvc:// store (one node may attach it at a time, e.g. EBS): every pod that mounts the
+    claim carries its name as a label and must run where the others run. The first such pod may go anywhere
+    (the scheduler lets a pod that matches its own affinity term start a group); the rest follow it, instead
+    of waiting on a Multi-Attach error (issue 14). S3 or ReadWriteMany stores need none of this."""
+    if not colocate:
+        return
+    claim = StoreURI.parse(model.spec.artifacts.store).bucket
+    pod_labels[STORE_LABEL] = claim
+    pod["affinity"] = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": {STORE_LABEL: claim}}, "topologyKey": "kubernetes.io/hostname"}]}}
 
 
 def _store_volume(model: HardenedModel, *, read_only: bool) -> tuple[list[dict], list[dict]]:
@@ -123,7 +144,8 @@ def build_training_configmap(model: HardenedModel) -> dict:
             "data": {"train.json": json.dumps(config, indent=2, sort_keys=True)}}
 
 
-def build_training_job(model: HardenedModel) -> dict:
+def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
+    """``colocate``: the pvc:// store is ReadWriteOnce (see _colocated)."""
     s, n = model.spec, names(model)
     t = s.training
     volumes = [{"name": "config", "configMap": {"name": n["train"]}},
@@ -168,12 +190,14 @@ def build_training_job(model: HardenedModel) -> dict:
         # IRSA: the EKS pod identity webhook injects its own projected token (audience sts.amazonaws.com), so
         # the API-server token stays unmounted: a compromised trainer cannot call the Kubernetes API.
         pod["serviceAccountName"] = s.aws.service_account_name
+    pod_labels = labels(model, "training")
+    _colocated(model, pod, pod_labels, colocate)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": _meta(model, n["train"], "training",
                           annotations={"hardened.dev/version": n["version"]}),
         "spec": {"backoffLimit": t.backoff_limit, "activeDeadlineSeconds": t.active_deadline_seconds,
-                 "template": {"metadata": {"labels": labels(model, "training")}, "spec": pod}},
+                 "template": {"metadata": {"labels": pod_labels}, "spec": pod}},
     }
 
 
@@ -225,8 +249,10 @@ def _verify_container(model: HardenedModel, *, digest: str | None, target: str, 
     return container, volumes + store_volumes
 
 
-def build_verify_job(model: HardenedModel, *, version_ids: dict[str, str] | None = None) -> dict:
-    """``version_ids``: the S3 object versions the trainer reported (s3:// stores), to pin the download."""
+def build_verify_job(model: HardenedModel, *, version_ids: dict[str, str] | None = None,
+                     colocate: bool = False) -> dict:
+    """``version_ids``: the S3 object versions the trainer reported (s3:// stores), to pin the download;
+    ``colocate``: the pvc:// store is ReadWriteOnce (see _colocated)."""
     n = names(model)
     container, volumes = _verify_container(model, digest=None, target=MODELS_MOUNT, version_ids=version_ids)
     volumes = volumes + [{"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}}]
@@ -234,10 +260,12 @@ def build_verify_job(model: HardenedModel, *, version_ids: dict[str, str] | None
            "containers": [container], "volumes": volumes}
     if model.spec.aws.service_account_name:
         pod["serviceAccountName"] = model.spec.aws.service_account_name  # IRSA token: see build_training_job
+    pod_labels = labels(model, "verification")
+    _colocated(model, pod, pod_labels, colocate)
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": _meta(model, n["verify"], "verification", annotations={"hardened.dev/version": n["version"]}),
             "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600,
-                     "template": {"metadata": {"labels": labels(model, "verification")}, "spec": pod}}}
+                     "template": {"metadata": {"labels": pod_labels}, "spec": pod}}}
 
 
 # ---------------------------------------------------------------- serving
@@ -248,15 +276,16 @@ def build_serving_configmap(model: HardenedModel) -> dict:
 
 
 def build_deployment(model: HardenedModel, *, digest: str, version: str,
-                     version_ids: dict[str, str] | None = None) -> dict:
+                     version_ids: dict[str, str] | None = None, colocate: bool = False) -> dict:
     """The serving Deployment for one verified version (``digest`` pinned in every container, and for s3://
-    stores the object ``version_ids`` pinned in the init container's download and kept in an annotation)."""
+    stores the object ``version_ids`` pinned in the init container's download and kept in an annotation;
+    ``colocate``: the pvc:// store is ReadWriteOnce, see _colocated)."""
     s, n = model.spec, names(model)
     _, local = version_location(model, version)
     artifact = local if local else MODELS_MOUNT
     init, volumes = _verify_container(model, digest=digest, target=MODELS_MOUNT, version=version, gates=False,
                                       version_ids=version_ids)
-    trust_args, _, trust_mounts = _trust_args(model)
+    trust_args, _, _ = _trust_args(model)  # the trust volume's mount is among the init container's, below
     init = {**init, "name": "verify-model"}
     keys = s.serving.api_keys_secret
     key_name = keys.key if keys else "keys"
@@ -300,7 +329,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
         # torch's CPU threads follow the container's CPU request (the Downward API rounds it up to whole cores)
         container("model", ["serve", "--artifact", artifact, *trust_args, "--expect-digest", digest,
                             "--cpu-threads", "$(CPU_REQUEST)"],
-                  PORTS["model"], PORTS["model-metrics"], model_mounts + trust_mounts,
+                  PORTS["model"], PORTS["model-metrics"], model_mounts,
                   _resources(s.serving.resources, gpu=True),
                   env=({"name": "CPU_REQUEST", "valueFrom": {"resourceFieldRef": {
                       "containerName": "model", "resource": "requests.cpu", "divisor": "1"}}},),
@@ -320,6 +349,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
     pod = {"securityContext": POD_SECURITY, "automountServiceAccountToken": False,
            "initContainers": [init], "containers": containers, "volumes": volumes,
            "terminationGracePeriodSeconds": 30}
+    _colocated(model, pod, pod_labels, colocate)
     if s.aws.service_account_name and not local:
         pod["serviceAccountName"] = s.aws.service_account_name  # IRSA token: see build_training_job
     return {
@@ -330,8 +360,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                                           if version_ids else {})}),
         "spec": {
             "replicas": s.serving.replicas,
-            "selector": {"matchLabels": {"hardened.dev/model": model.metadata.name,
-                                         "app.kubernetes.io/component": "serving"}},
+            "selector": {"matchLabels": serving_selector(model)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {"metadata": {"labels": pod_labels,
                                       "annotations": {"hardened.dev/digest": digest,
@@ -350,7 +379,7 @@ def _digest_of(doc: dict) -> str:
 
 def build_service(model: HardenedModel) -> dict:
     return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(model, model.metadata.name, "serving"),
-            "spec": {"selector": {"hardened.dev/model": model.metadata.name, "app.kubernetes.io/component": "serving"},
+            "spec": {"selector": serving_selector(model),
                      "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}
 
 
@@ -360,15 +389,14 @@ def build_metrics_service(model: HardenedModel) -> dict:
              for n in ("model-metrics", "validation-metrics", "ratelimit-metrics")]
     meta = _meta(model, f"{model.metadata.name}-metrics", "metrics")
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
-            "spec": {"selector": {"hardened.dev/model": model.metadata.name,
-                                  "app.kubernetes.io/component": "serving"}, "ports": ports}}
+            "spec": {"selector": serving_selector(model), "ports": ports}}
 
 
 def build_network_policy(model: HardenedModel) -> dict:
     """Only the rate-limit port from anywhere, metrics ports from the monitoring namespace; egress only to DNS
     and (for s3:// stores, where the init container downloads) HTTPS."""
     s = model.spec
-    selector = {"matchLabels": {"hardened.dev/model": model.metadata.name, "app.kubernetes.io/component": "serving"}}
+    selector = {"matchLabels": serving_selector(model)}
     egress = [DNS_EGRESS]
     if StoreURI.parse(s.artifacts.store).scheme == "s3":
         egress.append({"ports": [{"protocol": "TCP", "port": 443}]})
@@ -405,18 +433,28 @@ def build_pdb(model: HardenedModel) -> dict:
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": _meta(model, model.metadata.name, "serving"),
             "spec": {"maxUnavailable": 1,
-                     "selector": {"matchLabels": {"hardened.dev/model": model.metadata.name,
-                                                  "app.kubernetes.io/component": "serving"}}}}
+                     "selector": {"matchLabels": serving_selector(model)}}}
+
+
+def _kept_meta(model: HardenedModel, name: str, component: str) -> dict:
+    """Generated credentials outlive their HardenedModel (no ownerReference, as cert-manager keeps its
+    Secrets): deleting and re-creating a model must not rotate the API key its clients hold (they would get
+    401) nor the key its stored versions are signed with (issue 14). `kubectl delete secret -l
+    hardened.dev/model=NAME` removes them."""
+    return {"name": name, "namespace": model.metadata.namespace, "labels": labels(model, component),
+            "annotations": {"hardened.dev/kept": "generated for HardenedModel "
+                                                 f"{model.metadata.name}; not deleted with it"}}
 
 
 def build_api_keys_secret(model: HardenedModel, key: str) -> dict:
     """Generated when spec.serving.apiKeysSecret is omitted (``key`` comes from the caller: builders have no RNG)."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": _meta(model, names(model)["api-keys-secret"], "serving"), "stringData": {"keys": key + "\n"}}
+            "metadata": _kept_meta(model, names(model)["api-keys-secret"], "serving"),
+            "stringData": {"keys": key + "\n"}}
 
 
 def build_signing_secret(model: HardenedModel, private_pem: str, public_pem: str) -> dict:
     """Generated when spec.signing names no key Secrets (the key pair comes from the caller)."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": _meta(model, names(model)["signing-secret"], "signing"),
+            "metadata": _kept_meta(model, names(model)["signing-secret"], "signing"),
             "stringData": {"private.pem": private_pem, "public.pem": public_pem}}
