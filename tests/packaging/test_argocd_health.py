@@ -58,14 +58,21 @@ def status_for(obs: Observed, generation=3) -> dict:
 
 
 VERIFIED = {"verified": True, "digest": DIGEST, "signer": "s", "gatesPassed": True, "metrics": {"epsilon": 7.9}}
-READY_DEP = {"metadata": {"name": "digits-demo", "generation": 2,
-                          "annotations": {"hardened.dev/digest": DIGEST, "hardened.dev/version": "v"}},
-             "status": {"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 2}}
+
+
+def ready_deployment() -> dict:
+    """The Deployment the operator builds for the verified version, as it is once rolled out."""
+    built = next(o for o in decide(parse_manifest(resource(3, None)), Observed(
+        train_job=job("Complete"), verify_job=job("Complete"), verify_message=VERIFIED), {}, now=NOW).ensure
+        if o["kind"] == "Deployment")
+    return {**built, "metadata": {**built["metadata"], "generation": 2},
+            "status": {"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 2, "replicas": 2,
+                       "availableReplicas": 2}}
 
 
 def test_lifecycle_maps_to_argo_health():
     serving = status_for(Observed(train_job=job("Complete"), verify_job=job("Complete"), verify_message=VERIFIED,
-                                  deployment=READY_DEP))
+                                  deployment=ready_deployment()))
     assert serving["phase"] == "Serving"
     cases = [
         (resource(3, None), "Progressing"),
