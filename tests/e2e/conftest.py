@@ -1,0 +1,50 @@
+"""Fixtures of the end-to-end suite (marker e2e): one real cluster per session (tests/e2e/cluster.py says
+which), the images built or reused once, the operator installed with the Helm chart once. On a failure the
+report gets the dump of the namespaces the test used (pods, describe, logs, Events)."""
+import pytest
+
+from cluster import OPERATOR_NS, Cluster, Unavailable, images, install_operator
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    try:
+        c = Cluster.find_or_start()
+    except Unavailable as exc:
+        pytest.skip(f"e2e: {exc}")
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def e2e_images(cluster):
+    try:
+        return images(cluster)
+    except Unavailable as exc:
+        pytest.skip(f"e2e: {exc}")
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, e2e_images):
+    """The operator, installed by the chart and running in the cluster (standalone, one replica)."""
+    install_operator(cluster, e2e_images["operator"])
+    return e2e_images
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    c = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+    if report.failed and c is not None:
+        namespaces = getattr(item.module, "DUMP_NAMESPACES", []) + [OPERATOR_NS]
+        try:
+            report.sections.append(("cluster state", c.dump(*namespaces)))
+        except Exception as exc:  # the dump must never hide the failure itself
+            report.sections.append(("cluster state", f"dump failed: {exc!r}"))
