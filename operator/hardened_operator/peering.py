@@ -14,7 +14,7 @@ sees a live peer of higher priority, and pauses *both* on equal priorities,
 so each process needs a distinct one: the default is derived from the start
 time (earlier start, higher priority), so the oldest replica leads, a new one
 joins as a standby, and the standby takes over when the leader stops (at once
-on a clean exit, which removes its record; after the record's 60 s lifetime
+on a clean exit, which removes its record; within the record's 30 s lifetime
 when it dies hard).
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import dataclasses
 import time
 
 DEFAULT_NAME = "hardened-model"
+LIFETIME_SECONDS = 30  # of an alive-record: a standby takes over at most this long after the leader died
 GROUP, VERSION = "kopf.dev", "v1"
 CRD_FILE = "charts/hardened-model-operator/crds/kopf-peerings.yaml"
 
@@ -89,8 +90,9 @@ def decide(*, standalone: bool, name: str | None, namespaces: list[str] | None, 
                                           "creates it); run only one operator")
     prio = default_priority() if priority is None else priority
     return Peering((f"--peering={wanted}", f"--priority={prio}"),
-                   f"peering through {_what(wanted, namespaces)} with priority {prio}: the live operator with "
-                   "the highest priority reconciles, the others stand by")
+                   f"peering through {_what(wanted, namespaces)} with priority {prio}: this operator reconciles "
+                   "only while it is the live one with the highest priority, and stands by otherwise (kopf "
+                   "logs 'Resuming operations' when it takes over)")
 
 
 CHOSEN: Peering | None = None  # what `hardened-model operator` decided; handlers.py logs it at start-up

@@ -111,6 +111,9 @@ class Cluster:
         return json.loads(self.kubectl(*args).stdout)["items"]
 
     def namespace(self, name: str, **labels: str) -> str:
+        """Create (or keep) a namespace; one still terminating from an earlier run is waited out first."""
+        wait(lambda: ((self.get("namespace", name) or {}).get("status") or {}).get("phase") != "Terminating",
+             180, f"namespace {name} from an earlier run to be deleted", interval=1)
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
         wait(lambda: self.get("serviceaccount", "default", name), 60, f"namespace {name} ready")
         return name
