@@ -188,11 +188,11 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
     failed_stage = None
     if problems and problems[0][0] == "ArtifactRefused":
         # The new pods' init container refuses the bytes it would load (changed after verification, or signed by
-        # someone else): waiting cannot help. maxUnavailable 0 keeps the previous pods serving meanwhile.
+        # someone else): waiting cannot help. The rollout budget keeps the previous pods serving meanwhile.
         failed_stage, phase, why = "rollout", "Failed", serve_cond
     elif stuck:
         # The new pods never became ready before the Deployment's progress deadline: the init container
-        # refused the artifact (changed after verification) or the server crashed. maxUnavailable 0 keeps the
+        # refused the artifact (changed after verification) or the server crashed. the rollout budget keeps the
         # previous pods serving; the operator says so and does not retry a version that cannot start.
         failed_stage, phase = "rollout", "Failed"
         why = ("False", "RolloutStuck", f"Deployment {n['serving']} did not progress ({stuck}); the pods of the "

@@ -377,8 +377,9 @@ class ServingSection(_Base):
     image: str = Field(default="ghcr.io/hardened-model/server:0.1.0", pattern=IMAGE, max_length=512)
     resources: Resources = Field(
         default_factory=lambda: Resources(cpu="500m", memory="1Gi"),
-        description="Of the model server container (each sidecar adds 100m CPU, 128Mi). A rollout starts each new "
-                    "pod before it stops an old one, so a node needs room for one pod more than replicas.")
+        description="Of the model server container (each sidecar adds 100m CPU, 128Mi). With one replica a "
+                    "rollout starts the new pod before it stops the old one (room for two pods); with more, one "
+                    "old pod may stop first, so a rollout never waits for room.")
     validation: Validation = _obj(Validation)
     rate_limit: RateLimit = _obj(RateLimit)
     api_keys_secret: SecretKeyRef | None = Field(

@@ -76,6 +76,7 @@ class Cluster:
 
     def stop(self) -> None:
         if self.started and not os.environ.get("E2E_KEEP_CLUSTER"):
+            self.started = False
             subprocess.run([str(KUBE_DIR / "down")], check=False, capture_output=True, timeout=300)
 
     @property
@@ -175,7 +176,7 @@ def wait(predicate, timeout: float, what: str, interval: float = 0.5):
     while time.monotonic() < deadline:
         try:
             last = predicate()
-        except (AssertionError, KeyError, TypeError, IndexError, ValueError) as exc:
+        except (AssertionError, KeyError, TypeError, IndexError, ValueError, OSError) as exc:
             last = exc
         else:
             if last:
@@ -237,4 +238,4 @@ def install_operator(cluster: Cluster, image: str, *sets: str) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     helm(cluster, "upgrade", "--install", "hardened-model-operator", str(CHART), "--namespace", OPERATOR_NS,
          "--create-namespace", "--wait", "--timeout", "180s", "--set", f"image.repository={repo}",
-         "--set", f"image.tag={tag}", *[a for s in sets for a in ("--set", s)])
+         "--set-string", f"image.tag={tag}", *[a for s in sets for a in ("--set", s)])

@@ -12,14 +12,27 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
+_STARTED: list[Cluster] = []
+
+
 @pytest.fixture(scope="session")
 def cluster():
     try:
         c = Cluster.find_or_start()
     except Unavailable as exc:
         pytest.skip(f"e2e: {exc}")
+    _STARTED.append(c)
     yield c
     c.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop a cluster this session started as soon as the last e2e test and its fixtures are done: the rest
+    of the suite must not share two cores with an apiserver, a kubelet and the pods."""
+    yield
+    if _STARTED and (nextitem is None or "/e2e/" not in str(nextitem.fspath)):
+        _STARTED.pop().stop()
 
 
 @pytest.fixture(scope="session")

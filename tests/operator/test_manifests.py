@@ -134,7 +134,13 @@ def test_deployment_pins_the_digest_and_verifies_first():
     assert [c["name"] for c in pod["containers"]] == ["model", "validation", "ratelimit"]
     hosts = {c["name"]: c["args"][c["args"].index("--host") + 1] for c in pod["containers"]}
     assert hosts == {"model": "127.0.0.1", "validation": "127.0.0.1", "ratelimit": "0.0.0.0"}  # only one door
-    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1,
+                                                                                         "maxUnavailable": 0}
+    # two or more: one old pod may stop first, so a rollout never waits for room for a surge pod (issue 14)
+    doc = example("digits-demo")
+    doc["spec"]["serving"]["replicas"] = 2
+    two = build_deployment(parse_manifest(doc), digest="ab" * 32, version="v1")
+    assert two["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 1}
 
 
 def test_every_probe_and_scrape_reaches_an_address_the_kubelet_and_prometheus_can_connect_to():

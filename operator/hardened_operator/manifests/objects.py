@@ -361,7 +361,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
         "spec": {
             "replicas": s.serving.replicas,
             "selector": {"matchLabels": serving_selector(model)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": rollout_budget(s.serving.replicas)},
             "template": {"metadata": {"labels": pod_labels,
                                       "annotations": {"hardened.dev/digest": digest,
                                                       "hardened.dev/serving-config": _digest_of(
@@ -369,6 +369,15 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                          "spec": pod},
         },
     }
+
+
+def rollout_budget(replicas: int) -> dict:
+    """How a new version or serving change rolls out. One replica: a new pod first, the old one stays until
+    the new one is ready (a refused artifact never takes the endpoint down). Two or more: also one old pod
+    may go at once, so a rollout never waits for room for an extra pod: on a 2-CPU node, two serving pods
+    and a surge pod did not fit and every serving change hung (issue 14); at least replicas - 1 keep
+    serving, and a refused new version leaves them serving."""
+    return {"maxSurge": 1, "maxUnavailable": 0 if replicas == 1 else 1}
 
 
 def _digest_of(doc: dict) -> str:

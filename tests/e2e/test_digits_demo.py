@@ -1,0 +1,241 @@
+"""examples/digits-demo.yaml on a real cluster, as a platform team's first hour goes (issue 14): the chart's
+operator in the cluster trains, signs, verifies and serves it with the locally built images, then the faults.
+
+The steps share one model and run in order; each test is one step and says what it proves. The namespace
+enforces the "restricted" Pod Security Standard, and the artifact store is a ReadWriteOnce volume (like EBS).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from cluster import KUBE_HOME, OPERATOR_NS, Cluster, wait
+from hardened_operator.signing import MODEL_DIR_NAME, generate_key_pem
+from helpers import example, http, infer_body
+
+NS = "e2e-demo"
+DUMP_NAMESPACES = [NS]
+MODEL = "digits-demo"
+TRAIN_SELECTOR = f"hardened.dev/model={MODEL},app.kubernetes.io/component=training"
+SERVING_SELECTOR = f"hardened.dev/model={MODEL},app.kubernetes.io/component=serving"
+FIGURES: dict[str, float] = {}
+
+
+def status(api: Cluster) -> dict:
+    return (api.get("hm", MODEL, NS) or {}).get("status") or {}
+
+
+def cond(api: Cluster, type_: str) -> dict:
+    return next((c for c in status(api).get("conditions", []) if c["type"] == type_), {})
+
+
+def operator_pod(api: Cluster) -> dict | None:
+    pods = [p for p in api.items("pods", OPERATOR_NS, "app.kubernetes.io/name=hardened-model-operator")
+            if not p["metadata"].get("deletionTimestamp")]
+    return pods[0] if pods else None
+
+
+class Demo:
+    """What the steps share: the cluster, where the artifacts live, the API key, the endpoint."""
+
+    def __init__(self, api: Cluster, images: dict, store: pathlib.Path | None):
+        self.api, self.images, self.store = api, images, store
+        self.key = ""
+
+    def url(self) -> str:
+        svc = self.api.get("service", MODEL, NS)
+        return f"http://{svc['spec']['clusterIP']}:80/v2/models/{MODEL}/infer"
+
+    def infer(self, body, key: str | None = "", **headers):
+        key = self.key if key == "" else key
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        return http("POST", self.url(), body, {**auth, **headers}, timeout=20)
+
+    def version_dir(self) -> pathlib.Path:
+        return self.store / MODEL / status(self.api)["training"]["configDigest"]
+
+
+def digits(n: int) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return (load_digits().images[:n] / 16.0).reshape(n, 1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def demo(cluster: Cluster, operator) -> Demo:
+    if not cluster.shared:
+        pytest.skip("e2e: the digits-demo steps use the shared cluster's node (a hostPath volume, ctr, ClusterIPs)")
+    api = cluster
+    api.namespace(NS, **{"pod-security.kubernetes.io/enforce": "restricted"})
+    # A ReadWriteOnce volume for pvc://hardened-models: a hostPath PersistentVolume (no provisioner here),
+    # owned by the pods' uid 65532 (hostPath volumes get no fsGroup)
+    store = KUBE_HOME / "e2e-artifacts"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    os.chown(store, 65532, 65532)
+    api.kubectl("delete", "pv", "e2e-demo-artifacts", "--ignore-not-found", "--wait=true")
+    api.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "e2e-demo-artifacts"},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                        "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(store)},
+                        "claimRef": {"namespace": NS, "name": "hardened-models"}}})
+    private, public = generate_key_pem()
+    api.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "hardened-models"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": "e2e-demo-artifacts",
+                        "resources": {"requests": {"storage": "1Gi"}}}},
+              {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "digits-demo-signing"},
+               "stringData": {"private.pem": private, "public.pem": public}}, namespace=NS)
+    yield Demo(api, operator, store)
+    api.delete_namespace(NS)
+    api.kubectl("delete", "pv", "e2e-demo-artifacts", "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_apply_to_ready_with_the_operator_restarted_mid_training(demo: Demo):
+    """kubectl apply -> training Job -> (operator pod deleted mid-training: no second Job, same conditions) ->
+    verification -> serving -> `kubectl wait --for=condition=Ready`."""
+    api = demo.api
+    doc = example(MODEL)
+    doc["spec"]["training"]["image"] = demo.images["trainer"]
+    doc["spec"]["serving"]["image"] = demo.images["server"]
+    t0 = time.monotonic()
+    api.apply(doc, namespace=NS)
+    wait(lambda: api.items("jobs", NS, TRAIN_SELECTOR), 60, "the training Job", interval=0.2)
+    FIGURES["apply_to_job_s"] = time.monotonic() - t0
+    wait(lambda: status(api).get("phase") == "Training", 30, "phase Training")
+    before = {c["type"]: c for c in status(api)["conditions"]}
+
+    old = operator_pod(api)
+    api.kubectl("-n", OPERATOR_NS, "delete", "pod", old["metadata"]["name"], "--wait=false")
+    wait(lambda: (operator_pod(api) or {}).get("metadata", {}).get("name") not in (None, old["metadata"]["name"])
+         and any(c["type"] == "Ready" and c["status"] == "True"
+                 for c in operator_pod(api)["status"].get("conditions", [])), 120, "a new operator pod Ready")
+    time.sleep(3)  # it has resumed every model
+    jobs = api.items("jobs", NS, TRAIN_SELECTOR)
+    assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
+    if status(api)["phase"] == "Training":  # still training: not one condition moved
+        assert {c["type"]: c for c in status(api)["conditions"]} == before
+
+    api.kubectl("-n", NS, "wait", "--for=condition=Ready", f"hm/{MODEL}", "--timeout=900s", timeout=960)
+    FIGURES["apply_to_ready_s"] = time.monotonic() - t0
+    st = status(api)
+    assert st["phase"] == "Serving" and st["observedGeneration"] == 1
+    assert {c["type"]: c["status"] for c in st["conditions"]} == {
+        "TrainingSucceeded": "True", "GatesPassed": "True", "SignatureVerified": "True", "ServingReady": "True",
+        "Ready": "True"}
+    assert st["artifact"]["digest"] == st["serving"]["servedDigest"]
+    assert 0 < st["metrics"]["epsilon"] <= 8.0 and len(str(st["metrics"]["epsilon"])) <= 6  # rounded for display
+    assert len(api.items("jobs", NS, TRAIN_SELECTOR)) == 1
+    printed = api.kubectl("-n", NS, "get", "hm", MODEL).stdout
+    assert str(st["metrics"]["epsilon"]) in printed and "Serving" in printed
+    secret = api.get("secret", f"{MODEL}-api-keys", NS)
+    import base64
+    demo.key = base64.b64decode(secret["data"]["keys"]).decode().strip()
+    print(f"apply -> Job {FIGURES['apply_to_job_s']:.1f}s, apply -> Ready {FIGURES['apply_to_ready_s']:.1f}s")
+
+
+def test_real_requests_through_the_service(demo: Demo):
+    """With the API key 200 and a prediction; without 401; malformed 400; a burst past the limit 429."""
+    x = digits(2)
+    code, body, _ = demo.infer(infer_body(x))
+    assert code == 200, body
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["probabilities"]["shape"] == [2, 10] and len(outputs["label"]["data"]) == 2
+    assert demo.infer(infer_body(x), key=None)[0] == 401
+    assert demo.infer(infer_body(x), key="hm_" + "x" * 32)[0] == 401
+    assert demo.infer(b'{"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32"', )[0] == 400
+    assert demo.infer(infer_body(np.full((1, 1, 8, 8), 5.0)))[0] == 400  # outside validation's [0, 1]
+    time.sleep(2.5)  # the bucket refills (5/s, burst 10)
+    codes = [demo.infer(infer_body(x[:1]))[0] for _ in range(30)]
+    assert codes.count(429) >= 10 and codes.count(200) >= 10 and set(codes) <= {200, 429}, codes
+
+
+def serving_pods(api: Cluster, ready: bool | None = None) -> list[dict]:
+    pods = [p for p in api.items("pods", NS, SERVING_SELECTOR) if not p["metadata"].get("deletionTimestamp")]
+    if ready is None:
+        return pods
+    return [p for p in pods if any(c["type"] == "Ready" and (c["status"] == "True") == ready
+                                   for c in p["status"].get("conditions", []))]
+
+
+def test_a_killed_model_container_is_restarted_and_the_endpoint_recovers(demo: Demo):
+    api = demo.api
+    (pod,) = serving_pods(api, ready=True)
+    model = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "model")
+    container_id = model["containerID"].split("://", 1)[1]
+    out = api.containerd("task", "kill", "--signal", "SIGKILL", container_id)
+    assert out.returncode == 0, out.stderr
+    wait(lambda: next(c for c in api.get("pod", pod["metadata"]["name"], NS)["status"]["containerStatuses"]
+                      if c["name"] == "model")["restartCount"] > model["restartCount"], 60, "the kubelet restart")
+    wait(lambda: demo.infer(infer_body(digits(1)))[0] == 200, 180, "the endpoint to answer 200 again", interval=2)
+    assert cond(api, "Ready")["status"] == "True"
+    assert [p["metadata"]["name"] for p in serving_pods(api)] == [pod["metadata"]["name"]]  # restarted, not replaced
+
+
+def test_a_serving_only_change_rolls_out_without_a_training_job(demo: Demo):
+    """Two replicas and a new rate limit: the pod template changes (serving config), the training version does
+    not. On this 2-CPU node the surge pod must fit beside the old one (issue 14: 1.2 CPU per pod did not)."""
+    api = demo.api
+    config_before = api.get("deployment", MODEL, NS)["spec"]["template"]["metadata"]["annotations"]
+    api.kubectl("-n", NS, "patch", "hm", MODEL, "--type=merge", "-p", json.dumps(
+        {"spec": {"serving": {"replicas": 2, "rateLimit": {"perKey": {"requestsPerSecond": 6, "burst": 12}}}}}))
+    wait(lambda: status(api).get("observedGeneration") == 2, 30, "the operator to see generation 2")
+    api.kubectl("-n", NS, "wait", "--for=condition=Ready", f"hm/{MODEL}", "--timeout=600s", timeout=660)
+    dep = api.get("deployment", MODEL, NS)
+    assert dep["spec"]["replicas"] == 2 and dep["status"]["updatedReplicas"] == 2 == dep["status"]["readyReplicas"]
+    assert dep["spec"]["template"]["metadata"]["annotations"]["hardened.dev/serving-config"] != \
+        config_before["hardened.dev/serving-config"]
+    assert len(api.items("jobs", NS, TRAIN_SELECTOR)) == 1
+    assert len(serving_pods(api, ready=True)) == 2
+    assert demo.infer(infer_body(digits(1)))[0] == 200
+
+
+def test_a_tampered_artifact_is_refused_while_the_previous_pod_keeps_serving(demo: Demo):
+    """A byte of the stored weights changes after verification; a serving pod is deleted; its replacement's
+    init container refuses the bytes; the other pod keeps serving; status and an Event say why. Then the
+    byte is put back and the replacement starts."""
+    api = demo.api
+    weights = demo.version_dir() / MODEL_DIR_NAME / "model.safetensors"
+    original = weights.read_bytes()
+    tampered = bytearray(original)
+    tampered[-1] ^= 0x01
+    weights.write_bytes(bytes(tampered))
+    try:
+        victim, survivor = serving_pods(api, ready=True)
+        api.kubectl("-n", NS, "delete", "pod", victim["metadata"]["name"], "--wait=false")
+        wait(lambda: cond(api, "ServingReady").get("reason") == "ArtifactRefused", 180,
+             "ServingReady ArtifactRefused", interval=1)
+        st = status(api)
+        assert st["phase"] == "Failed" and st["lastFailure"]["reason"] == "ArtifactRefused"
+        message = cond(api, "ServingReady")["message"]
+        assert "verify-model refused the artifact" in message and "previous version keep serving" in message
+        events = api.kubectl("-n", NS, "get", "events", f"--field-selector=involvedObject.name={MODEL}",
+                             "-o", "json").stdout
+        assert any(e["reason"] == "ArtifactRefused" and e["type"] == "Warning" for e in json.loads(events)["items"])
+        for _ in range(5):  # the survivor answers meanwhile, through the Service
+            assert demo.infer(infer_body(digits(1)))[0] == 200
+        assert survivor["metadata"]["name"] in [p["metadata"]["name"] for p in serving_pods(api, ready=True)]
+    finally:
+        weights.write_bytes(original)
+    for pod in serving_pods(api, ready=False):  # skip the crash-loop back-off
+        api.kubectl("-n", NS, "delete", "pod", pod["metadata"]["name"], "--wait=false")
+    api.kubectl("-n", NS, "wait", "--for=condition=Ready", f"hm/{MODEL}", "--timeout=300s", timeout=360)
+    assert status(api)["phase"] == "Serving" and "lastFailure" not in status(api)
+
+
+def test_deleting_the_model_garbage_collects_every_child(demo: Demo):
+    api = demo.api
+    api.kubectl("-n", NS, "delete", "hm", MODEL, "--wait=true", "--timeout=60s", timeout=90)
+    selector = f"hardened.dev/model={MODEL}"
+    kinds = "jobs,pods,deployments,replicasets,services,configmaps,networkpolicies,poddisruptionbudgets"
+
+    def left():
+        return [f"{o['kind']}/{o['metadata']['name']}" for o in
+                json.loads(api.kubectl("-n", NS, "get", kinds, "-l", selector, "-o", "json").stdout)["items"]]
+    wait(lambda: not left(), 120, "the garbage collector")
+    # generated credentials are kept on purpose: a re-created model keeps its clients' API key
+    assert api.get("secret", f"{MODEL}-api-keys", NS) is not None
