@@ -65,12 +65,12 @@ def operator_writes_since(api: Cluster, since: datetime.datetime) -> list[str]:
     for obj in objs:
         for mf in obj["metadata"].get("managedFields", []):
             at = datetime.datetime.fromisoformat(mf["time"].replace("Z", "+00:00"))
-            if mf["manager"].startswith(OPERATOR_MANAGERS) and at > since:
+            if mf["manager"].startswith(OPERATOR_MANAGERS) and at >= since:
                 out.append(f"{obj['kind']}/{obj['metadata']['name']} by {mf['manager']} at {mf['time']}")
     for ev in json.loads(api.kubectl("-n", NS, "get", "events", "-o", "json").stdout)["items"]:
         stamp = ev.get("lastTimestamp") or ev.get("eventTime") or ev["metadata"]["creationTimestamp"]
         if (ev.get("reportingComponent") == "kopf" or (ev.get("source") or {}).get("component") == "kopf") and \
-                datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")) > since:
+                datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")) >= since:
             out.append(f"Event {ev['reason']} on {ev['involvedObject']['name']}")
     return out
 
@@ -89,6 +89,12 @@ def main() -> int:
     api.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "hardened-models"},
                "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
                         "resources": {"requests": {"storage": "1Gi"}}}}, namespace=NS)
+    # a fresh operator process: its memory is then the figure of this run alone
+    api.kubectl("-n", OPERATOR_NS, "rollout", "restart", "deployment/hardened-model-operator")
+    api.kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/hardened-model-operator", "--timeout=120s",
+                timeout=150)
+    wait(lambda: len(api.items("pods", OPERATOR_NS, "app.kubernetes.io/name=hardened-model-operator")) == 1, 120,
+         "the old operator pod gone")
     time.sleep(10)
     base_rss = operator_rss_mib(api)
 
@@ -119,12 +125,20 @@ def main() -> int:
     time.sleep(15)  # the last Events and watch bookmarks
     rss = operator_rss_mib(api)
 
-    since = datetime.datetime.now(datetime.timezone.utc)
+    # managedFields times have whole seconds: count from the start of the current second (a write just before
+    # the window may count, one inside it cannot be missed)
+    since = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     patches_before = hm_patches(api)
     time.sleep(args.quiet_seconds)
     writes = operator_writes_since(api, since)
     patches = hm_patches(api) - patches_before
     rss_after = operator_rss_mib(api)
+    # the instrument's control: a spec change must show up as the operator's writes
+    time.sleep(1.1)
+    control_since = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    custom.patch_namespaced_custom_object("hardened.dev", "v1alpha1", NS, "hardenedmodels", "apply-000",
+                                          {"spec": {"training": {"epochs": 2}}})
+    control = wait(lambda: operator_writes_since(api, control_since), 30, "the control's writes")
 
     print(f"apply -> training Job, {args.applies} models one by one: p50 {statistics.median(delays):.2f} s, "
           f"max {max(delays):.2f} s")
@@ -135,6 +149,7 @@ def main() -> int:
           f"Events, {patches:.0f} PATCHes of hardenedmodels at the apiserver")
     for w in writes[:20]:
         print("  ", w)
+    print(f"control: a spec change afterwards showed {len(control)} writes (e.g. {control[0]})")
     api.delete_namespace(NS)
     return 0 if not writes and not patches else 1
 

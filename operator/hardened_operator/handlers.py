@@ -49,10 +49,24 @@ def configure(settings: kopf.OperatorSettings, logger, **_):
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
+    _CLIENT.clear()  # made on the first pass, from the configuration just loaded
     if METRICS_PORT:
         from prometheus_client import start_http_server
 
         start_http_server(METRICS_PORT)
+
+
+_CLIENT: list = []
+
+
+def _api_client():
+    """One kubernetes ApiClient for every pass: its urllib3 pool (thread-safe) keeps connections alive, where
+    a client per pass opened a new TLS connection per pass."""
+    import kubernetes
+
+    if not _CLIENT:
+        _CLIENT.append(kubernetes.client.ApiClient())
+    return _CLIENT[0]
 
 
 class _StatusPatch:
@@ -74,7 +88,7 @@ def _reconcile(namespace, name, logger):
         METRICS.errors.labels(type(exc).__name__).inc()
         return kopf.TemporaryError(f"{what}{type(exc).__name__}: {exc}", delay=retry_seconds(15))
 
-    kube = Kube()
+    kube = Kube(_api_client())
     with _LOCKS[namespace, name], METRICS.duration.time():
         try:
             body = kube.get("HardenedModel", namespace, name)

@@ -169,7 +169,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
     ready_dep, ready_replicas = rollout_complete(dep, desired_dep, spec.serving.replicas)
     serving_current = target is not None and target[1] == version
     problems = pod_problems([p for p in obs.serving_pods if not _ready_pod(p)]) if target and not ready_dep else []
-    keeps = "; the pods of the previous version keep serving" if ready_replicas else ""
+    keeps = f"; {ready_replicas} ready pod(s) of the previous rollout keep serving" if ready_replicas else ""
     if target is None:
         serve_cond = ("False", "NotDeployed", "no verified version yet")
     elif ready_dep:
@@ -192,7 +192,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
         failed_stage, phase, why = "rollout", "Failed", serve_cond
     elif stuck:
         # The new pods never became ready before the Deployment's progress deadline: the init container
-        # refused the artifact (changed after verification) or the server crashed. the rollout budget keeps the
+        # refused the artifact (changed after verification) or the server crashed. The rollout budget keeps the
         # previous pods serving; the operator says so and does not retry a version that cannot start.
         failed_stage, phase = "rollout", "Failed"
         why = ("False", "RolloutStuck", f"Deployment {n['serving']} did not progress ({stuck}); the pods of the "

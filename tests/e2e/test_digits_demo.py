@@ -212,7 +212,8 @@ def test_a_tampered_artifact_is_refused_while_the_previous_pod_keeps_serving(dem
         st = status(api)
         assert st["phase"] == "Failed" and st["lastFailure"]["reason"] == "ArtifactRefused"
         message = cond(api, "ServingReady")["message"]
-        assert "verify-model refused the artifact" in message and "previous version keep serving" in message
+        assert "verify-model refused the artifact" in message and "1 ready pod(s) of the previous rollout keep serving" \
+            in message
         events = api.kubectl("-n", NS, "get", "events", f"--field-selector=involvedObject.name={MODEL}",
                              "-o", "json").stdout
         assert any(e["reason"] == "ArtifactRefused" and e["type"] == "Warning" for e in json.loads(events)["items"])

@@ -193,7 +193,7 @@ def test_a_pod_refusing_its_artifact_fails_the_rollout_with_the_verifiers_reason
     serving_ready, ready = conditions(d)["ServingReady"], conditions(d)["Ready"]
     assert d.status["phase"] == "Failed" and serving_ready["reason"] == "ArtifactRefused"
     assert "model.safetensors" in serving_ready["message"] and "pod new" in serving_ready["message"]
-    assert "previous version keep serving" in ready["message"] and ready["status"] == "False"
+    assert "1 ready pod(s) of the previous rollout keep serving" in ready["message"] and ready["status"] == "False"
     assert d.status["lastFailure"]["stage"] == "rollout" and d.status["lastFailure"]["reason"] == "ArtifactRefused"
     assert ("Warning", "ArtifactRefused") in [e[:2] for e in d.events]
     again = decide(m, obs, d.status, now=LATER)
