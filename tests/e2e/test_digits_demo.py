@@ -150,8 +150,12 @@ def test_real_requests_through_the_service(demo: Demo):
     assert demo.infer(b'{"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32"', )[0] == 400
     assert demo.infer(infer_body(np.full((1, 1, 8, 8), 5.0)))[0] == 400  # outside validation's [0, 1]
     time.sleep(2.5)  # the bucket refills (5/s, burst 10)
-    codes = [demo.infer(infer_body(x[:1]))[0] for _ in range(30)]
-    assert codes.count(429) >= 10 and codes.count(200) >= 10 and set(codes) <= {200, 429}, codes
+    t0 = time.monotonic()
+    codes = [demo.infer(infer_body(x[:1]))[0] for _ in range(40)]
+    elapsed = time.monotonic() - t0
+    assert set(codes) <= {200, 429} and codes.count(429) >= 1, codes
+    # the limit holds however fast this machine sends: at most the burst plus what refilled meanwhile
+    assert 10 <= codes.count(200) <= 10 + 5 * elapsed + 1, (codes, elapsed)
 
 
 def serving_pods(api: Cluster, ready: bool | None = None) -> list[dict]:

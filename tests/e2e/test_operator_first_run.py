@@ -164,7 +164,7 @@ def test_two_peering_operators_one_reconciles_and_the_other_takes_over(api, tmp_
         api.apply(model("peer-two"))
         wait(lambda: train_jobs(api, "peer-two"), 45, "b to take over")
         took = time.monotonic() - killed
-        assert took <= 35, took  # the 30 s lifetime, plus one pass
+        assert took <= 60, took  # issue 20: within 60 s (the record's lifetime is 30 s)
         assert "Resuming operations after the pause" in b.output()
         assert handled(b, "peer-two")
         time.sleep(3)  # b also resumed peer-one: it must find the Job, not make a second

@@ -52,9 +52,10 @@ def chart_rbac():
 @pytest.fixture
 def k8s(kmock, chart_rbac):
     """kmock made kopf-ready. After each test: the chart's RBAC allows every request the operator made."""
-    from conftest import KUBECONFIG
+    import pathlib
 
-    write_kubeconfig(KUBECONFIG, str(kmock.url))
+    # tests/conftest.py fixed the path before anything imported `kubernetes`; this writes the file's content
+    write_kubeconfig(pathlib.Path(os.environ["KUBECONFIG"]), str(kmock.url))
     declare(kmock)
     os.environ["HARDENED_RETRY_SECONDS"] = "0.5"
     yield kmock

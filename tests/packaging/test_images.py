@@ -33,9 +33,11 @@ NOT_RUN = {
         "artifacts.py": "downloads run in the verify Job and init container (server image), never in the operator",
     },
     "trainer": {"handlers.py": "operator only", "kube.py": "operator only", "reconcile.py": "operator only",
+                "peering.py": "operator only",
                 "operator_metrics.py": "operator only", "local.py": "workstation only", "uiconsole.py": "workstation only",
                 "crd.py": "operator/CLI only"},
     "server": {"handlers.py": "operator only", "kube.py": "operator only", "reconcile.py": "operator only",
+               "peering.py": "operator only",
                "operator_metrics.py": "operator only", "local.py": "workstation only", "uiconsole.py": "workstation only",
                "crd.py": "operator/CLI only"},
 }
@@ -45,8 +47,8 @@ LAZY_NOT_REACHED = {
     ("operator", "signing.py", "model_signing"), ("operator", "signing.py", "sigstore"),
     # the CLI's subcommands import their package lazily; each image runs only its own
     ("operator", "cli.py", "hardened_trainer"), ("operator", "cli.py", "hardened_server"),
-    ("server", "cli.py", "hardened_trainer"), ("server", "cli.py", "kopf"),
-    ("trainer", "cli.py", "hardened_server"), ("trainer", "cli.py", "kopf"),
+    ("server", "cli.py", "hardened_trainer"), ("server", "cli.py", "kopf"), ("server", "cli.py", "kubernetes"),
+    ("trainer", "cli.py", "hardened_server"), ("trainer", "cli.py", "kopf"), ("trainer", "cli.py", "kubernetes"),
 }
 
 
