@@ -9,7 +9,9 @@ their owner. A missing Secret is retried by kopf (TemporaryError).
 
 Absolute imports: kopf may load this file by path (`kopf run handlers.py`).
 """
+import asyncio
 import collections
+import contextvars
 import os
 import threading
 
@@ -126,12 +128,31 @@ def on_change(namespace, name, logger, **_):
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
 @kopf.on.event("apps", "v1", "deployments", labels=OURS)
 @kopf.on.event("", "v1", "pods", labels=OURS)  # a serving pod refusing its artifact changes no Deployment field
-def on_child(body, logger, **_):
+async def on_child(body, logger, **_):
     meta = body.get("metadata") or {}
     owner = (meta.get("labels") or {}).get("hardened.dev/model")
-    if not owner:
-        return
+    if owner:
+        await _child_pass(meta.get("namespace"), owner, logger)
+
+
+# (namespace, name) -> the pending retry of a pass that a child's event started and that failed transiently
+_RETRIES: dict = {}
+
+
+async def _child_pass(namespace: str, name: str, logger) -> None:
+    """A pass started by a child's event. kopf retries only the model's own handlers, and those may have
+    succeeded long ago: a pass that fails here (the API server refused the new Deployment, issue 14) is
+    retried here, after the delay it asked for, until one succeeds. The pass runs in a worker thread with a
+    copy of this context (kopf's Event queue lives in it), as kopf runs its own synchronous handlers."""
+    loop = asyncio.get_running_loop()
+    pending = _RETRIES.pop((namespace, name), None)
+    if pending is not None:
+        pending.cancel()
     try:
-        _reconcile(meta.get("namespace"), owner, logger)
-    except (kopf.PermanentError, kopf.TemporaryError) as exc:
-        logger.info(f"{owner}: {exc}")  # the model's own handlers retry and report
+        await loop.run_in_executor(None, contextvars.copy_context().run, _reconcile, namespace, name, logger)
+    except kopf.TemporaryError as exc:
+        logger.info(f"{name}: {exc}; retrying in {exc.delay:.0f}s")
+        _RETRIES[namespace, name] = loop.call_later(
+            exc.delay or 0, lambda: asyncio.ensure_future(_child_pass(namespace, name, logger)))
+    except kopf.PermanentError as exc:
+        logger.info(f"{name}: {exc}")  # an invalid spec: the model's own handler reported it

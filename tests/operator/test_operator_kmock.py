@@ -463,3 +463,32 @@ async def test_a_rollout_whose_pods_never_start_fails_while_the_old_pods_serve(k
         assert cond(k8s, "Ready")["reason"] == "RolloutStuck"
         assert "previous version keep serving" in cond(k8s, "Ready")["message"]
         assert st["lastFailure"]["stage"] == "rollout" and job_creates(k8s) == jobs_before
+
+
+async def test_a_child_the_api_server_refuses_fails_the_model_with_its_message_and_is_retried(k8s):
+    """Issue 14: a real apiserver refused the serving Deployment (422) and the model stayed 'Verifying' with no
+    word of why and no retry. Now: Failed, Ready ChildRejected with the server's message, a Warning Event, and
+    the next pass creates it once the server admits it."""
+    doc = manifest()
+    n = job_names(doc)
+    await create_signing_secret(k8s)
+    refusal = k8s.inject("POST", rf"/apis/apps/v1/namespaces/{NS}/deployments$", 422, times=3)
+    async with runner():
+        await create_model(k8s, doc)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
+        await complete_job(k8s, n["train"], {"gatesPassed": True, "digest": DIGEST})
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
+        await complete_job(k8s, n["verify"], VERIFIED)
+        assert await wait_for(lambda: cond(k8s, "Ready").get("reason") == "ChildRejected"), status(k8s)
+        st = status(k8s)
+        assert st["phase"] == "Failed" and st["lastFailure"]["stage"] == "apply"
+        assert "Deployment digits-demo: the API server refused it (422" in cond(k8s, "Ready")["message"]
+        assert "injected 422" in cond(k8s, "Ready")["message"]  # the server's own message
+        assert alive(k8s.objects, ("v1/services", NS, "digits-demo"))  # the rest was still ensured
+        assert await wait_for(lambda: alive(k8s.objects, ("apps/v1/deployments", NS, "digits-demo")), 30)
+        assert refusal.hits == 3  # retried until admitted
+        await deployment_ready(k8s)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Serving"), status(k8s)
+        assert "lastFailure" not in status(k8s)
+    posted = [req.data for req in k8s[kmock.action.CREATE] if req.resource and "events" in str(req.resource)]
+    assert any(e.get("reason") == "ChildRejected" and e.get("type") == "Warning" for e in posted)
