@@ -19,7 +19,7 @@ from .status import HardenedModelStatus
 
 _KEEP = {"type", "description", "properties", "required", "items", "enum", "minimum", "maximum",
          "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems",
-         "maxItems", "additionalProperties", "default", "format"}
+         "maxItems", "maxProperties", "additionalProperties", "default", "format"}
 
 
 def _models_by_name(*roots: type[BaseModel]) -> dict[str, type[BaseModel]]:

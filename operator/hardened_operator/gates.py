@@ -28,7 +28,13 @@ def check_gates(metrics: dict, gates: GatesSection) -> list[GateResult]:
     checks = [("minCleanAccuracy", gates.min_clean_accuracy, "cleanAccuracy", lambda v, t: v >= t),
               ("minRobustAccuracy", gates.min_robust_accuracy, "robustAccuracy", lambda v, t: v >= t),
               ("maxEpsilon", gates.max_epsilon, "epsilon", lambda v, t: v <= t),
-              ("maxMembershipAUC", gates.max_membership_auc, "membershipAUC", lambda v, t: v <= t)]
+              ("maxMembershipAUC", gates.max_membership_auc, "membershipAUC", lambda v, t: v <= t),
+              # the positive class of tabular data (data.positiveClass)
+              ("minRecall", gates.min_recall, "recall", lambda v, t: v >= t),
+              ("minPrecision", gates.min_precision, "precision", lambda v, t: v >= t),
+              ("minPRAUC", gates.min_pr_auc, "prAUC", lambda v, t: v >= t),
+              ("minBalancedAccuracy", gates.min_balanced_accuracy, "balancedAccuracy", lambda v, t: v >= t),
+              ("minRobustRecall", gates.min_robust_recall, "robustRecall", lambda v, t: v >= t)]
     out = []
     for gate, threshold, key, ok in checks:
         if threshold is None:

@@ -35,7 +35,8 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
             r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 IMAGE = r"^[a-z0-9]+([._/:@-][a-zA-Z0-9_.-]+)*$"
-ARCHITECTURES = ("cnn-28x28", "cnn-8x8", "mlp")
+ARCHITECTURES = ("cnn-28x28", "cnn-8x8", "mlp", "tabular-mlp")
+FEATURE_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 
 
 class SpecError(ValueError):
@@ -142,17 +143,75 @@ class Sanitization(_Base):
         default=0.2, ge=0.0, le=0.5, description="Upper bound on the fraction of training examples removed.")
 
 
+class Feature(_Base):
+    """One column of a tabular data set, in the order the model takes them."""
+
+    name: str = Field(pattern=FEATURE_NAME, max_length=63, description="Column name in the file.")
+    type: Literal["number", "integer", "category"] = Field(
+        description="number: any real; integer: whole numbers; category: one of vocabulary (one-hot encoded "
+                    "inside the model).")
+    vocabulary: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
+        default=None, min_length=2, max_length=256, description="The categories, for type category.")
+    min: float | None = Field(default=None, ge=-1e12, le=1e12, description="Lowest valid value (numbers).")
+    max: float | None = Field(default=None, ge=-1e12, le=1e12, description="Highest valid value (numbers).")
+    mutable: bool = Field(default=True, description="Whether an attacker can change it (a transaction's amount "
+                                                    "yes, a merchant's location no): attacks move only these.")
+    missing: Literal["error", "impute-median"] = Field(
+        default="error", description="An empty or NaN cell: an error naming the row, or the training median.")
+
+    cel_rules = (
+        CelRule("self.type == 'category' ? has(self.vocabulary) : !has(self.vocabulary)",
+                "a category feature needs a vocabulary, and only a category feature has one", "vocabulary"),
+        CelRule("self.type != 'category' || (!has(self.min) && !has(self.max))",
+                "min and max apply to number and integer features", "min"),
+        CelRule("!has(self.min) || !has(self.max) || self.min < self.max", "min must be < max", "min"),
+        CelRule("self.type != 'category' || self.missing == 'error'",
+                "impute-median applies to number and integer features", "missing"),
+    )
+
+
 class DataSection(_Base):
-    """Where the training data comes from and how it is split."""
+    """Where the training data comes from and how it is split.
+
+    The fields added for tabular data default to absent, not to a value: the training version is a digest
+    of this section as stored, and an operator upgrade must not retrain every existing model.
+    """
 
     source: str = Field(
         pattern=r"^(builtin:digits|file:///.+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+)$", max_length=1024,
-        description="builtin:digits (scikit-learn, offline), file:///path (an .npz with x and y, or a folder of "
-                    "MNIST IDX files, gzip or raw), or s3://bucket/key.")
+        description="builtin:digits (scikit-learn, offline), file:///path (images: an .npz with x and y, or a "
+                    "folder of MNIST IDX files, gzip or raw; tabular: a .csv or .parquet file), or s3://bucket/key.")
+    format: Literal["image", "tabular"] | None = Field(
+        default=None, description="image (absent means image): arrays of pixels in [0, 1] or 0-255; tabular: a "
+                                  "CSV or Parquet table described by features and label.")
+    features: list[Feature] | None = Field(
+        default=None, min_length=1, max_length=256, description="Tabular: the input columns, in model order.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    label: str | None = Field(default=None, pattern=FEATURE_NAME, max_length=63,
+                              description="Tabular: the column holding the class.")
+    positive_class: str | None = Field(default=None, min_length=1, max_length=63,
+                                       description="Tabular: the label value of the positive class (e.g. 1), "
+                                                   "which recall, precision and PR-AUC are about.")
     validation_split: float = Field(default=0.2, gt=0.0, lt=1.0,
                                     description="Fraction held out for evaluation (fixed-seed split).")
     max_samples: int | None = Field(default=None, ge=10, description="Use at most this many examples.")
     sanitization: Sanitization = _obj(Sanitization)
+
+    cel_rules = (
+        CelRule("!has(self.format) || self.format != 'tabular' || (has(self.features) && has(self.label) "
+                "&& has(self.positiveClass))",
+                "tabular data needs features, label and positiveClass", "features"),
+        CelRule("(has(self.format) && self.format == 'tabular') || (!has(self.features) && !has(self.label) "
+                "&& !has(self.positiveClass))",
+                "features, label and positiveClass are for data.format tabular", "format"),
+        CelRule("!has(self.features) || !has(self.label) || !self.features.exists(f, f.name == self.label)",
+                "the label column cannot also be a feature", "label"),
+        CelRule("!has(self.format) || self.format != 'tabular' || !self.sanitization.enabled",
+                "sanitization (label consistency, loss) removes the rare class of imbalanced tabular data: set "
+                "sanitization.enabled false", "sanitization.enabled"),
+        CelRule("!has(self.format) || self.format != 'tabular' || !self.source.startsWith('builtin:')",
+                "builtin:digits is image data", "source"),
+    )
 
 
 # ------------------------------------------------------------------ training
@@ -184,7 +243,9 @@ class Adversarial(_Base):
 
     enabled: bool = Field(default=False, description="Train on adversarial examples.")
     attack: Literal["fgsm", "pgd"] = Field(default="pgd", description="Attack that makes training examples.")
-    eps: float = Field(default=0.1, gt=0.0, le=1.0, description="L-infinity radius, in input units ([0, 1] pixels).")
+    eps: float = Field(default=0.1, gt=0.0, le=1.0,
+                       description="L-infinity radius: in [0, 1] pixel units for images; in standard deviations of "
+                                   "each mutable feature for tabular data.")
     eps_step: float | None = Field(default=None, gt=0.0, le=1.0,
                                    description="PGD step size; defaults to 2.5 * eps / maxIter.")
     max_iter: int = Field(default=10, ge=1, le=1000, description="PGD iterations.")
@@ -233,6 +294,19 @@ class TrainingSection(_Base):
     backoff_limit: int = Field(default=1, ge=0, le=10, description="Retries of a failed training pod.")
     adversarial: Adversarial = _obj(Adversarial)
     privacy: Privacy = _obj(Privacy)
+    # absent, not "none", by default: see DataSection
+    class_weights: Literal["none", "balanced", "manual"] | None = Field(
+        default=None, description="Loss weight per class for imbalanced data: none (absent means none), balanced "
+                                  "(n_samples / (n_classes * count), from the training split), or manual "
+                                  "(classWeightValues).")
+    class_weight_values: dict[str, Annotated[float, Field(gt=0.0, le=1e6)]] | None = Field(
+        default=None, description="classWeights manual: weight per class index (\"0\", \"1\", ...); absent ones "
+                                  "weigh 1.", json_schema_extra={"maxProperties": 1000})
+
+    cel_rules = (
+        CelRule("(has(self.classWeights) && self.classWeights == 'manual') == has(self.classWeightValues)",
+                "classWeightValues goes with classWeights manual, and only with it", "classWeightValues"),
+    )
 
 
 # ---------------------------------------------------------------- evaluation
@@ -242,7 +316,8 @@ class EvaluationSection(_Base):
     attacks: list[Literal["fgsm", "pgd"]] = Field(
         default_factory=lambda: ["fgsm", "pgd"], max_length=2,
         description="Attacks (ART implementations) for robust accuracy; the gate uses the lowest.")
-    eps: float = Field(default=0.1, gt=0.0, le=1.0, description="L-infinity radius of the evaluation attacks.")
+    eps: float = Field(default=0.1, gt=0.0, le=1.0,
+                       description="L-infinity radius of the evaluation attacks (units as training.adversarial.eps).")
     pgd_iter: int = Field(default=10, ge=1, le=1000, description="Iterations of the evaluation PGD attack.")
     membership_inference: bool = Field(default=True,
                                        description="Run a loss-threshold membership-inference attack and report its AUC.")
@@ -258,6 +333,15 @@ class GatesSection(_Base):
     max_epsilon: float | None = Field(default=None, gt=0.0, le=100.0, description="Highest accepted epsilon spent.")
     max_membership_auc: Annotated[float, Field(ge=0.5, le=1.0)] | None = Field(
         default=None, alias="maxMembershipAUC", description="Highest accepted membership-inference AUC (0.5 = chance).")
+    # For the positive class of tabular data (data.positiveClass): accuracy says little when 0.4% are positive.
+    min_recall: Fraction | None = Field(default=None, description="Lowest accepted recall of the positive class.")
+    min_precision: Fraction | None = Field(default=None, description="Lowest accepted precision, positive class.")
+    min_pr_auc: Fraction | None = Field(default=None, alias="minPRAUC",
+                                        description="Lowest accepted area under the precision-recall curve.")
+    min_balanced_accuracy: Fraction | None = Field(default=None, description="Lowest accepted balanced accuracy.")
+    min_robust_recall: Fraction | None = Field(
+        default=None, description="Lowest accepted recall of the positive class under the evaluation attacks "
+                                  "(mutable features only, within their bounds).")
 
 
 # ----------------------------------------------------------------- artifacts
@@ -326,8 +410,12 @@ class Validation(_Base):
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Examples per request.")
     max_body_bytes: int = Field(default=1048576, ge=1024, le=64 * 1048576,
                                 description="Request bodies above this get 413 before they are read in full.")
-    min_value: float = Field(default=0.0, ge=-1e6, le=1e6, description="Lowest accepted input value.")
-    max_value: float = Field(default=1.0, ge=-1e6, le=1e6, description="Highest accepted input value.")
+    min_value: float = Field(default=0.0, ge=-1e6, le=1e6, description="Images: lowest accepted input value.")
+    max_value: float = Field(default=1.0, ge=-1e6, le=1e6, description="Images: highest accepted input value.")
+    range_tolerance: float = Field(
+        default=0.1, ge=0.0, le=10.0,
+        description="Tabular: a number may lie this fraction of its feature's range beyond it (the spec's min/max, "
+                    "else the training data's); further out is a 400 naming the feature.")
     ood_threshold: float | None = Field(
         default=None, gt=0.0, description="Reject inputs whose out-of-distribution score exceeds this.")
 
@@ -448,6 +536,18 @@ class HardenedModelSpec(_Base):
                 "data builtin:digits has inputShape [1, 8, 8]", "model.inputShape"),
         CelRule("self.data.source != 'builtin:digits' || self.model.numClasses == 10",
                 "data builtin:digits has 10 classes", "model.numClasses"),
+        *[CelRule(f"!has(self.gates.{gate}) || (has(self.data.format) && self.data.format == 'tabular')",
+                  f"gates.{gate} is about data.positiveClass: it needs data.format tabular", f"gates.{gate}")
+          for gate in ("minRecall", "minPrecision", "minPRAUC", "minBalancedAccuracy", "minRobustRecall")],
+        CelRule("!has(self.gates.minRobustRecall) || size(self.evaluation.attacks) > 0",
+                "gates.minRobustRecall needs at least one evaluation attack", "gates.minRobustRecall"),
+        CelRule("(has(self.data.format) && self.data.format == 'tabular') == (self.model.architecture == "
+                "'tabular-mlp')", "data.format tabular and architecture tabular-mlp go together",
+                "model.architecture"),
+        CelRule("!has(self.data.features) || self.model.inputShape == [size(self.data.features)]",
+                "tabular: model.inputShape is [number of data.features]", "model.inputShape"),
+        CelRule("!has(self.data.format) || self.data.format != 'tabular' || self.model.numClasses == 2",
+                "tabular models are binary: numClasses 2 (class 1 is data.positiveClass)", "model.numClasses"),
         CelRule("!has(self.artifacts.kmsKeyId) || !self.artifacts.store.startsWith('s3://') "
                 "|| has(self.artifacts.region) || has(self.aws.region)",
                 "an S3 store with kmsKeyId needs artifacts.region or aws.region", "artifacts.region"),
@@ -653,10 +753,21 @@ def parse_spec(data: Any, *, path: str = "spec") -> HardenedModelSpec:
         spec = HardenedModelSpec.model_validate(prune_nulls(data))
     except ValidationError as err:
         raise SpecError(_problems(err, path)) from None
-    problems = _walk_cel(HardenedModelSpec, to_wire(spec), path)
+    problems = _duplicate_keys(to_wire(spec), path) or _walk_cel(HardenedModelSpec, to_wire(spec), path)
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def _duplicate_keys(wire: dict, path: str) -> list[tuple[str, str]]:
+    """Lists the CRD declares x-kubernetes-list-type map (data.features, keyed by name): the apiserver refuses a
+    repeated key with this line before it evaluates any CEL rule."""
+    seen, problems = set(), []
+    for i, feature in enumerate((wire.get("data") or {}).get("features") or []):
+        if feature["name"] in seen:
+            problems.append((f"{path}.data.features[{i}]", f'Duplicate value: {{"name":"{feature["name"]}"}}'))
+        seen.add(feature["name"])
+    return problems
 
 
 def parse_manifest(data: Any) -> HardenedModel:
@@ -689,6 +800,10 @@ def yaml_loader():
     class Loader(yaml.SafeLoader):
         pass
 
+    # kubectl's YAML reader (go-yaml) also reads y, Y, n and N as booleans: `label: y` is `true` to the
+    # apiserver, so it must be here too, or validate would pass what kubectl apply refuses
+    Loader.bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
         re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?"

@@ -42,7 +42,7 @@ def _config_digest(cfg) -> str:
 
 
 def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scale: float, sanitization: dict,
-                    report_html: str, x_train) -> None:
+                    report_html: str, x_train, table=None) -> None:
     import safetensors.torch
     import torch
 
@@ -63,8 +63,9 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
         "numClasses": spec.model.num_classes,
         "labels": labels,
         "weights": "model.safetensors",
-        "normalization": {"mean": float(norm.mean), "std": float(norm.std), "inside_model": True},
-        "input": {"range": [0.0, 1.0], "rawScale": raw_scale},
+        "normalization": {"mean": norm.mean.tolist() if norm.mean.dim() else float(norm.mean),
+                          "std": norm.std.tolist() if norm.std.dim() else float(norm.std), "inside_model": True},
+        "input": {"range": [0.0, 1.0], "rawScale": raw_scale} if table is None else {"columns": "tabular.features"},
         # per-pixel training statistics: the validation sidecar's out-of-distribution score
         "inputStats": {"mean": [round(float(v), 6) for v in x_train.reshape(len(x_train), -1).mean(0)],
                        "std": [round(float(v), 6) for v in x_train.reshape(len(x_train), -1).std(0)]},
@@ -72,8 +73,12 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
         "trainingDigest": cfg.version,
         "framework": {"torch": torch.__version__.split("+")[0]},
     }
+    if table is not None:
+        model_json["tabular"] = tabular_section(spec, table, x_train)
     metrics = {
         **ev.metrics(),
+        **({"positiveClass": {k: v for k, v in ev.positive.items() if k not in ev.metrics()}}
+           if ev.positive is not None else {}),
         "delta": spec.training.privacy.target_delta if spec.training.privacy.enabled else None,
         "noiseMultiplier": result.noise_multiplier,
         "attackAccuracy": ev.attack_accuracy,
@@ -90,6 +95,24 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
     (model_dir / "model.json").write_text(json.dumps(model_json, indent=2, sort_keys=True) + "\n")
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     (model_dir / "report.html").write_text(report_html)
+
+
+def tabular_section(spec, table, x_train) -> dict:
+    """model.json's description of a tabular model's input: what the validation sidecar checks each request
+    against (type, vocabulary, bounds: the spec's min/max, else the training split's range) and how the
+    label was read."""
+    from .tabular import bounds, feature_dicts
+
+    low, high = bounds(spec.data.features, x_train)
+    features = []
+    for j, (f, d) in enumerate(zip(spec.data.features, feature_dicts(spec.data.features))):
+        if f.type != "category":
+            d.update(min=float(low[j]), max=float(high[j]), boundsFrom="spec" if f.min is not None
+                     and f.max is not None else "training data")
+        d["mutable"] = f.mutable
+        features.append(d)
+    return {"features": features, "label": spec.data.label, "positiveClass": spec.data.positive_class,
+            "negativeClass": table.negative_class, "imputedMedians": table.imputed}
 
 
 def run(cfg, *, log) -> tuple[int, dict]:
@@ -110,8 +133,19 @@ def run(cfg, *, log) -> tuple[int, dict]:
     device = select_device(cfg.device)
     log("start", model=cfg.model_name, version=cfg.version, device=str(device))
 
-    ds = data_mod.load_dataset(spec.data.source, max_samples=spec.data.max_samples, seed=spec.training.seed,
-                               s3_client=_s3(spec) if spec.data.source.startswith("s3://") else None)
+    s3 = _s3(spec) if spec.data.source.startswith("s3://") else None
+    table = None
+    if spec.data.format == "tabular":
+        from .tabular import load_table
+
+        table = load_table(spec.data, s3_client=s3)
+        ds = data_mod.Dataset(x=table.x, y=table.y, raw_scale=1.0, source=table.source)
+        ds = data_mod.subsample(ds, spec.data.max_samples, spec.training.seed)
+        log("data", rows=len(ds), positives=int(ds.y.sum()), features=len(spec.data.features),
+            imputed=table.imputed)
+    else:
+        ds = data_mod.load_dataset(spec.data.source, max_samples=spec.data.max_samples, seed=spec.training.seed,
+                                   s3_client=s3)
     data_mod.check_shape(ds, spec.model.input_shape, spec.model.num_classes)
     parts = data_mod.split(ds, test_fraction=spec.data.validation_split, seed=spec.training.seed)
     x_train, y_train = parts.x_train, parts.y_train
@@ -150,7 +184,7 @@ def run(cfg, *, log) -> tuple[int, dict]:
                                      "maxGradNorm": spec.training.privacy.max_grad_norm,
                                      "device": str(device), "trainingSeconds": round(result.seconds, 2)})
     write_model_dir(model_dir, cfg=cfg, result=result, ev=ev, gates=gates, raw_scale=ds.raw_scale,
-                    sanitization=san, report_html=report, x_train=x_train)
+                    sanitization=san, report_html=report, x_train=x_train, table=table)
     sig = out / signing.SIGNATURE_NAME
     rt = cfg.signing
     token = pathlib.Path(rt.identity_token_path).read_text().strip() if rt.identity_token_path else None

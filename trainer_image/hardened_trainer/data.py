@@ -74,9 +74,15 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, source: str) -> Dataset
     images = images.astype(np.float32)
     if not np.isfinite(images).all():
         raise DataError(f"{source}: images contain NaN or Inf")
-    scale = float(images.max()) if images.size else 1.0
-    scale = 1.0 if scale <= 1.0 else (255.0 if scale > 16.0 else 16.0)
-    x = np.clip(images / scale, 0.0, 1.0).astype(np.float32)
+    lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 1.0)
+    if lo >= 0.0 and hi <= 1.0:
+        scale = 1.0
+    elif lo >= 0.0 and hi <= 255.0 and np.equal(np.mod(images, 1), 0).all():
+        scale = 16.0 if hi <= 16.0 else 255.0  # raw pixels: sklearn's digits (0-16) or 8-bit images
+    else:  # never rescaled silently (issue 15: transaction amounts were divided by 255 and clipped)
+        raise DataError(f"{source}: values span {lo:g}..{hi:g}; image data is pixels in [0, 1] or whole numbers "
+                        "0-255. For other data set spec.data.format: tabular with its features")
+    x = (images / scale).astype(np.float32)
     return Dataset(x=x, y=labels.astype(np.int64), raw_scale=scale, source=source)
 
 
@@ -125,6 +131,11 @@ def load_dataset(source: str, *, s3_client=None, max_samples: int | None = None,
         ds = _load_s3(source, s3_client)
     else:
         raise DataError(f"{source}: unsupported data source (builtin:digits, file://, s3://)")
+    return subsample(ds, max_samples, seed)
+
+
+def subsample(ds: Dataset, max_samples: int | None, seed: int) -> Dataset:
+    """spec.data.maxSamples: a fixed-seed random subset."""
     if max_samples is not None and len(ds) > max_samples:
         keep = np.random.default_rng(seed).permutation(len(ds))[:max_samples]
         ds = Dataset(x=ds.x[keep], y=ds.y[keep], raw_scale=ds.raw_scale, source=ds.source)

@@ -24,6 +24,36 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class TabularPreprocess(nn.Module):
+    """The first layers of a tabular model: numbers standardized with the training split's mean and standard
+    deviation, categories (given as vocabulary indices) one-hot encoded. Statistics are buffers, saved with
+    the weights and recorded in model.json (as Normalize's are), so a served model needs nothing else. No
+    parameters: Opacus sees only the MLP behind it. The gradient reaches the number columns only."""
+
+    def __init__(self, features: list[dict], mean: list[float] | None = None, std: list[float] | None = None):
+        super().__init__()
+        numeric = [j for j, f in enumerate(features) if f["type"] != "category"]
+        categorical = [j for j, f in enumerate(features) if f["type"] == "category"]
+        self.sizes = [len(features[j]["vocabulary"]) for j in categorical]
+        n = len(numeric)
+        self.register_buffer("numeric", torch.tensor(numeric, dtype=torch.long))
+        self.register_buffer("categorical", torch.tensor(categorical, dtype=torch.long))
+        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * n, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std if std is not None else [1.0] * n, dtype=torch.float32))
+        self.out_features = n + sum(self.sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [(x[:, self.numeric] - self.mean) / self.std]
+        for k, size in enumerate(self.sizes):
+            index = x[:, self.categorical[k]].round().long().clamp(0, size - 1)
+            parts.append(nn.functional.one_hot(index, size).to(x.dtype))
+        return torch.cat(parts, dim=1)
+
+
+def _tabular_mlp(encoded: int, num_classes: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(encoded, 64), nn.Tanh(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, num_classes))
+
+
 def _cnn_28x28(input_shape: list[int], num_classes: int) -> nn.Module:
     c = input_shape[0]
     return nn.Sequential(
@@ -60,14 +90,25 @@ REGISTRY: dict[str, Callable[[list[int], int], nn.Module]] = {
 
 
 def build_model(architecture: str, input_shape: list[int], num_classes: int, *,
-                mean: float = 0.0, std: float = 1.0, check_dp: bool = True) -> nn.Module:
-    """Build ``Normalize(mean, std) -> architecture``; unknown names list the valid ones.
+                mean: float | list[float] = 0.0, std: float | list[float] = 1.0, features: list[dict] | None = None,
+                check_dp: bool = True) -> nn.Module:
+    """Build ``Normalize(mean, std) -> architecture``, or for ``tabular-mlp`` ``TabularPreprocess(features,
+    per-feature mean, std) -> MLP``; unknown names list the valid ones. ``features``: [{name, type,
+    vocabulary}] in model order (spec.data.features, or model.json's ``tabular.features`` in the server).
 
     ``check_dp`` runs Opacus' ModuleValidator (the trainer); the server image has no Opacus.
     """
-    if architecture not in REGISTRY:
-        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(REGISTRY)}")
-    net = nn.Sequential(Normalize(mean, std), REGISTRY[architecture](list(input_shape), num_classes))
+    if architecture == "tabular-mlp":
+        if not features or len(features) != int(input_shape[0]):
+            raise ValueError(f"tabular-mlp needs one feature description per input column ({input_shape}), "
+                             f"got {len(features or [])}")
+        pre = TabularPreprocess(features, mean if isinstance(mean, list) else None,
+                                std if isinstance(std, list) else None)
+        net = nn.Sequential(pre, _tabular_mlp(pre.out_features, num_classes))
+    elif architecture not in REGISTRY:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted([*REGISTRY, 'tabular-mlp'])}")
+    else:
+        net = nn.Sequential(Normalize(mean, std), REGISTRY[architecture](list(input_shape), num_classes))
     if not check_dp:
         return net
     from opacus.validators import ModuleValidator

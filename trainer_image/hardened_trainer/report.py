@@ -54,6 +54,25 @@ def _plots(ev: Evaluation, history: list[dict]) -> dict[str, str]:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Membership inference ROC")
     ax.grid(alpha=0.3)
     plots["mia-roc"] = _png(fig)
+
+    if ev.positive is not None:  # tabular: the positive class (data.positiveClass)
+        pos = ev.positive
+        fig, ax = plt.subplots(figsize=(4.4, 3.4))
+        ax.plot([p[0] for p in pos["prCurve"]], [p[1] for p in pos["prCurve"]], label=f"PR-AUC {pos['prAUC']:.3f}")
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
+               title="Precision-recall, positive class")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+        plots["pr-curve"] = _png(fig)
+        fig, ax = plt.subplots(figsize=(3.6, 3.2))
+        matrix = pos["confusionMatrix"]
+        ax.imshow(matrix, cmap="Blues")
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, str(matrix[i][j]), ha="center", va="center", color="black")
+        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["negative", "positive"],
+               yticklabels=["negative", "positive"], xlabel="predicted", ylabel="true", title="Confusion matrix")
+        plots["confusion-matrix"] = _png(fig)
     return plots
 
 

@@ -80,13 +80,49 @@ def eps_step_for(eps: float, eps_step: float | None, max_iter: int) -> float:
     return eps_step if eps_step is not None else 2.5 * eps / max_iter
 
 
+def class_weights(spec: HardenedModelSpec, y_train: np.ndarray) -> torch.Tensor | None:
+    """training.classWeights as loss weights, scaled so that the largest is 1.
+
+    balanced is n_samples / (n_classes * count) per class (scikit-learn's rule). Only the ratios matter, and
+    scaling down rather than up is what lets them act under DP-SGD: a per-sample gradient is clipped to
+    maxGradNorm *after* the weight applies, so a weight of 125 on the rare class changes nothing once its
+    gradients are clipped anyway, while a weight of 0.008 on the common class shrinks its gradients below
+    the clip (the sensitivity stays maxGradNorm: every weight is at most 1). Without DP-SGD the mean loss
+    divides by the batch's weights, so the scale does not matter there."""
+    t, k = spec.training, spec.model.num_classes
+    if t.class_weights in (None, "none"):
+        return None
+    if t.class_weights == "balanced":
+        counts = np.bincount(y_train, minlength=k).astype(np.float64)
+        w = np.where(counts > 0, len(y_train) / (k * np.maximum(counts, 1)), 1.0)
+    else:
+        values = t.class_weight_values or {}
+        unknown = sorted(set(values) - {str(c) for c in range(k)})
+        if unknown:
+            raise ValueError(f"spec.training.classWeightValues: classes {unknown} do not exist (0..{k - 1})")
+        w = np.array([float(values.get(str(c), 1.0)) for c in range(k)])
+    return torch.tensor(w / w.max(), dtype=torch.float32)
+
+
+def _model_args(spec: HardenedModelSpec, x_train: np.ndarray) -> dict:
+    """Normalization statistics (scalars for images, per number column for tabular data) and the schema."""
+    if spec.model.architecture != "tabular-mlp":
+        return {"mean": float(x_train.mean()), "std": float(x_train.std() or 1.0)}
+    from .tabular import feature_dicts
+
+    numeric = [j for j, f in enumerate(spec.data.features) if f.type != "category"]
+    std = x_train[:, numeric].std(0)
+    return {"mean": [float(v) for v in x_train[:, numeric].mean(0)],
+            "std": [float(v) if v > 0 else 1.0 for v in std], "features": feature_dicts(spec.data.features)}
+
+
 def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, device: torch.device,
           log: Callable[..., None] = json_log) -> TrainResult:
     t = spec.training
     gen = seed_everything(t.seed)
-    mean, std = float(x_train.mean()), float(x_train.std() or 1.0)
+    margs = _model_args(spec, x_train)
     model = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes,
-                        mean=mean, std=std).to(device)
+                        **margs).to(device)
     dataset = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, generator=gen)
     if t.optimizer == "adam":
@@ -94,7 +130,8 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=0.9)
 
-    criterion = nn.CrossEntropyLoss()
+    weights = class_weights(spec, y_train)
+    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     engine = None
     noise_multiplier = None
     attack_view = model
@@ -117,6 +154,17 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
 
     adv = t.adversarial
     step = eps_step_for(adv.eps, adv.eps_step, adv.max_iter)
+    # the attack's reach: [0, 1] pixels for images; for tabular data per feature (mutable columns only, in
+    # standard deviations, within each feature's bounds, integers whole)
+    eps_a, step_a, clip, integer = adv.eps, step, (0.0, 1.0), None
+    if spec.model.architecture == "tabular-mlp":
+        from .tabular import constraints
+
+        c = constraints(spec.data.features, x_train)
+        eps_a = torch.from_numpy(c.radius(adv.eps)).to(device)
+        step_a = torch.from_numpy(c.radius(step)).to(device)
+        clip = (torch.from_numpy(c.low).to(device), torch.from_numpy(c.high).to(device))
+        integer = torch.from_numpy(c.integer).to(device)
     history = []
     start = time.perf_counter()
     for epoch in range(1, t.epochs + 1):
@@ -131,10 +179,11 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
                     model.disable_hooks()
                 try:
                     if adv.attack == "fgsm":
-                        x_adv = attacks.fgsm(attack_view, xb[:n_adv], yb[:n_adv], eps=adv.eps)
+                        x_adv = attacks.fgsm(attack_view, xb[:n_adv], yb[:n_adv], eps=eps_a, clip=clip,
+                                             integer=integer)
                     else:
-                        x_adv = attacks.pgd(attack_view, xb[:n_adv], yb[:n_adv], eps=adv.eps, eps_step=step,
-                                            max_iter=adv.max_iter, generator=gen)
+                        x_adv = attacks.pgd(attack_view, xb[:n_adv], yb[:n_adv], eps=eps_a, eps_step=step_a,
+                                            max_iter=adv.max_iter, generator=gen, clip=clip, integer=integer)
                 finally:
                     if engine is not None:
                         model.enable_hooks()
@@ -157,7 +206,7 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
         history.append(record)
         log("epoch", **record)
 
-    plain = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes, mean=mean, std=std)
+    plain = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes, **margs)
     source = model._module if engine is not None else model
     plain.load_state_dict({k: v.detach().cpu() for k, v in source.state_dict().items()})
     plain.eval()
