@@ -11,6 +11,12 @@ from dataclasses import dataclass
 from .spec import GatesSection
 
 
+# The signed figures that the verification result, status.metrics and the operator's gauges carry (the gates
+# read them); the last five exist for tabular models only (the positive class, data.positiveClass).
+STATUS_METRICS = ("cleanAccuracy", "robustAccuracy", "epsilon", "membershipAUC",
+                  "recall", "precision", "prAUC", "balancedAccuracy", "robustRecall")
+
+
 @dataclass
 class GateResult:
     gate: str

@@ -77,6 +77,7 @@ class UpResult:
     gates_passed: bool = True
     warnings: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
+    example_row: list[float] | None = None  # tabular: the training means, for the printed example request
 
 
 def _free_port() -> int:
@@ -291,7 +292,9 @@ class LocalRunner:
         return UpResult(url=url, api_key_file=keys, report=version_dir / MODEL_DIR_NAME / "report.html",
                         metrics=verdict.get("metrics", {}), digest=digest, version=version, trained=trained,
                         gates_passed=verdict.get("gatesPassed", True) is not False, warnings=self.warnings,
-                        pids={n: p.pid for n, p in self.procs.items()})
+                        pids={n: p.pid for n, p in self.procs.items()},
+                        example_row=json.loads((version_dir / MODEL_DIR_NAME / "model.json").read_text()).get(
+                            "inputStats", {}).get("mean") if self.model.spec.data.format == "tabular" else None)
 
 
 def stop_from_state(state_file: pathlib.Path, timeout: float = 15.0) -> list[str]:

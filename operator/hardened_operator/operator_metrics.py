@@ -24,6 +24,19 @@ class OperatorMetrics:
                                      "evaluated attacks) of the verified version", ["namespace", "name"], **kw)
         self.membership_auc = Gauge("hardened_operator_model_membership_auc", "Membership-inference attack AUC "
                                     "against the verified version", ["namespace", "name"], **kw)
+        # tabular models: the positive class (data.positiveClass), the figures its gates read
+        self.positive = {key: Gauge(f"hardened_operator_model_{name}", f"{text} of the positive class of the "
+                                    "verified version (tabular models)", ["namespace", "name"], **kw)
+                         for key, name, text in (("recall", "recall", "Recall"),
+                                                 ("precision", "precision", "Precision"),
+                                                 ("prAUC", "pr_auc", "Area under the precision-recall curve"),
+                                                 ("balancedAccuracy", "balanced_accuracy", "Balanced accuracy"),
+                                                 ("robustRecall", "robust_recall", "Recall under the attacks"))}
+
+    def model_gauges(self) -> dict:
+        """status.metrics key -> its gauge."""
+        return {"epsilon": self.epsilon, "cleanAccuracy": self.clean_accuracy, "robustAccuracy": self.robust_accuracy,
+                "membershipAUC": self.membership_auc, **self.positive}
 
 
 METRICS = OperatorMetrics()

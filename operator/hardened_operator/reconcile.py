@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 
+from .gates import STATUS_METRICS
 from .manifests import monitoring, objects
 from .manifests.trainer_config import training_version
 from .signing import SIGNATURE_NAME, generate_key_pem
@@ -226,7 +227,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
     elif prev_fail and not (phase == "Serving" and serving_current):
         last_failure = prev_fail  # kept until a later version succeeds
     # rounded for display (`kubectl get hm` prints status as stored); the signed metrics.json keeps every digit
-    metrics = {k: round(vm["metrics"][k], 4) for k in ("cleanAccuracy", "robustAccuracy", "epsilon", "membershipAUC")
+    metrics = {k: round(vm["metrics"][k], 4) for k in STATUS_METRICS
                if vm.get("metrics", {}).get(k) is not None} if verified and vm.get("metrics") else None
     uri, _ = objects.version_location(model)
     status = build_status(
@@ -398,8 +399,7 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
     elif decision.failure == "verification":
         metrics.verification_failures.labels(model.metadata.namespace, model.metadata.name).inc()
     figures = decision.status.get("metrics") or {}
-    for key, gauge in (("epsilon", metrics.epsilon), ("cleanAccuracy", metrics.clean_accuracy),
-                       ("robustAccuracy", metrics.robust_accuracy), ("membershipAUC", metrics.membership_auc)):
+    for key, gauge in metrics.model_gauges().items():
         if figures.get(key) is not None:
             gauge.labels(model.metadata.namespace, model.metadata.name).set(figures[key])
     if rejected:

@@ -47,6 +47,12 @@ class MetricsStatus(_Status):
     robust_accuracy: float | None = None
     epsilon: float | None = Field(default=None, description="Privacy budget spent; absent without DP-SGD.")
     membership_auc: float | None = Field(default=None, alias="membershipAUC")
+    # tabular models: the positive class (data.positiveClass), the figures its gates read
+    recall: float | None = None
+    precision: float | None = None
+    pr_auc: float | None = Field(default=None, alias="prAUC")
+    balanced_accuracy: float | None = None
+    robust_recall: float | None = None
 
 
 class ArtifactStatus(_Status):

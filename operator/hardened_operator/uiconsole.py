@@ -79,13 +79,16 @@ class UpConsole:
         t.add_row("privacy", f"ε = {_fmt(m.get('epsilon'))}, δ = {spec.training.privacy.target_delta}"
                   if spec.training.privacy.enabled else "not trained with DP-SGD")
         t.add_row("membership AUC", _fmt(m.get("membershipAUC")) + "  (0.5 = chance)")
+        if m.get("recall") is not None:  # tabular: the positive class (data.positiveClass)
+            t.add_row(f"class {spec.data.positive_class!r}",
+                      f"recall {_fmt(m.get('recall'))}, precision {_fmt(m.get('precision'))}, PR-AUC "
+                      f"{_fmt(m.get('prAUC'))}, robust recall {_fmt(m.get('robustRecall'))}")
         t.add_row("signature", f"verified, digest {r.digest}")
         t.add_row("gates", "passed" if r.gates_passed else "[bold yellow]FAILED[/] (served: signing.mode Warn)")
         t.add_row("endpoint", f"{r.url}/v2/models/{self.model.metadata.name}/infer")
         t.add_row("API key file", str(r.api_key_file))
         t.add_row("report", str(r.report))
-        example = {"inputs": [{"name": "input", "shape": [1, *spec.model.input_shape], "datatype": "FP32",
-                               "data": [0.0] * _size(spec.model.input_shape)}]}
+        example = example_request(spec, r.example_row)
         curl = (f"curl -s -H \"Authorization: Bearer $(head -1 {r.api_key_file})\" -H 'Content-Type: application/json' "
                 f"{r.url}/v2/models/{self.model.metadata.name}/infer -d '{json.dumps(example)}'")
         self.console.print(Panel(t, title="hardened-model up: serving", border_style="green"))
@@ -100,3 +103,22 @@ def _size(shape) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def example_request(spec, row: list[float] | None = None) -> dict:
+    """A request the endpoint accepts: zeros for an image model; for a tabular model one named input per
+    feature, with ``row`` (numbers; a category as its vocabulary index), e.g. the training means."""
+    if spec.data.format != "tabular":
+        return {"inputs": [{"name": "input", "shape": [1, *spec.model.input_shape], "datatype": "FP32",
+                            "data": [0.0] * _size(spec.model.input_shape)}]}
+    inputs = []
+    for j, f in enumerate(spec.data.features):
+        value = row[j] if row else 0.0
+        if f.type == "category":
+            inputs.append({"name": f.name, "shape": [1], "datatype": "BYTES",
+                           "data": [f.vocabulary[int(round(value))]]})
+        else:
+            v = round(value) if f.type == "integer" else round(value, 4)
+            inputs.append({"name": f.name, "shape": [1], "datatype": "INT64" if f.type == "integer" else "FP64",
+                           "data": [v]})
+    return {"inputs": inputs}

@@ -30,6 +30,7 @@ class ModelShape(BaseModel):
     input_shape: list[int] = Field(min_length=1, max_length=4)
     num_classes: int = Field(ge=2)
     labels: list[str]
+    tabular: bool = False  # the validation sidecar then checks features from model.json (hardened_server.tabular)
 
 
 class ServingConfig(BaseModel):

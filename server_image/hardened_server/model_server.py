@@ -79,7 +79,11 @@ def load_verified(model_dir: pathlib.Path, signature: pathlib.Path, policy: Trus
         blobs[name] = blob
     meta = json.loads(blobs["model.json"])
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    module = build_model(meta["architecture"], meta["inputShape"], meta["numClasses"], check_dp=False)
+    try:  # a tabular model's first layers are built from its recorded schema (their statistics are weights)
+        module = build_model(meta["architecture"], meta["inputShape"], meta["numClasses"], check_dp=False,
+                             features=(meta.get("tabular") or {}).get("features"))
+    except ValueError as exc:
+        raise RefusedModel(f"model.json does not describe a model this server builds: {exc}") from None
     try:
         module.load_state_dict(safetensors.torch.load(blobs["model.safetensors"]), strict=True)
     except (RuntimeError, KeyError) as exc:

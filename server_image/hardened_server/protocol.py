@@ -89,6 +89,15 @@ def _check_parameters(params, field: str) -> None:
 
 def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits = Limits()) -> InferRequest:
     doc = loads(body)
+    req_id, inputs = parse_envelope(doc)
+    if len(inputs) != 1:
+        raise InvalidInput("inputs must be a list holding exactly one tensor", field="inputs")
+    return InferRequest(id=req_id, x=parse_tensor(inputs[0], body, "inputs[0]", input_shape=input_shape,
+                                                  limits=limits))
+
+
+def parse_envelope(doc: object, max_inputs: int = 1) -> tuple[str | None, list]:
+    """The request around the tensors: id, parameters, requested outputs, and the list of inputs."""
     if not isinstance(doc, dict):
         raise InvalidInput("request must be a JSON object", field="body")
     extra = set(doc) - _ALLOWED_REQUEST_KEYS
@@ -107,10 +116,15 @@ def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits =
                 raise InvalidInput("each requested output is an object with a string name", field=f"outputs[{i}]")
             _check_parameters(out.get("parameters"), f"outputs[{i}].parameters")
     inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1:
-        raise InvalidInput("inputs must be a list holding exactly one tensor", field="inputs")
-    tensor = inputs[0]
-    f = "inputs[0]"
+    if not isinstance(inputs, list) or not 1 <= len(inputs) <= max_inputs:
+        raise InvalidInput("inputs must be a list holding exactly one tensor" if max_inputs == 1 else
+                           f"inputs must be a list of 1 to {max_inputs} tensors", field="inputs")
+    return req_id, inputs
+
+
+def parse_tensor(tensor: object, body: bytes, f: str, *, input_shape: list[int], limits: Limits = Limits(),
+                 datatypes: dict = DATATYPES) -> np.ndarray:
+    """One numeric tensor of shape [batch, *input_shape], as float32, every rejection naming ``f``."""
     if not isinstance(tensor, dict):
         raise InvalidInput("tensor must be an object", field=f)
     extra = set(tensor) - _ALLOWED_INPUT_KEYS
@@ -120,8 +134,8 @@ def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits =
         raise InvalidInput("name must be a string", field=f"{f}.name")
     _check_parameters(tensor.get("parameters"), f"{f}.parameters")
     dtype = tensor.get("datatype")
-    if not isinstance(dtype, str) or dtype not in DATATYPES:
-        raise InvalidInput(f"datatype must be one of {sorted(DATATYPES)}, got {dtype!r}", field=f"{f}.datatype")
+    if not isinstance(dtype, str) or dtype not in datatypes:
+        raise InvalidInput(f"datatype must be one of {sorted(datatypes)}, got {dtype!r}", field=f"{f}.datatype")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not shape
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
@@ -158,7 +172,7 @@ def parse_infer_request(body: bytes, *, input_shape: list[int], limits: Limits =
         raise InvalidInput(f"value {float(x.min())} is below the minimum {limits.min_value}", field=f"{f}.data")
     if limits.max_value is not None and x.max() > limits.max_value:
         raise InvalidInput(f"value {float(x.max())} is above the maximum {limits.max_value}", field=f"{f}.data")
-    return InferRequest(id=req_id, x=x32)
+    return x32
 
 
 def encode_request(req: InferRequest, name: str = "input") -> bytes:

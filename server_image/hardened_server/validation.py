@@ -26,6 +26,7 @@ from .common import (BODY_TIMEOUT_SECONDS, InvalidInput, NotFound, ServingConfig
 from .metrics import METRICS
 from .protocol import Limits, dumps, encode_request, parse_infer_request
 from .proxy import Upstream
+from .tabular import TabularSchema
 
 ABSTAIN = "abstain"
 
@@ -82,7 +83,9 @@ def harden_output(body: dict, cfg: ServingConfig) -> tuple[dict, int]:
 
 
 def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger, ood: OodScorer | None = None,
-              body_timeout: float = BODY_TIMEOUT_SECONDS) -> web.Application:
+              body_timeout: float = BODY_TIMEOUT_SECONDS, tabular: TabularSchema | None = None) -> web.Application:
+    """``tabular``: the verified model's feature schema (model.json), for a tabular model: every request is then
+    checked feature by feature (hardened_server.tabular) instead of against one value range."""
     v = cfg.validation
     limits = Limits(max_batch_size=v.max_batch_size, min_value=v.min_value, max_value=v.max_value)
     if v.ood_threshold is not None and ood is None:
@@ -107,7 +110,8 @@ def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
         if ctype not in ("application/json", ""):
             raise InvalidInput(f"Content-Type must be application/json, got {ctype!r}", field="Content-Type")
         body = await read_body(request, v.max_body_bytes, body_timeout)
-        req = parse_infer_request(body, input_shape=cfg.model.input_shape, limits=limits)
+        req = (tabular.parse(body, limits) if tabular is not None else
+               parse_infer_request(body, input_shape=cfg.model.input_shape, limits=limits))
         if ood is not None:
             scores = ood.score(req.x)
             worst = int(scores.argmax())
@@ -148,7 +152,13 @@ async def run(args) -> int:
     try:
         cfg = load_serving_config(args.config)
         ood = OodScorer.from_model_dir(pathlib.Path(args.model_dir)) if args.model_dir else None
-        app = build_app(cfg, Upstream(args.upstream), logger=logger, ood=ood, body_timeout=args.body_timeout)
+        tabular = (TabularSchema.from_model_dir(pathlib.Path(args.model_dir), cfg.validation.range_tolerance)
+                   if args.model_dir else None)
+        if cfg.model.tabular and tabular is None:
+            raise ValueError("a tabular model's requests are checked against its verified features: --model-dir "
+                             "must name a model/ folder whose model.json has them")
+        app = build_app(cfg, Upstream(args.upstream), logger=logger, ood=ood, body_timeout=args.body_timeout,
+                        tabular=tabular)
     except (ConfigError, ValueError, OSError) as exc:
         log_fields(logger, logging.ERROR, "bad configuration", error=str(exc))
         return 2

@@ -16,7 +16,7 @@ from hardened_operator.signing import MODEL_DIR_NAME, SIGNATURE_NAME, TrustPolic
 
 
 def verify(args) -> tuple[int, dict]:
-    from hardened_operator.gates import check_gates
+    from hardened_operator.gates import STATUS_METRICS, check_gates
     from hardened_operator.spec import GatesSection
 
     root = pathlib.Path(args.artifact)
@@ -47,7 +47,7 @@ def verify(args) -> tuple[int, dict]:
         out.update(verified=False, reason=f"digest {res.digest} is not the pinned {args.expect_digest}")
         return 3, out
     metrics = json.loads((root / MODEL_DIR_NAME / "metrics.json").read_text())
-    out["metrics"] = {k: metrics.get(k) for k in ("cleanAccuracy", "robustAccuracy", "epsilon", "membershipAUC")}
+    out["metrics"] = {k: metrics.get(k) for k in STATUS_METRICS if k in metrics or k in STATUS_METRICS[:4]}
     out.pop("files", None)
     if args.gates:
         try:

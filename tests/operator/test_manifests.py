@@ -207,7 +207,7 @@ def test_s3_versions_are_downloaded_by_the_init_container():
     dep = build_deployment(model("eks-s3-irsa"), digest="cd" * 32, version="v1")
     (init,) = dep["spec"]["template"]["spec"]["initContainers"]
     uri = init["args"][init["args"].index("--uri") + 1]
-    assert uri.startswith("s3://acme-ml-models/hardened/fraud-mnist/fraud-mnist-eks/")
+    assert uri.startswith("s3://acme-ml-models/hardened/mnist/mnist-eks/")
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "hardened-model-irsa"
 
 

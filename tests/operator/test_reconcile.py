@@ -132,8 +132,8 @@ def test_s3_downloads_are_pinned_to_the_object_versions_the_trainer_uploaded():
     doc = example("eks-s3-irsa")
     doc["metadata"].update(uid="u-1", generation=1)
     m = parse_manifest(doc)
-    ids = {"hardened/fraud-mnist/fraud-mnist-eks/v/model.sig": "sigV1",
-           "hardened/fraud-mnist/fraud-mnist-eks/v/model/model.safetensors": "wV1"}
+    ids = {"hardened/mnist/mnist-eks/v/model.sig": "sigV1",
+           "hardened/mnist/mnist-eks/v/model/model.safetensors": "wV1"}
     trained = Observed(train_job=job("Complete"), train_message={"gatesPassed": True, "versionIds": ids})
     verify = next(o for o in decide(m, trained, {}, now=NOW).ensure if o["kind"] == "Job")
     args = verify["spec"]["template"]["spec"]["containers"][0]["args"]
