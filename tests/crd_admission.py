@@ -104,6 +104,27 @@ class CrdAdmission:
                 errors += self.cel(item, schema["items"], _join(path, i))
         return errors
 
+    def list_map_duplicates(self, value: Any, schema: dict, path: str = "") -> list[tuple[str, str]]:
+        """x-kubernetes-list-type map: a repeated key is refused ("Duplicate value"), before any CEL rule."""
+        import json
+
+        errors = []
+        if isinstance(value, list) and schema.get("x-kubernetes-list-type") == "map":
+            keys, seen = schema["x-kubernetes-list-map-keys"], set()
+            for i, item in enumerate(value):
+                key = json.dumps({k: item.get(k) for k in keys}, separators=(",", ":"))
+                if key in seen:
+                    errors.append((_join(path, i), f"Duplicate value: {key}"))
+                seen.add(key)
+        if isinstance(value, dict):
+            for key, sub in schema.get("properties", {}).items():
+                if key in value:
+                    errors += self.list_map_duplicates(value[key], sub, _join(path, key))
+        elif isinstance(value, list) and "items" in schema:
+            for i, item in enumerate(value):
+                errors += self.list_map_duplicates(item, schema["items"], _join(path, i))
+        return errors
+
     @staticmethod
     def cel_on_default(node: dict) -> list[str]:
         """What the apiserver checks when the CRD is written: the node's CEL rules on its default, as written
@@ -124,6 +145,7 @@ class CrdAdmission:
         if errors:
             return obj, errors
         stored = self.default(self.prune_nulls(copy.deepcopy(obj)), self.schema)
+        errors = self.list_map_duplicates(stored, self.schema)
         for err in self.validator.iter_errors(stored):
             path = ""
             for key in err.absolute_path:

@@ -70,7 +70,9 @@ class TestGeneratedFile:
         cond = status["conditions"]
         assert cond["x-kubernetes-list-type"] == "map" and cond["x-kubernetes-list-map-keys"] == ["type"]
         assert set(cond["items"]["required"]) == {"type", "status", "reason", "lastTransitionTime"}
-        assert set(status["metrics"]["properties"]) == {"cleanAccuracy", "robustAccuracy", "epsilon", "membershipAUC"}
+        assert set(status["metrics"]["properties"]) == {"cleanAccuracy", "robustAccuracy", "epsilon", "membershipAUC",
+                                                        "recall", "precision", "prAUC", "balancedAccuracy",
+                                                        "robustRecall"}
 
 
 class TestStructural:

@@ -492,3 +492,40 @@ async def test_a_child_the_api_server_refuses_fails_the_model_with_its_message_a
         assert "lastFailure" not in status(k8s)
     posted = [req.data for req in k8s[kmock.action.CREATE] if req.resource and "events" in str(req.resource)]
     assert any(e.get("reason") == "ChildRejected" and e.get("type") == "Warning" for e in posted)
+
+
+async def test_the_tabular_example_is_rendered_and_reconciled_to_serving(k8s):
+    """Issue 15: examples/fraud-tabular.yaml through the operator: the trainer config carries the feature schema,
+    the serving config marks the model tabular (the validation sidecar then checks features from the verified
+    model.json), and status and the gauges show the positive-class figures its gates read."""
+    from hardened_operator.operator_metrics import METRICS
+
+    doc = example("fraud-tabular")
+    doc["metadata"]["namespace"] = NS
+    n = job_names(doc)
+    await create_signing_secret(k8s)  # its PVC (the spec generates its own keys)
+    async with runner():
+        await create_model(k8s, doc)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
+        cfg = json.loads(get(k8s.objects, ("v1/configmaps", NS, n["train"]))["data"]["train.json"])
+        assert [f["name"] for f in cfg["spec"]["data"]["features"]][:3] == ["amt", "category", "hour"]
+        assert cfg["spec"]["training"]["classWeights"] == "balanced"
+        await complete_job(k8s, n["train"], {"gatesPassed": True, "digest": DIGEST})
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
+        figures = {"cleanAccuracy": 0.98, "robustAccuracy": 0.97, "epsilon": 2.99, "membershipAUC": 0.5,
+                   "recall": 0.84, "precision": 0.17, "prAUC": 0.4427, "balancedAccuracy": 0.91, "robustRecall": 0.75}
+        await complete_job(k8s, n["verify"], {**VERIFIED, "metrics": figures,
+                                              "name": "fraud-tabular"})
+        dep_key = ("apps/v1/deployments", NS, "fraud-tabular")
+        assert await wait_for(lambda: alive(k8s.objects, dep_key))
+        serving = json.loads(get(k8s.objects, ("v1/configmaps", NS, "fraud-tabular-serving"))["data"]["serving.json"])
+        assert serving["model"]["tabular"] is True and serving["model"]["labels"] == ["legit", "fraud"]
+        assert serving["validation"]["rangeTolerance"] == 0.1
+        validation = next(c for c in get(k8s.objects, dep_key)["spec"]["template"]["spec"]["containers"]
+                          if c["name"] == "validation")
+        assert "--model-dir" in validation["args"]
+        hm = ("hardened.dev/v1alpha1/hardenedmodels", NS, "fraud-tabular")
+        metrics = lambda: ((get(k8s.objects, hm) or {}).get("status") or {}).get("metrics") or {}  # noqa: E731
+        assert await wait_for(lambda: metrics().get("recall") == 0.84), metrics()
+        assert metrics()["prAUC"] == 0.4427 and metrics()["robustRecall"] == 0.75
+        assert METRICS.positive["recall"].labels(NS, "fraud-tabular")._value.get() == 0.84
