@@ -22,7 +22,7 @@ def test_normalization_is_in_the_weights():
 
 
 def test_unknown_architecture_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; choose one of \['cnn-28x28', 'cnn-8x8', 'mlp'\]"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; choose one of \['cnn-28x28', 'cnn-8x8', 'mlp', 'tabular-mlp'\]"):
         build_model("resnet", [1, 8, 8], 10)
 
 
