@@ -28,7 +28,7 @@ def spec_with(overrides: dict, source: str):
 
     from hardened_operator.spec import parse_spec
 
-    spec = merge_patch(example("fraud-tabular")["spec"], overrides)
+    spec = merge_patch(example("fraud-tabular")["spec"], {**overrides, "gates": None})  # gates do not apply here
     spec["data"]["source"] = f"file://{source}"
     return parse_spec(spec)
 

@@ -207,3 +207,34 @@ def test_positive_class_metrics_and_their_gates(fitted):
     never = {**figures, "recall": 0.0, "cleanAccuracy": 0.996}
     assert [(g.gate, g.passed) for g in check_gates(never, gates)] == [("minCleanAccuracy", True),
                                                                        ("minRecall", False)]
+
+
+def test_real_data_breast_cancer_from_a_csv(tmp_path, keys):
+    """The second check, on real data that scikit-learn ships (569 tumours, 30 measurements): the whole
+    trainer from a CSV file, DP-SGD included, with the positive class malignant."""
+    from sklearn.datasets import load_breast_cancer
+
+    from hardened_trainer.__main__ import main
+    from helpers import write_config
+
+    bc = load_breast_cancer()
+    names = [n.replace(" ", "_") for n in bc.feature_names]
+    path = tmp_path / "breast-cancer.csv"
+    rows = [",".join(f"{v:.6g}" for v in x) + f",{bc.target_names[y]}" for x, y in zip(bc.data, bc.target)]
+    path.write_text(",".join(names + ["diagnosis"]) + "\n" + "\n".join(rows) + "\n")
+    doc = example("fraud-tabular")
+    s = doc["spec"]
+    s["model"] = {"architecture": "tabular-mlp", "inputShape": [30], "numClasses": 2, "labels": ["benign", "malignant"]}
+    s["data"].update(source=f"file://{path}", label="diagnosis", positiveClass="malignant",
+                     features=[{"name": n, "type": "number", "min": 0} for n in names])
+    s["training"].update(batchSize=64, epochs=30, learningRate=0.01,
+                         privacy={"enabled": True, "targetEpsilon": 8.0, "targetDelta": 1e-3, "maxGradNorm": 1.0})
+    s["training"]["adversarial"]["eps"] = 0.1
+    s["evaluation"].update(eps=0.1, maxSamples=200)
+    s["gates"] = {"minRecall": 0.85, "minPRAUC": 0.9, "maxEpsilon": 8.0}
+    cfg = write_config(tmp_path, doc, keys[0])
+    assert main(["--config", str(cfg), "--termination-log", str(tmp_path / "term")]) == 0
+    metrics = json.loads((tmp_path / "out/model/metrics.json").read_text())
+    assert metrics["recall"] >= 0.85 and metrics["prAUC"] >= 0.9 and metrics["epsilon"] <= 8.0, metrics
+    assert metrics["positiveClass"]["positives"] == 53  # 212 malignant, 25% held out, stratified
+    print({k: round(metrics[k], 3) for k in ("recall", "precision", "prAUC", "robustRecall", "epsilon")})
