@@ -181,3 +181,35 @@ def test_the_signed_model_records_its_features_and_figures(fraud):
     assert sum(map(sum, metrics["positiveClass"]["confusionMatrix"])) == 5000  # the 25% test split
     report = (version_dirs[0] / "model/report.html").read_text()
     assert "plot-pr-curve" in report and "plot-confusion-matrix" in report
+
+
+@pytest.mark.parametrize("mode, min_confidence, action, expected", [
+    ("probabilities", 0.0, "flag", {"probabilities": [[0.123456, 0.876544], [0.6, 0.4]], "label": ["fraud", "legit"]}),
+    ("rounded", 0.0, "flag", {"probabilities": [[0.12, 0.88], [0.6, 0.4]], "label": ["fraud", "legit"]}),
+    ("label", 0.0, "flag", {"label": ["fraud", "legit"]}),
+    ("label", 0.7, "flag", {"label": ["fraud", "legit"], "low_confidence": [False, True]}),
+    ("rounded", 0.7, "abstain", {"probabilities": [[0.12, 0.88], [0.0, 0.0]], "label": ["fraud", "abstain"],
+                                 "low_confidence": [False, True]}),
+])
+def test_output_modes_work_for_a_binary_model(mode, min_confidence, action, expected):
+    from hardened_server.common import ServingConfig
+    from hardened_server.validation import harden_output
+    from hardened_operator.manifests.serving_config import build_serving_config
+    from hardened_operator.spec import parse_manifest
+
+    doc = example("fraud-tabular")
+    doc["spec"]["serving"]["output"] = {"mode": mode, "decimals": 2, "minConfidence": min_confidence,
+                                        "lowConfidenceAction": action}
+    cfg = ServingConfig.model_validate(build_serving_config(parse_manifest(doc)))
+    body = {"model_name": "fraud-tabular", "outputs": [
+        {"name": "probabilities", "datatype": "FP32", "shape": [2, 2], "data": [0.123456, 0.876544, 0.6, 0.4]},
+        {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["fraud", "legit"]}]}
+    out, _ = harden_output(body, cfg)
+    got = {o["name"]: np.asarray(o["data"], dtype=object if o["datatype"] != "FP32" else np.float32).reshape(
+        o["shape"]).tolist() for o in out["outputs"]}
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        if name == "probabilities":
+            assert np.allclose(got[name], value, atol=1e-6), got[name]
+        else:
+            assert got[name] == value

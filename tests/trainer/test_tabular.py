@@ -238,3 +238,26 @@ def test_real_data_breast_cancer_from_a_csv(tmp_path, keys):
     assert metrics["recall"] >= 0.85 and metrics["prAUC"] >= 0.9 and metrics["epsilon"] <= 8.0, metrics
     assert metrics["positiveClass"]["positives"] == 53  # 212 malignant, 25% held out, stratified
     print({k: round(metrics[k], 3) for k in ("recall", "precision", "prAUC", "robustRecall", "epsilon")})
+
+
+def test_csv_and_parquet_from_s3(tmp_path, moto_server):
+    """s3:// sources, through a real S3 API (moto's server): the same table as from a local file."""
+    import boto3
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="tabular-data")
+    csv = write(tmp_path, GOOD)
+    pq.write_table(pacsv.read_csv(csv), tmp_path / "t.parquet")
+    s3.upload_file(str(csv), "tabular-data", "fraud/t.csv")
+    s3.upload_file(str(tmp_path / "t.parquet"), "tabular-data", "fraud/t.parquet")
+    local = load_table(spec_for(csv).data)
+    for key in ("fraud/t.csv", "fraud/t.parquet"):
+        s = json.loads(json.dumps(FRAUD))
+        s["data"]["source"] = f"s3://tabular-data/{key}"
+        table = load_table(parse_spec(s).data, s3_client=s3)
+        assert np.array_equal(table.x, local.x) and np.array_equal(table.y, local.y)
+    s["data"]["source"] = "s3://tabular-data/fraud/missing.csv"
+    with pytest.raises(DataError, match="s3://tabular-data/fraud/missing.csv: S3 error NoSuchKey"):
+        load_table(parse_spec(s).data, s3_client=s3)
