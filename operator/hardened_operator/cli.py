@@ -80,23 +80,14 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 
 def _peering_lookup(name: str, namespaces: list[str] | None) -> bool:
-    """Whether the peering object exists, read with the credentials kopf will use (in-cluster, else kubeconfig).
-    A 403 (the chart's standalone RBAC grants no peering access) counts as absent."""
+    """Whether the peering object exists, read with the credentials kopf will use."""
     import kubernetes
-    from kubernetes.client.exceptions import ApiException
 
     from . import peering
+    from .kube import load_config
 
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    try:
-        return peering.exists(kubernetes.client.ApiClient(), name, namespaces)
-    except ApiException as exc:
-        if exc.status == 403:
-            return False
-        raise
+    load_config()
+    return peering.exists(kubernetes.client.ApiClient(), name, namespaces)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -33,9 +33,8 @@ def login(**kwargs):
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger, **_):
-    import kubernetes
-
     from hardened_operator import peering
+    from hardened_operator.kube import load_config
 
     if peering.CHOSEN is not None:
         logger.info(f"Peering: {peering.CHOSEN.note}")
@@ -47,10 +46,7 @@ def configure(settings: kopf.OperatorSettings, logger, **_):
     # HA mode: a replica that dies without stopping is replaced once its alive-record expires; kopf renews it
     # 5-10 s before that (one PATCH per replica every ~20-25 s instead of ~50-55 s with kopf's 60 s default)
     settings.peering.lifetime = peering.LIFETIME_SECONDS
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+    load_config()
     _CLIENT.clear()  # made on the first pass, from the configuration just loaded
     if METRICS_PORT:
         from prometheus_client import start_http_server

@@ -34,6 +34,14 @@ _CUSTOM = {"ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
 IMMUTABLE = {"Job", "Pod"}
 
 
+def load_config() -> None:
+    """The credentials kopf's login uses too: the pod's service account in a cluster, else the kubeconfig."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
 class Conflict(Exception):
     """A write that must be retried by a later pass (the caller turns it into a kopf TemporaryError)."""
 

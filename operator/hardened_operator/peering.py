@@ -59,7 +59,8 @@ def how_to_create(name: str, namespaces: list[str] | None) -> str:
 
 
 def exists(api_client, name: str, namespaces: list[str] | None) -> bool:
-    """Whether the peering object exists (in every watched namespace); False when its CRD is missing too."""
+    """Whether the peering object exists (in every watched namespace); False when its CRD is missing too, and
+    when reading it is forbidden (the chart's standalone RBAC grants no peering access)."""
     import kubernetes
     from kubernetes.client.exceptions import ApiException
 
@@ -70,7 +71,7 @@ def exists(api_client, name: str, namespaces: list[str] | None) -> bool:
         for ns in namespaces or []:
             api.get_namespaced_custom_object(GROUP, VERSION, ns, "kopfpeerings", name)
     except ApiException as exc:
-        if exc.status == 404:
+        if exc.status in (403, 404):
             return False
         raise
     return True

@@ -68,11 +68,6 @@ def rollout_complete(dep: dict | None, desired: dict | None, replicas: int) -> t
     return current and updated >= replicas and total <= updated and available >= updated and ready >= replicas, ready
 
 
-def _ready_pod(pod: dict) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
 def retry_seconds(default: float) -> float:
     """How long kopf waits before retrying a pass; HARDENED_RETRY_SECONDS overrides every default (tests)."""
     return float(os.environ.get("HARDENED_RETRY_SECONDS", default))
@@ -169,7 +164,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
     serving_digest = target[0] if target else None
     ready_dep, ready_replicas = rollout_complete(dep, desired_dep, spec.serving.replicas)
     serving_current = target is not None and target[1] == version
-    problems = pod_problems([p for p in obs.serving_pods if not _ready_pod(p)]) if target and not ready_dep else []
+    problems = pod_problems(obs.serving_pods) if target and not ready_dep else []
     keeps = f"; {ready_replicas} ready pod(s) of the previous rollout keep serving" if ready_replicas else ""
     if target is None:
         serve_cond = ("False", "NotDeployed", "no verified version yet")
@@ -379,9 +374,10 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
         try:
             result = kube.ensure(obj)
         except ApiException as exc:
-            if not rejection(exc):
+            refused = rejection(exc)
+            if not refused:
                 raise  # 409, 429, 5xx, a dropped connection: kopf retries the pass
-            rejected.append(f"{obj['kind']} {obj['metadata']['name']}: {rejection(exc)}")
+            rejected.append(f"{obj['kind']} {obj['metadata']['name']}: {refused}")
             continue
         if result != "unchanged":
             event("Normal", result.title(), f"{obj['kind']} {obj['metadata']['name']} {result}")

@@ -753,7 +753,8 @@ def parse_spec(data: Any, *, path: str = "spec") -> HardenedModelSpec:
         spec = HardenedModelSpec.model_validate(prune_nulls(data))
     except ValidationError as err:
         raise SpecError(_problems(err, path)) from None
-    problems = _duplicate_keys(to_wire(spec), path) or _walk_cel(HardenedModelSpec, to_wire(spec), path)
+    wire = to_wire(spec)
+    problems = _duplicate_keys(wire, path) or _walk_cel(HardenedModelSpec, wire, path)
     if problems:
         raise SpecError(problems)
     return spec

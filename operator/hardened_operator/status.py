@@ -161,12 +161,15 @@ def pod_problems(pods: list[dict]) -> list[tuple[str, str]]:
     """Why serving pods are not ready, as (reason, message), worst first: a verify-model init container that
     refused the artifact (ArtifactRefused), a pod the scheduler cannot place (Unschedulable), an image that
     cannot be pulled (ImagePullFailed), a crashing container (CrashLoopBackOff). The Deployment only says
-    "0/1 ready"; these are what `kubectl describe pod` would show (issue 14)."""
+    "0/1 ready"; these are what `kubectl describe pod` would show (issue 14). Ready pods have none (an old
+    failure of theirs, kept in lastState, is over), nor do pods on their way out."""
     found: list[tuple[int, str, str]] = []
     for pod in pods:
         name = (pod.get("metadata") or {}).get("name", "?")
         st = pod.get("status") or {}
-        if (pod.get("metadata") or {}).get("deletionTimestamp") or st.get("phase") in ("Succeeded", "Failed"):
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+        if ready or (pod.get("metadata") or {}).get("deletionTimestamp") or st.get("phase") in ("Succeeded",
+                                                                                                  "Failed"):
             continue
         for cs in st.get("initContainerStatuses") or []:
             term = _terminated(cs)

@@ -122,8 +122,8 @@ def parse_envelope(doc: object, max_inputs: int = 1) -> tuple[str | None, list]:
     return req_id, inputs
 
 
-def parse_tensor(tensor: object, body: bytes, f: str, *, input_shape: list[int], limits: Limits = Limits(),
-                 datatypes: dict = DATATYPES) -> np.ndarray:
+def parse_tensor(tensor: object, body: bytes, f: str, *, input_shape: list[int],
+                 limits: Limits = Limits()) -> np.ndarray:
     """One numeric tensor of shape [batch, *input_shape], as float32, every rejection naming ``f``."""
     if not isinstance(tensor, dict):
         raise InvalidInput("tensor must be an object", field=f)
@@ -134,8 +134,8 @@ def parse_tensor(tensor: object, body: bytes, f: str, *, input_shape: list[int],
         raise InvalidInput("name must be a string", field=f"{f}.name")
     _check_parameters(tensor.get("parameters"), f"{f}.parameters")
     dtype = tensor.get("datatype")
-    if not isinstance(dtype, str) or dtype not in datatypes:
-        raise InvalidInput(f"datatype must be one of {sorted(datatypes)}, got {dtype!r}", field=f"{f}.datatype")
+    if not isinstance(dtype, str) or dtype not in DATATYPES:
+        raise InvalidInput(f"datatype must be one of {sorted(DATATYPES)}, got {dtype!r}", field=f"{f}.datatype")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not shape
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):

@@ -26,6 +26,11 @@ from .protocol import InferRequest, Limits, loads, parse_envelope, parse_tensor
 NUMERIC_TYPES = {"FP32", "FP64", "INT32", "INT64"}
 
 
+def _flat(data: list) -> list:
+    """A tensor's values in order, whether sent flat or nested one level ([[a], [b]] or [[a, b, c]])."""
+    return [v for row in data for v in (row if isinstance(row, list) else [row])]
+
+
 class TabularSchema:
     def __init__(self, features: list[dict], tolerance: float = 0.1):
         self.features = features
@@ -97,7 +102,7 @@ class TabularSchema:
             data = tensor.get("data")
             if not isinstance(data, list):
                 raise InvalidInput("data must be a list", field=field)
-            flat = [v for row in data for v in (row if isinstance(row, list) else [row])]
+            flat = _flat(data)
             if len(flat) != batch:
                 raise InvalidInput(f"data has {len(flat)} values, shape {shape} needs {batch}", field=field)
             if f["type"] == "category":
@@ -132,7 +137,7 @@ class TabularSchema:
         data = tensor.get("data")
         if not isinstance(data, list):
             return
-        flat = [v for row in data for v in (row if isinstance(row, list) else [row])]
+        flat = _flat(data)
         for i, v in enumerate(flat):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 name = self.names[i % len(self.names)]
@@ -164,7 +169,7 @@ class TabularSchema:
             doc = json.loads(body, parse_constant=lambda c: float(c.replace("Infinity", "inf")))
             for tensor in doc.get("inputs") or []:
                 data = tensor.get("data")
-                flat = [v for row in data for v in (row if isinstance(row, list) else [row])]
+                flat = _flat(data)
                 bad = [i for i, v in enumerate(flat) if isinstance(v, float) and not math.isfinite(v)]
                 if not bad:
                     continue

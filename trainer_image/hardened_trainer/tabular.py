@@ -52,7 +52,7 @@ def read_table(blob: bytes, source: str):
             column_types=types, strings_can_be_null=True, null_values=["", "NA", "NaN", "nan", "null"]))
     except DataError:
         raise
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:  # ArrowInvalid, a parse error, is one
         raise DataError(f"{source}: not a readable CSV or Parquet file: {exc}") from None
 
 
