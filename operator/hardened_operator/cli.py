@@ -360,7 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ratelimit-proxy", help="API-key and rate-limit sidecar in front of validation")
     p.add_argument("--config", required=True, help="serving.json (default: none)")
-    p.add_argument("--api-keys", required=True, help="file with one API key per line (default: none)")
+    p.add_argument("--api-keys", help="file with one API key per line, `KEY [plan=NAME] [client=ID]`; needed while "
+                                      "auth.apiKeys is on (default: none)")
+    p.add_argument("--jwks", help="JWKS file for auth.jwt (default: none)")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (default: plain HTTP)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert (default: none)")
+    p.add_argument("--client-ca", help="PEM CA bundle: require client certificates it signed (default: none)")
     p.add_argument("--upstream", default="http://127.0.0.1:8081", help="validation sidecar URL (default: %(default)s)")
     _server_args(p, 8443, 9092)
     p.set_defaults(func=_async("hardened_server.ratelimit"))

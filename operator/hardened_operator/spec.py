@@ -439,13 +439,60 @@ def _default_per_key() -> Bucket:
     return Bucket(requests_per_second=10.0, burst=20.0)
 
 
-class RateLimit(_Base):
-    """Token buckets of the rate-limit sidecar (limits library)."""
+def _default_failed_auth() -> Bucket:
+    return Bucket(requests_per_second=0.1, burst=10.0)
 
-    per_key: Bucket = Field(default_factory=_default_per_key, description="Limit of each API key.")
-    global_: Bucket | None = Field(default=None, alias="global", description="Limit over all keys together.")
+
+class Quota(_Base):
+    """At most `requests` per `period`, a fixed window from the client's first request in it."""
+
+    requests: int = Field(ge=1, le=10**12)
+    period: Literal["day", "month"] = Field(description="day: 24 hours; month: 30 days.")
+
+
+class Plan(_Base):
+    """A usage plan (token bucket per client, optional quota), named by keys and by auth.jwt.planClaim."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    requests_per_second: float = Field(gt=0.0, le=1e6)
+    burst: float = Field(ge=1.0, le=1e7, description="Bucket size; at least requestsPerSecond.")
+    quota: Quota | None = None
+
+    cel_rules = Bucket.cel_rules
+
+
+def _cidr(value: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("must be an IP address or CIDR block such as 10.0.0.0/8") from None
+    return value
+
+
+class RateLimit(_Base):
+    """Token buckets and quotas of the rate-limit sidecar (limits library)."""
+
+    per_key: Bucket = Field(default_factory=_default_per_key,
+                            description="Limit of each client (API key or JWT subject) that names no plan.")
+    global_: Bucket | None = Field(default=None, alias="global", description="Limit over all clients together.")
+    plans: list[Plan] | None = Field(
+        default=None, max_length=64, description="Named plans (rate, burst, quota) that keys and tokens refer to.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    failed_auth: Bucket = Field(
+        default_factory=_default_failed_auth,
+        description="Failed authentications allowed per source address (IPv6: per /64); past it the address "
+                    "gets 429 before any credential is compared. Shared through storage like the other buckets.")
+    trusted_proxies: list[Annotated[str, AfterValidator(_cidr), Field(max_length=49)]] | None = Field(
+        default=None, max_length=32,
+        description="Proxies (addresses or CIDR blocks) whose X-Forwarded-For is believed: the client is then the "
+                    "last address in it that is not a trusted proxy. Omitted: the connection's address, always.")
     storage: str = Field(default="memory://", pattern=r"^(memory://|redis://[^\s]+|rediss://[^\s]+)$",
                          description="memory:// (per replica) or redis://host:port (shared across replicas).")
+    fail_mode: Literal["closed", "open"] = Field(
+        default="closed", description="When redis is down or slow: closed answers 503 with Retry-After; open "
+                                      "admits under this replica's own in-memory limits.")
 
 
 class Output(_Base):
@@ -456,6 +503,57 @@ class Output(_Base):
     decimals: int = Field(default=2, ge=0, le=6)
     min_confidence: Fraction = Field(default=0.0, description="Outputs below this top-class probability are acted on.")
     low_confidence_action: Literal["flag", "abstain"] = "flag"
+
+
+class Tls(_Base):
+    """TLS on the public port, terminated by the rate-limit sidecar (TLS 1.2+, forward-secret AEAD ciphers)."""
+
+    secret_name: str = Field(pattern=DNS_LABEL, max_length=253,
+                             description="A kubernetes.io/tls Secret (tls.crt, tls.key), e.g. cert-manager's; a "
+                                         "renewed certificate is served without a restart.")
+    client_ca_secret: str | None = Field(
+        default=None, pattern=DNS_LABEL, max_length=253,
+        description="Secret with ca.crt: clients must present a certificate it signed (mutual TLS).")
+
+
+class ObjectKeyRef(_Base):
+    """A key of a Secret or ConfigMap in the model's namespace."""
+
+    kind: Literal["Secret", "ConfigMap"] = "ConfigMap"
+    name: str = Field(pattern=DNS_LABEL, max_length=253)
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+
+
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+                  "HS256", "HS384", "HS512")
+CLAIM = r"^[A-Za-z0-9_.:/-]+$"
+
+
+class Jwt(_Base):
+    """Bearer JWTs verified against a JWKS (PyJWT)."""
+
+    jwks: ObjectKeyRef = Field(description="The JWKS document (JSON with \"keys\"); re-read when it changes.")
+    issuer: str = Field(min_length=1, max_length=512, description="Required iss claim.")
+    audience: str = Field(min_length=1, max_length=512, description="Required aud claim (one of them).")
+    algorithms: list[Literal[JWT_ALGORITHMS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["RS256", "ES256"], min_length=1, max_length=13,
+        description="Accepted algorithms; none is never accepted, HS* only when listed.")
+    leeway_seconds: int = Field(default=30, ge=0, le=300, description="Clock skew allowed on exp and nbf.")
+    client_id_claim: str = Field(default="sub", pattern=CLAIM, max_length=128,
+                                 description="Claim that identifies the client in limits and metrics.")
+    plan_claim: str | None = Field(default=None, pattern=CLAIM, max_length=128,
+                                   description="Claim naming the client's rateLimit plan; omitted: perKey.")
+
+
+class Auth(_Base):
+    """How clients authenticate: API keys, JWT bearer tokens, or both."""
+
+    api_keys: bool = Field(default=True, description="Accept the keys of apiKeysSecret.")
+    jwt: Jwt | None = None
+
+    cel_rules = (
+        CelRule("self.apiKeys || has(self.jwt)", "enable apiKeys or configure jwt", "apiKeys"),
+    )
 
 
 class ServingSection(_Base):
@@ -470,9 +568,16 @@ class ServingSection(_Base):
                     "old pod may stop first, so a rollout never waits for room.")
     validation: Validation = _obj(Validation)
     rate_limit: RateLimit = _obj(RateLimit)
+    auth: Auth = _obj(Auth)
     api_keys_secret: SecretKeyRef | None = Field(
-        default=None, description="Secret with one API key per line; omitted: a Secret with one random key is generated.")
+        default=None, description="Secret with one API key per line (optionally `KEY plan=NAME client=ID`); "
+                                  "omitted: a Secret with one random key is generated.")
+    tls: Tls | None = None
     output: Output = _obj(Output)
+
+    cel_rules = (
+        CelRule("self.auth.apiKeys || !has(self.apiKeysSecret)", "apiKeysSecret needs auth.apiKeys", "apiKeysSecret"),
+    )
 
 
 # ---------------------------------------------------------------- monitoring
@@ -760,14 +865,21 @@ def parse_spec(data: Any, *, path: str = "spec") -> HardenedModelSpec:
     return spec
 
 
+LIST_MAPS = (("data", "features"), ("serving", "rateLimit", "plans"))  # x-kubernetes-list-type map, key name
+
+
 def _duplicate_keys(wire: dict, path: str) -> list[tuple[str, str]]:
-    """Lists the CRD declares x-kubernetes-list-type map (data.features, keyed by name): the apiserver refuses a
-    repeated key with this line before it evaluates any CEL rule."""
-    seen, problems = set(), []
-    for i, feature in enumerate((wire.get("data") or {}).get("features") or []):
-        if feature["name"] in seen:
-            problems.append((f"{path}.data.features[{i}]", f'Duplicate value: {{"name":"{feature["name"]}"}}'))
-        seen.add(feature["name"])
+    """Lists the CRD declares x-kubernetes-list-type map (keyed by name): the apiserver refuses a repeated key
+    with this line before it evaluates any CEL rule."""
+    problems = []
+    for where in LIST_MAPS:
+        items, seen = wire, set()
+        for part in where:
+            items = items.get(part) or {} if isinstance(items, dict) else {}
+        for i, item in enumerate(items or []):
+            if item["name"] in seen:
+                problems.append((f"{path}.{'.'.join(where)}[{i}]", f'Duplicate value: {{"name":"{item["name"]}"}}'))
+            seen.add(item["name"])
     return problems
 
 

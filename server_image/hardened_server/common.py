@@ -12,14 +12,14 @@ import logging
 import signal
 import sys
 import time
-from typing import Any, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from hardened_operator.manifests.serving_config import SERVING_CONFIG_API_VERSION
-from hardened_operator.spec import DNS_LABEL, Output, RateLimit, Validation
+from hardened_operator.spec import DNS_LABEL, Auth, Output, RateLimit, Validation
 
 # ----------------------------------------------------------------- config
 
@@ -42,6 +42,7 @@ class ServingConfig(BaseModel):
     validation: Validation
     rate_limit: RateLimit
     output: Output
+    auth: Auth = Auth()
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,10 @@ class UpstreamError(HTTPError):
 
 class ModelNotReady(HTTPError):
     status, reason = 503, "model_not_ready"
+
+
+class LimiterUnavailable(HTTPError):
+    status, reason = 503, "limiter_unavailable"
 
 
 # ------------------------------------------------------------------- logs
@@ -217,20 +222,23 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def metrics_app(ready: Callable[[], bool] = lambda: True) -> web.Application:
+def metrics_app(ready: Callable[[], bool] = lambda: True,
+                chain_ready: Callable[[], Awaitable[bool]] | None = None) -> web.Application:
     """The admin port: /metrics, and the kubelet's probes /healthz and /readyz.
 
     Metrics live on their own port, so clients reaching the Service cannot read them. The probes live here
     too because the model server and the validation sidecar listen on 127.0.0.1 (only their neighbours in the
     pod may reach them), and the kubelet probes the pod IP: an httpGet probe of a loopback-only port is
     refused, which would fail readiness for ever and restart the container every liveness period.
-    /healthz answers while the event loop runs; /readyz while ``ready()`` holds.
+    /healthz answers while the event loop runs; /readyz while ``ready()`` holds and, when given,
+    ``chain_ready()`` (the rate-limit sidecar asks the rest of the chain: its public port may demand TLS client
+    certificates, which the kubelet does not have).
     """
     async def healthz(_):
         return web.json_response({"live": True})
 
     async def readyz(_):
-        if not ready():
+        if not ready() or (chain_ready is not None and not await chain_ready()):
             return web.json_response({"ready": False}, status=503)
         return web.json_response({"ready": True})
 
@@ -243,19 +251,20 @@ def metrics_app(ready: Callable[[], bool] = lambda: True) -> web.Application:
 
 async def serve(app: web.Application, *, host: str, port: int, metrics_port: int | None, logger: logging.Logger,
                 metrics_host: str | None = None, is_ready: Callable[[], bool] = lambda: True,
+                chain_ready: Callable[[], Awaitable[bool]] | None = None, ssl_context=None,
                 listening: asyncio.Event | None = None, shutdown_timeout: float = 10.0) -> None:
     """Run ``app`` on host:port and the admin app (metrics, probes) on metrics_host:metrics_port (default: the
     same host) until SIGTERM/SIGINT, then drain in-flight requests. /readyz fails from SIGTERM on, and
     whenever ``is_ready()`` does not hold."""
     stop = asyncio.Event()
     runners = []
-    for a, h, p in [(app, host, port), (metrics_app(lambda: not stop.is_set() and is_ready()),
-                                        metrics_host or host, metrics_port)]:
+    admin = metrics_app(lambda: not stop.is_set() and is_ready(), chain_ready)
+    for a, h, p, tls in [(app, host, port, ssl_context), (admin, metrics_host or host, metrics_port, None)]:
         if p is None:
             continue
         runner = web.AppRunner(a, access_log=None, shutdown_timeout=shutdown_timeout, auto_decompress=False)
         await runner.setup()
-        await web.TCPSite(runner, h, p, backlog=1024, reuse_address=True).start()
+        await web.TCPSite(runner, h, p, backlog=1024, reuse_address=True, ssl_context=tls).start()
         runners.append(runner)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -266,8 +275,8 @@ async def serve(app: web.Application, *, host: str, port: int, metrics_port: int
     # 0.01 ms after gc.freeze() (benchmarks/serving_micro.py).
     gc.collect()
     gc.freeze()
-    log_fields(logger, logging.INFO, "listening", host=host, port=port, metrics_host=metrics_host or host,
-               metrics_port=metrics_port)
+    log_fields(logger, logging.INFO, "listening", host=host, port=port, tls=ssl_context is not None,
+               metrics_host=metrics_host or host, metrics_port=metrics_port)
     if listening:
         listening.set()
     await stop.wait()

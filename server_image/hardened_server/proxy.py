@@ -141,6 +141,20 @@ class Upstream:
             conn.transport.close()
         return status, headers, payload
 
+    async def status_of(self, path: str) -> int:
+        """GET ``path`` upstream: its status, or 0 when the upstream does not answer."""
+        head = f"GET {path} HTTP/1.1\r\n".encode() + self._host_header + b"\r\n"
+        async with self._slots:
+            for attempt in (1, 2):
+                try:
+                    return (await self._exchange(head, None))[0]
+                except _Failed as exc:
+                    if not exc.retryable or attempt == 2:
+                        return 0
+                except OSError:
+                    return 0
+        return 0
+
     async def forward(self, request: web.Request, body: bytes | None, extra_headers: dict | None = None
                       ) -> tuple[int, dict, bytes]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}

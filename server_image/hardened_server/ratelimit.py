@@ -1,85 +1,39 @@
-"""The rate-limit sidecar: API keys and token buckets (the ``limits`` library) in front of validation.
+"""The rate-limit sidecar: the public port. TLS, authentication (API keys, JWT), failed-authentication
+budgets per address, token buckets and quotas per client (the ``limits`` library), in front of validation.
 
-Authentication: keys come from a mounted file (one per line, ``#`` comments),
-re-read when it changes. A request carries ``Authorization: Bearer <key>`` or
-``X-API-Key``. Keys are kept as SHA-256 digests and every digest is compared
-with ``hmac.compare_digest`` (no early exit), so timing reveals nothing; a
-client is known by its *key id* (the first 12 hex digits of the digest) in
-logs, metrics and limiter keys. Missing or unknown key: 401.
+Order of a request: the caller's address is checked against its failed-authentication budget (exhausted:
+429 before any credential is compared, so a key guesser learns nothing more); the credential is checked
+(API key or JWT, see ``auth``; a failure spends one unit of the address's budget and answers 401); the
+client's bucket, the global bucket and the client's quota are hit (429 with ``Retry-After``); the request
+goes to the validation sidecar. Answers carry ``RateLimit-Policy`` and ``RateLimit``
+(draft-ietf-httpapi-ratelimit-headers: ``"gold";q=20;w=2`` is 20 requests per 2-second window,
+``"gold-quota";r=7;t=3600`` is 7 left for 3600 seconds).
 
-Buckets: a token bucket (rate r, burst b) is a ``limits`` moving window of b
-hits per b/r seconds (b/r rounded up to whole seconds, so the sustained rate
-never exceeds r). One bucket per key id and, optionally, one global bucket.
-Storage ``memory://`` is per replica; ``redis://`` is shared by every replica.
-Refused: 429 with ``Retry-After``. Limiter state exists only for valid keys,
-so memory is bounded by the key file, whatever clients send.
+Buckets: a token bucket (rate r, burst b) is a ``limits`` moving window of b hits per b/r seconds (b/r
+rounded up to whole seconds, so the sustained rate never exceeds r). Quotas are fixed windows of 1 day or 30
+days from a client's first request in them. Storage ``memory://`` is per replica; ``redis://`` is shared by
+every replica. Redis down or slow (no answer in ``REMOTE_TIMEOUT``): ``failMode: closed`` answers 503 with
+``Retry-After``, ``open`` admits under this replica's in-memory limits; redis is tried again after
+``RETRY_REMOTE_SECONDS``. Either way a metric counts it, and nothing answers 500.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
+import asyncio
+import collections
 import logging
 import math
-import os
 import time
 
 from aiohttp import web
 
-from .common import (BODY_TIMEOUT_SECONDS, ServingConfig, Timer, TooManyRequests, Unauthorized, error_middleware,
-                     log_fields, read_body)
+from .auth import ApiKeys, ClientAddress, JwtVerifier, Principal, key_id, looks_like_jwt  # noqa: F401 (key_id)
+from .common import (BODY_TIMEOUT_SECONDS, LimiterUnavailable, ServingConfig, Timer, TooManyRequests,
+                     Unauthorized, error_middleware, log_fields, read_body)
 from .metrics import METRICS
 from .proxy import Upstream
 
-
-CLIENT = web.RequestKey("client", str)  # the key id of an authenticated request
-
-
-def key_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-class ApiKeys:
-    """API keys from a file, hashed at load; reloaded when the file's mtime or size changes."""
-
-    def __init__(self, path: str, *, check_every: float = 2.0):
-        self.path, self.check_every = path, check_every
-        self.digests: list[bytes] = []
-        self._stamp: tuple | None = None
-        self._checked = 0.0
-        self.reload()
-
-    def reload(self) -> None:
-        st = os.stat(self.path)
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp == self._stamp:
-            return
-        with open(self.path, encoding="utf-8") as fh:
-            keys = [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
-        short = [i for i, k in enumerate(keys) if len(k) < 16]
-        if short:
-            raise ValueError(f"{self.path}: line {short[0] + 1}: API keys must have at least 16 characters")
-        self.digests = [hashlib.sha256(k.encode()).digest() for k in keys]
-        self._stamp = stamp
-
-    def maybe_reload(self) -> None:
-        now = time.monotonic()
-        if now - self._checked >= self.check_every:
-            self._checked = now
-            try:
-                self.reload()
-            except (OSError, ValueError):
-                pass  # keep the keys we have; a Secret update swaps the file atomically
-
-    def authenticate(self, presented: str | None) -> str:
-        if not presented:
-            raise Unauthorized("missing API key (Authorization: Bearer <key> or X-API-Key)", field="Authorization")
-        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
-        match = False
-        for known in self.digests:  # no early exit: constant time in the number of keys
-            match |= hmac.compare_digest(digest, known)
-        if not match:
-            raise Unauthorized("unknown API key", field="Authorization")
-        return digest.hex()[:12]
+CLIENT = web.RequestKey("client", str)  # the client id of an authenticated request
+QUOTA_SECONDS = {"day": 86400, "month": 30 * 86400}
 
 
 def bucket_item(requests_per_second: float, burst: float):
@@ -90,83 +44,223 @@ def bucket_item(requests_per_second: float, burst: float):
     return RateLimitItemPerSecond(int(burst), window)
 
 
-class Limiter:
-    """Moving windows in ``limits``: its synchronous in-process storage for ``memory://``, called inline, and
-    its asyncio storage (redis-py) for ``redis://``, shared by every replica.
+def quota_item(quota):
+    from limits import RateLimitItemPerDay, RateLimitItemPerMonth
+
+    return (RateLimitItemPerDay if quota.period == "day" else RateLimitItemPerMonth)(quota.requests, 1)
+
+
+class _Policy:
+    def __init__(self, name: str, bucket, quota=None):
+        self.name, self.bucket, self.quota = name, bucket, quota
+        parts = [f'"{name}";q={bucket.amount};w={bucket.get_expiry()}']
+        if quota is not None:
+            parts.append(f'"{name}-quota";q={quota.amount};w={quota.get_expiry()}')
+        self.header = ", ".join(parts)
+
+
+class _Backend:
+    """One storage and its strategies: moving windows (buckets) and fixed windows (quotas). ``memory://`` uses
+    limits' synchronous storage, called inline; ``redis://`` its asyncio storage over a bounded, blocking
+    connection pool.
 
     Why not the asyncio memory storage: it hops to a worker thread for every key on each expiry pass, and a
     pass starts after each request. A hit cost 100-115 us of CPU that way and 9-12 us with the synchronous
-    storage (benchmarks/serving_micro.py, CI machine); the hop was 11% of the rate-limit sidecar's busy
-    samples under wrk. The synchronous storage expires windows on its own timer thread every 10 ms instead,
-    but (limits 5.8.0) keeps each emptied window's key: ``admit`` drops those every ``PRUNE_SECONDS``.
+    storage (benchmarks/serving_micro.py, CI machine). The synchronous storage expires windows on its own timer
+    thread every 10 ms, but (limits 5.8.0) keeps each emptied window's key: ``prune`` drops those.
+
+    Why a blocking pool: limits' default redis pool raises "Too many connections" once more requests are in
+    flight than it holds connections; on a busy machine that was 1,084 answers of 500 in one overload run
+    (issue 16). A blocking pool makes a request wait for a connection, within REMOTE_TIMEOUT.
     """
 
-    PRUNE_SECONDS = 5.0
-
-    def __init__(self, cfg: ServingConfig):
+    def __init__(self, uri: str, *, pool_size: int = 32, timeout: float = 0.5):
         from limits import aio, strategies
         from limits.storage import MemoryStorage, storage_from_string
 
-        rl = cfg.rate_limit
-        self.inline = rl.storage.startswith("memory://")
+        self.inline = uri.startswith("memory://")
         if self.inline:
             self.storage = MemoryStorage()
-            self.strategy = strategies.MovingWindowRateLimiter(self.storage)
+            self.moving = strategies.MovingWindowRateLimiter(self.storage)
+            self.fixed = strategies.FixedWindowRateLimiter(self.storage)
         else:
-            self.storage = storage_from_string("async+" + rl.storage, implementation="redispy")
-            self.strategy = aio.strategies.MovingWindowRateLimiter(self.storage)
-        self.per_key = bucket_item(rl.per_key.requests_per_second, rl.per_key.burst)
-        self.global_ = bucket_item(rl.global_.requests_per_second, rl.global_.burst) if rl.global_ else None
-        self.namespace = cfg.model.name
-        self._pruned = time.monotonic()
+            import redis.asyncio
 
-    def _prune(self) -> None:
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                uri, max_connections=pool_size, timeout=timeout, socket_timeout=timeout,
+                socket_connect_timeout=timeout)
+            self.storage = storage_from_string("async+" + uri, implementation="redispy", connection_pool=pool)
+            self.moving = aio.strategies.MovingWindowRateLimiter(self.storage)
+            self.fixed = aio.strategies.FixedWindowRateLimiter(self.storage)
+
+    async def call(self, op: str, item, *ids: str):
+        strategy = self.fixed if item.GRANULARITY.seconds >= 86400 else self.moving
+        result = getattr(strategy, op)(item, *ids)
+        return result if self.inline else await result
+
+    def prune(self) -> None:
         """Forget windows limits has emptied. Only this thread adds events, so an empty one stays empty."""
-        self._pruned = time.monotonic()
         for key, events in list(self.storage.events.items()):
             if not events:
                 self.storage.events.pop(key, None)
 
-    async def _hit(self, item, *ids: str) -> bool:
-        return self.strategy.hit(item, *ids) if self.inline else await self.strategy.hit(item, *ids)
 
-    async def retry_after(self, item, *ids: str) -> int:
-        stats = self.strategy.get_window_stats(item, *ids)
-        if not self.inline:
-            stats = await stats
+class Limiter:
+    PRUNE_SECONDS = 5.0
+    REMOTE_TIMEOUT = 0.5
+    RETRY_REMOTE_SECONDS = 1.0
+    FAILED_MEMO = 100_000  # addresses with a recent failed authentication remembered by this replica
+
+    def __init__(self, cfg: ServingConfig, *, logger: logging.Logger | None = None):
+        rl = cfg.rate_limit
+        self.logger = logger or logging.getLogger("hardened.ratelimit")
+        self.local = _Backend("memory://")
+        self.remote = None if rl.storage.startswith("memory://") else _Backend(rl.storage,
+                                                                              timeout=self.REMOTE_TIMEOUT)
+        self.fail_mode = rl.fail_mode
+        self.default = _Policy("default", bucket_item(rl.per_key.requests_per_second, rl.per_key.burst))
+        self.plans = {p.name: _Policy(p.name, bucket_item(p.requests_per_second, p.burst),
+                                      quota_item(p.quota) if p.quota else None) for p in rl.plans or ()}
+        self.global_ = bucket_item(rl.global_.requests_per_second, rl.global_.burst) if rl.global_ else None
+        self.failed = bucket_item(rl.failed_auth.requests_per_second, rl.failed_auth.burst)
+        self.namespace = cfg.model.name
+        self._pruned = time.monotonic()
+        self._remote_down_until = 0.0
+        self._failed_seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+        METRICS.limiter_storage_up.set(1)
+
+    @property
+    def storage(self):  # the in-memory storage (tests look at its windows)
+        return self.local.storage
+
+    async def _run(self, op: str, item, *ids: str):
+        """One limiter operation on the shared storage; on failure, per failMode."""
+        if self.remote is not None:
+            now = time.monotonic()
+            if now >= self._remote_down_until:
+                try:
+                    async with asyncio.timeout(self.REMOTE_TIMEOUT):
+                        result = await self.remote.call(op, item, *ids)
+                    if self._remote_down_until:
+                        self._remote_down_until = 0.0
+                        METRICS.limiter_storage_up.set(1)
+                        log_fields(self.logger, logging.WARNING, "rate-limit storage is back")
+                    return result
+                except Exception as exc:  # noqa: BLE001 - any storage failure (redis, limits, socket, timeout)
+                    if not self._remote_down_until or now - self._remote_down_until > 10:
+                        log_fields(self.logger, logging.ERROR, "rate-limit storage failed", fail_mode=self.fail_mode,
+                                   error=f"{type(exc).__name__}: {exc}"[:300])
+                    self._remote_down_until = now + self.RETRY_REMOTE_SECONDS
+                    METRICS.limiter_storage_up.set(0)
+                    METRICS.limiter_storage_errors.inc()
+            METRICS.limiter_fallback.labels(self.fail_mode).inc()
+            if self.fail_mode == "closed":
+                raise LimiterUnavailable("rate limiter unavailable; retry shortly", field="rateLimit.storage",
+                                         headers={"Retry-After": "1"})
+        if self.local.inline and time.monotonic() - self._pruned > self.PRUNE_SECONDS:
+            self._pruned = time.monotonic()
+            self.local.prune()
+        return await self.local.call(op, item, *ids)
+
+    async def _seconds_left(self, item, *ids: str) -> int:
+        stats = await self._run("get_window_stats", item, *ids)
         return max(1, math.ceil(stats.reset_time - time.time()))
 
-    async def admit(self, client: str) -> None:
-        if self.inline and time.monotonic() - self._pruned > self.PRUNE_SECONDS:
-            self._prune()
-        if not await self._hit(self.per_key, self.namespace, "key", client):
+    # ------------------------------------------------------------ failed authentication
+    def _recently_failed(self, addr: str) -> bool:
+        at = self._failed_seen.get(addr)
+        if at is None:
+            return False
+        if time.monotonic() - at > self.failed.get_expiry():
+            del self._failed_seen[addr]
+            return False
+        return True
+
+    async def check_address(self, addr: str) -> None:
+        """Before any credential is compared. Only addresses this replica saw fail are looked up, so a
+        good request costs no storage call; with redis, an address is throttled by the shared budget once it
+        has failed here too (at most one extra attempt per replica)."""
+        if self._recently_failed(addr) and not await self._run("test", self.failed, self.namespace, "failed", addr):
+            METRICS.auth_throttled.inc()
+            wait = await self._seconds_left(self.failed, self.namespace, "failed", addr)
+            raise TooManyRequests(f"too many failed authentications from this address; retry in {wait}s",
+                                  field="Authorization", headers={"Retry-After": str(wait)})
+
+    async def record_failure(self, addr: str) -> None:
+        self._failed_seen[addr] = time.monotonic()
+        self._failed_seen.move_to_end(addr)
+        while len(self._failed_seen) > self.FAILED_MEMO:
+            self._failed_seen.popitem(last=False)
+        await self._run("hit", self.failed, self.namespace, "failed", addr)
+
+    # ------------------------------------------------------------ admitted clients
+    async def admit(self, who: Principal | str) -> dict[str, str]:
+        """Hit the client's bucket, the global bucket and the client's quota; the rate-limit headers."""
+        who = who if isinstance(who, Principal) else Principal(who, None)
+        policy = self.plans.get(who.plan, self.default) if who.plan else self.default
+        ids = (self.namespace, "client", who.client)
+        if not await self._run("hit", policy.bucket, *ids):
             METRICS.rate_limited.labels("key").inc()
-            wait = await self.retry_after(self.per_key, self.namespace, "key", client)
-            raise TooManyRequests(f"rate limit of this API key exceeded; retry in {wait}s", field="Authorization",
-                                  headers={"Retry-After": str(wait)})
-        if self.global_ is not None and not await self._hit(self.global_, self.namespace, "global"):
+            wait = await self._seconds_left(policy.bucket, *ids)
+            raise TooManyRequests(f"rate limit of this client exceeded; retry in {wait}s", field="Authorization",
+                                  headers={"Retry-After": str(wait), "RateLimit-Policy": policy.header,
+                                           "RateLimit": f'"{policy.name}";r=0;t={wait}'})
+        if self.global_ is not None and not await self._run("hit", self.global_, self.namespace, "global"):
             METRICS.rate_limited.labels("global").inc()
-            wait = await self.retry_after(self.global_, self.namespace, "global")
+            wait = await self._seconds_left(self.global_, self.namespace, "global")
             raise TooManyRequests(f"global rate limit exceeded; retry in {wait}s", field="global",
-                                  headers={"Retry-After": str(wait)})
+                                  headers={"Retry-After": str(wait), "RateLimit-Policy": policy.header})
+        if policy.quota is not None:
+            qids = (self.namespace, "quota", who.client)
+            if not await self._run("hit", policy.quota, *qids):
+                METRICS.rate_limited.labels("quota").inc()
+                wait = await self._seconds_left(policy.quota, *qids)
+                raise TooManyRequests(
+                    f"quota of {policy.quota.amount} requests per {policy.quota.get_expiry() // 86400} day(s) used "
+                    f"up; retry in {wait}s", field="Authorization",
+                    headers={"Retry-After": str(wait), "RateLimit-Policy": policy.header,
+                             "RateLimit": f'"{policy.name}-quota";r=0;t={wait}'})
+            item, name, ids = policy.quota, f"{policy.name}-quota", qids
+        else:
+            item, name = policy.bucket, policy.name
+        stats = await self._run("get_window_stats", item, *ids)
+        left = max(0, math.ceil(stats.reset_time - time.time()))
+        return {"RateLimit-Policy": policy.header, "RateLimit": f'"{name}";r={stats.remaining};t={left}'}
 
 
-def presented_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return request.headers.get("X-API-Key") or None
+class Authenticator:
+    """API keys and/or JWT, as serving.auth says. A bearer value shaped like a JWT goes to the JWT verifier
+    when JWT is on; anything else is an API key (Authorization: Bearer or X-API-Key)."""
+
+    def __init__(self, keys: ApiKeys | None, jwt: JwtVerifier | None):
+        self.keys, self.jwt = keys, jwt
+
+    def __call__(self, request: web.Request) -> Principal:
+        auth = request.headers.get("Authorization", "")
+        bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        if self.jwt is not None:
+            self.jwt.maybe_reload()
+            if bearer and (self.keys is None or looks_like_jwt(bearer)):
+                return self.jwt.authenticate(bearer)
+        if self.keys is None:
+            raise Unauthorized("missing bearer token (Authorization: Bearer <JWT>)", field="Authorization",
+                               headers={"WWW-Authenticate": "Bearer"})
+        self.keys.maybe_reload()
+        return self.keys.authenticate(bearer or request.headers.get("X-API-Key") or None)
 
 
-def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys, *, logger: logging.Logger,
-              limiter: Limiter | None = None, body_timeout: float = BODY_TIMEOUT_SECONDS) -> web.Application:
-    limiter = limiter or Limiter(cfg)
+def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys | None, *, logger: logging.Logger,
+              limiter: Limiter | None = None, jwt: JwtVerifier | None = None,
+              body_timeout: float = BODY_TIMEOUT_SECONDS) -> web.Application:
+    limiter = limiter or Limiter(cfg, logger=logger)
+    authenticate = Authenticator(keys, jwt)
+    address = ClientAddress(cfg.rate_limit.trusted_proxies)
     max_body = cfg.validation.max_body_bytes
 
     def on_error(request, exc):
         METRICS.requests.labels("ratelimit", "rejected", exc.reason).inc()
         log_fields(logger, logging.INFO, "rejected", status=exc.status, reason=exc.reason, path=request.path,
-                   client=request.get(CLIENT))  # a key id, never the key
+                   client=request.get(CLIENT), error=exc.message)  # a client id, never the key
 
     app = web.Application(middlewares=[error_middleware(on_error)], client_max_size=max_body)
     app.on_startup.append(upstream.start)
@@ -174,17 +268,23 @@ def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys, *, logger: 
 
     async def guarded(request: web.Request) -> web.Response:
         t = Timer()
-        keys.maybe_reload()
-        client = keys.authenticate(presented_key(request))
-        request[CLIENT] = client
-        await limiter.admit(client)
+        addr = address(request.remote, request.headers.get("X-Forwarded-For"))
+        await limiter.check_address(addr)
+        try:
+            who = authenticate(request)
+        except Unauthorized:
+            METRICS.auth_failures.inc()
+            await limiter.record_failure(addr)
+            raise
+        request[CLIENT] = who.client
+        rate_headers = await limiter.admit(who)
         body = await read_body(request, max_body, body_timeout) if request.method == "POST" else None
-        status, headers, payload = await upstream.forward(request, body, {"X-Client-Id": client})
-        METRICS.client_requests.labels(client).inc()
+        status, headers, payload = await upstream.forward(request, body, {"X-Client-Id": who.client})
+        METRICS.client_requests.labels(who.client).inc()
         METRICS.requests.labels("ratelimit", "forwarded", str(status)).inc()
         METRICS.latency.labels("ratelimit").observe(t.elapsed())
-        return web.Response(status=status, body=payload, content_type=headers.get("Content-Type",
-                                                                                  "application/json").split(";")[0])
+        return web.Response(status=status, body=payload, headers=rate_headers,
+                            content_type=headers.get("Content-Type", "application/json").split(";")[0])
 
     async def health(request: web.Request) -> web.Response:
         """Probes reach health without a key; everything else needs one."""
@@ -202,20 +302,42 @@ def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys, *, logger: 
 
 async def run(args) -> int:
     from .common import ConfigError, load_serving_config, serve, setup_logging
+    from .tls import ReloadingTls
 
     logger = setup_logging("hardened.ratelimit", args.log_level)
     try:
         cfg = load_serving_config(args.config)
-        keys = ApiKeys(args.api_keys)
-        if not keys.digests:
-            raise ValueError(f"{args.api_keys}: no API keys")
-        limiter = Limiter(cfg)
-        app = build_app(cfg, Upstream(args.upstream), keys, logger=logger, limiter=limiter,
+        plans = frozenset(p.name for p in cfg.rate_limit.plans or ())
+        keys = jwt = tls = None
+        if cfg.auth.api_keys:
+            if not args.api_keys:
+                raise ValueError("--api-keys: required while auth.apiKeys is on")
+            keys = ApiKeys(args.api_keys, plans=plans)
+            if not keys.entries:
+                raise ValueError(f"{args.api_keys}: no API keys")
+        if cfg.auth.jwt is not None:
+            if not args.jwks:
+                raise ValueError("--jwks: required while auth.jwt is set")
+            jwt = JwtVerifier(args.jwks, cfg.auth.jwt, plans=plans)
+        if bool(args.tls_cert) != bool(args.tls_key) or (args.client_ca and not args.tls_cert):
+            raise ValueError("--tls-cert and --tls-key go together; --client-ca needs them")
+        if args.tls_cert:
+            tls = ReloadingTls(args.tls_cert, args.tls_key, args.client_ca, logger=logger)
+        upstream = Upstream(args.upstream)
+        limiter = Limiter(cfg, logger=logger)
+        app = build_app(cfg, upstream, keys, logger=logger, limiter=limiter, jwt=jwt,
                         body_timeout=args.body_timeout)
     except (ConfigError, ValueError, OSError) as exc:
         log_fields(logger, logging.ERROR, "bad configuration", error=str(exc))
         return 2
-    log_fields(logger, logging.INFO, "api keys loaded", count=len(keys.digests))
+    log_fields(logger, logging.INFO, "authentication", api_keys=len(keys.entries) if keys else 0,
+               jwt=jwt is not None, jwks_keys=len(jwt.keys) if jwt else 0, tls=tls is not None,
+               client_certificates=bool(args.client_ca))
+
+    async def chain_ready() -> bool:
+        return await upstream.status_of("/v2/health/ready") == 200
+
     await serve(app, host=args.host, port=args.port, metrics_host=args.metrics_host,
-                metrics_port=args.metrics_port, logger=logger)
+                metrics_port=args.metrics_port, logger=logger, chain_ready=chain_ready,
+                ssl_context=tls.context if tls else None)
     return 0

@@ -179,18 +179,19 @@ async def test_an_abandoned_request_is_left_out_of_the_pass():
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-async def test_an_idle_model_does_not_wait_to_fill_a_batch(rows):
+async def test_an_idle_model_does_not_wait_to_fill_a_batch(rows, monkeypatch):
+    """Behaviour, not speed (issue 16: the old 2 ms median failed beside a CPU hog): a lone request is answered
+    by a pass of its own rows, with nothing else arriving; where a pass runs follows the measured time of the
+    one before (here every pass counts as fast, so all but the first, untimed one run on the event loop)."""
+    monkeypatch.setattr(Batcher, "INLINE_SECONDS", 3600.0)
     predict = Recorder(seconds=0)
     batcher = Batcher(predict, max_batch=64)
     batcher.start()
-    took = []
-    for _ in range(21):
-        start = time.monotonic()
-        await batcher.submit(np.zeros((rows, 2), np.float32))
-        took.append(time.monotonic() - start)
+    for _ in range(5):
+        out = await asyncio.wait_for(batcher.submit(np.ones((rows, 2), np.float32)), timeout=30)
+        assert out.ravel().tolist() == [2.0] * rows
     await batcher.stop()
-    assert sorted(took)[10] < 0.002  # the median: well under the 2 ms an old-style collection window waits
-    # a fast pass runs on the event loop once it has been timed; a slow one stays on the forward thread
+    assert predict.batches == [rows] * 5  # no pass waited for more rows
     assert predict.threads[0].startswith("forward") and set(predict.threads[1:]) == {"MainThread"}
 
 

@@ -49,10 +49,15 @@ async def overload(tmp_path, rate_limit: dict, configured: float, processes: int
 
 
 def check(result: dict, configured: float):
+    """Over the time the limiter was under load (the offered seconds, or longer when a busy machine made the
+    run last longer: the limiter then saw the same requests spread over more time), it admitted the configured
+    rate within 5%, and the load stayed well above it."""
     print("overload:", result)
     assert set(result["counts"]) <= {200, 429}, result["counts"]  # nothing else: no 5xx, no dropped connection
-    assert result["late_sends"] < result["sent"] * 0.05  # the load generator kept the offered rate
-    assert abs(result["admitted_rps"] - configured) <= 0.05 * configured, result
+    span = max(result["sent"] / result["offered_rps"], result["wall_seconds"])
+    assert result["sent"] / span >= 2 * configured, result  # still an overload, however slow the machine
+    admitted_rps = result["admitted"] / span
+    assert abs(admitted_rps - configured) <= 0.05 * configured, (admitted_rps, result)
 
 
 async def test_in_memory_limit_holds_under_10x_overload(tmp_path):
@@ -70,8 +75,9 @@ async def test_redis_limit_holds_across_two_processes_under_10x_overload(tmp_pat
 async def test_limiter_memory_is_bounded_with_a_million_keys(tmp_path):
     """1,000,000 distinct unknown keys leave no state at all (limiter state exists only for keys in the key
     file); distinct clients that each open a window hold state only while it lasts."""
+    # one request per 5-second window: long enough that 20,000 admits finish inside it on a busy machine
     cfg = load_serving_config(str(serving_config(tmp_path / "s.json", {
-        "rateLimit": {"perKey": {"requestsPerSecond": 1, "burst": 1}}})))
+        "rateLimit": {"perKey": {"requestsPerSecond": 0.2, "burst": 1}}})))
     (tmp_path / "keys").write_text(f"{KEY}\n")
     keys = ApiKeys(str(tmp_path / "keys"))
     limiter = Limiter(cfg)
@@ -87,16 +93,16 @@ async def test_limiter_memory_is_bounded_with_a_million_keys(tmp_path):
     after_unknown = tracemalloc.get_traced_memory()[0] - base
     assert unknown == MILLION and not limiter.storage.events
     assert after_unknown < 1_000_000, after_unknown  # < 1 MB for a million rejected keys: nothing is kept
-    # CLIENTS distinct clients, one request each: one 1-second window each, dropped once expired
+    # CLIENTS distinct clients, one request each: one 5-second window each, dropped once expired
     for i in range(CLIENTS):
         await limiter.admit(key_id(f"client-{i}"))
     during = tracemalloc.get_traced_memory()[0] - base
     windows = len(limiter.storage.events)
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(5.5)
     for _ in range(600):  # limits empties expired windows on its timer thread; admit() drops the empty ones
         with contextlib.suppress(TooManyRequests):
             await limiter.admit(KEY_ID)
-        if list(limiter.storage.events) == [f"LIMITER/digits-demo/key/{KEY_ID}/1/1/second"]:
+        if list(limiter.storage.events) == [f"LIMITER/digits-demo/client/{KEY_ID}/1/5/second"]:
             break
         await asyncio.sleep(0.1)
     gc.collect()

@@ -7,7 +7,8 @@ import pytest
 
 from hardened_server.common import Unauthorized, load_serving_config
 from hardened_server.protocol import dumps
-from hardened_server.ratelimit import ApiKeys, bucket_item, key_id, presented_key
+from hardened_server.auth import Principal
+from hardened_server.ratelimit import ApiKeys, Authenticator, bucket_item, key_id
 from hardened_server.validation import ABSTAIN, OodScorer, harden_output
 from helpers import serving_config
 
@@ -67,8 +68,9 @@ def test_api_keys_hashed_constant_time_and_reloaded(tmp_path):
     path = tmp_path / "keys"
     path.write_text("# comment\nkey-aaaaaaaaaaaaaaaa\n\nkey-bbbbbbbbbbbbbbbb\n")
     keys = ApiKeys(str(path), check_every=0)
-    assert keys.authenticate("key-bbbbbbbbbbbbbbbb") == hashlib.sha256(b"key-bbbbbbbbbbbbbbbb").hexdigest()[:12]
-    assert key_id("key-bbbbbbbbbbbbbbbb") == keys.authenticate("key-bbbbbbbbbbbbbbbb")
+    assert keys.authenticate("key-bbbbbbbbbbbbbbbb") == Principal(
+        hashlib.sha256(b"key-bbbbbbbbbbbbbbbb").hexdigest()[:12], None)
+    assert key_id("key-bbbbbbbbbbbbbbbb") == keys.authenticate("key-bbbbbbbbbbbbbbbb").client
     assert all(len(d) == 32 for d in keys.digests)  # only digests are kept
     with pytest.raises(Unauthorized, match="unknown API key"):
         keys.authenticate("key-cccccccccccccccc")
@@ -95,11 +97,15 @@ def test_token_bucket_mapping_never_exceeds_the_rate(rate, burst, amount, second
     assert item.amount / item.get_expiry() <= rate
 
 
-def test_presented_key_header_forms():
+def test_presented_key_header_forms(tmp_path):
     class R:
         def __init__(self, h):
             self.headers = h
-    assert presented_key(R({"Authorization": "Bearer abc"})) == "abc"
-    assert presented_key(R({"Authorization": "bearer  abc "})) == "abc"
-    assert presented_key(R({"X-API-Key": "xyz"})) == "xyz"
-    assert presented_key(R({})) is None
+    (tmp_path / "keys").write_text("key-aaaaaaaaaaaaaaaa\n")
+    authenticate = Authenticator(ApiKeys(str(tmp_path / "keys")), None)
+    me = key_id("key-aaaaaaaaaaaaaaaa")
+    assert authenticate(R({"Authorization": "Bearer key-aaaaaaaaaaaaaaaa"})).client == me
+    assert authenticate(R({"Authorization": "bearer  key-aaaaaaaaaaaaaaaa "})).client == me
+    assert authenticate(R({"X-API-Key": "key-aaaaaaaaaaaaaaaa"})).client == me
+    with pytest.raises(Unauthorized, match="missing API key"):
+        authenticate(R({}))

@@ -19,4 +19,5 @@ def build_serving_config(model: HardenedModel) -> dict:
         "validation": wire["validation"],
         "rateLimit": wire["rateLimit"],
         "output": wire["output"],
+        "auth": wire["auth"],
     }
