@@ -68,7 +68,7 @@ class Paths:
 @dataclass
 class UpResult:
     url: str
-    api_key_file: pathlib.Path
+    api_key_file: pathlib.Path | None
     report: pathlib.Path
     metrics: dict
     digest: str
@@ -78,6 +78,9 @@ class UpResult:
     warnings: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
     example_row: list[float] | None = None  # tabular: the training means, for the printed example request
+    ca_file: pathlib.Path | None = None  # serving.tls: the CA that signed the endpoint's certificate
+    client_cert: pathlib.Path | None = None  # serving.tls.clientCASecret: a client certificate and its key
+    client_key: pathlib.Path | None = None
 
 
 def _free_port() -> int:
@@ -139,6 +142,56 @@ class LocalRunner:
             self.say("info", message=f"generated an API key in {path}")
         return path
 
+    def edge_args(self) -> tuple[list[str], dict]:
+        """The rate-limit sidecar's credentials: API keys, JWKS, TLS certificate and client CA, from the local
+        stand-ins of the spec's Secrets (``secrets/NAME/KEY`` under the state folder). A missing TLS Secret gets
+        a development CA and a localhost certificate, a missing client CA a development one and a client
+        certificate to call with; a missing JWKS is an error (`up` cannot invent your identity provider)."""
+        from . import devcerts
+
+        s, args, extra = self.model.spec.serving, [], {}
+        if s.auth.api_keys:
+            keys = self.api_key_file()
+            args += ["--api-keys", str(keys)]
+            extra["api_key_file"] = keys
+        if s.auth.jwt:
+            ref = s.auth.jwt.jwks
+            jwks = self.paths.secret(ref.name, ref.key)
+            if not jwks.exists():
+                raise StageFailed("serve", f"spec.serving.auth.jwt.jwks: {ref.kind} {ref.name} key {ref.key}: put the "
+                                           f"JWKS document in {jwks}", code=2)
+            args += ["--jwks", str(jwks)]
+        if s.tls:
+            cert, key = self.paths.secret(s.tls.secret_name, "tls.crt"), self.paths.secret(s.tls.secret_name, "tls.key")
+            ca = self.paths.home / "dev-ca.crt"
+            if not cert.exists():
+                ca_pem, ca_key = devcerts.make_ca(f"hardened-model dev CA ({self.model.metadata.name})")
+                crt_pem, key_pem = devcerts.issue(ca_pem, ca_key, "localhost", hosts=("localhost", "127.0.0.1", "::1"))
+                devcerts.write(ca, ca_pem)
+                devcerts.write(key, key_pem, private=True)
+                devcerts.write(cert, crt_pem)
+                msg = (f"generated a DEVELOPMENT CA ({ca}) and a certificate for localhost in {cert.parent}; in a "
+                       f"cluster, spec.serving.tls.secretName names your issuer's Secret (e.g. cert-manager's)")
+                self.warnings.append(msg)
+                self.say("warning", message=msg)
+            extra["ca_file"] = ca if ca.exists() else None
+            args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+            if s.tls.client_ca_secret:
+                client_ca = self.paths.secret(s.tls.client_ca_secret, "ca.crt")
+                client_cert, client_key = self.paths.home / "client.crt", self.paths.home / "client.key"
+                if not client_ca.exists():
+                    ca_pem, ca_key = devcerts.make_ca(f"hardened-model dev client CA ({self.model.metadata.name})")
+                    crt_pem, key_pem = devcerts.issue(ca_pem, ca_key, "dev-client", client=True)
+                    devcerts.write(client_key, key_pem, private=True)
+                    devcerts.write(client_cert, crt_pem)
+                    devcerts.write(client_ca, ca_pem)
+                    self.say("info", message=f"generated a development client CA and a client certificate "
+                                             f"({client_cert})")
+                if client_cert.exists():
+                    extra.update(client_cert=client_cert, client_key=client_key)
+                args += ["--client-ca", str(client_ca)]
+        return args, extra
+
     # -------------------------------------------------------------- stages
     def verify(self, version_dir: pathlib.Path, public_key: pathlib.Path, *, expect_digest: str | None = None) -> dict:
         gates = json.dumps(self.model.spec.gates.model_dump(mode="json", by_alias=True, exclude_none=True))
@@ -197,10 +250,10 @@ class LocalRunner:
         return [f"{g['gate']} {g['value']} vs {g['threshold']}" for g in metrics.get("gates", []) if not g["passed"]]
 
     def start_serving(self, version_dir: pathlib.Path, public_key: pathlib.Path, digest: str, *,
-                      port: int | None = None) -> tuple[str, pathlib.Path]:
+                      port: int | None = None) -> tuple[str, dict]:
         home = self.paths.home
         (home / "serving.json").write_text(json.dumps(build_serving_config(self.model), indent=2))
-        keys = self.api_key_file()
+        edge, extra = self.edge_args()
         ports = {n: _free_port() for n in ("model", "model_metrics", "validation", "validation_metrics",
                                            "ratelimit_metrics")}
         ports["ratelimit"] = port or _free_port()
@@ -210,7 +263,7 @@ class LocalRunner:
             ("validation", ["validate-proxy", "--config", str(home / "serving.json"), "--upstream",
                             f"http://127.0.0.1:{ports['model']}", "--model-dir", str(version_dir / MODEL_DIR_NAME),
                             "--port", str(ports["validation"]), "--metrics-port", str(ports["validation_metrics"])]),
-            ("ratelimit", ["ratelimit-proxy", "--config", str(home / "serving.json"), "--api-keys", str(keys),
+            ("ratelimit", ["ratelimit-proxy", "--config", str(home / "serving.json"), *edge,
                            "--upstream", f"http://127.0.0.1:{ports['validation']}", "--port",
                            str(ports["ratelimit"]), "--metrics-port", str(ports["ratelimit_metrics"])]),
         ]
@@ -218,10 +271,12 @@ class LocalRunner:
             log = open(home / "logs" / f"{name}.log", "wb")
             self.procs[name] = subprocess.Popen(_cli(*args), stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                                 start_new_session=True)
-            self._wait_ready(name, f"http://127.0.0.1:{ports[name]}/v2/health/ready")
-        url = f"http://127.0.0.1:{ports['ratelimit']}"
+            # the rate-limit sidecar's admin /readyz asks the chain (its public port may want TLS client certs)
+            self._wait_ready(name, f"http://127.0.0.1:{ports['ratelimit_metrics']}/readyz" if name == "ratelimit"
+                             else f"http://127.0.0.1:{ports[name]}/v2/health/ready")
+        url = f"{'https' if self.model.spec.serving.tls else 'http'}://127.0.0.1:{ports['ratelimit']}"
         self._write_state(url=url, ports=ports, digest=digest, version_dir=str(version_dir))
-        return url, keys
+        return url, extra
 
     def _wait_ready(self, name: str, url: str, timeout: float = 60.0) -> None:
         import urllib.request
@@ -288,8 +343,9 @@ class LocalRunner:
             self.warnings.append(msg)
             self.say("warning", message=msg)
         self.say("serve-start")
-        url, keys = self.start_serving(version_dir, pub, digest, port=port)
-        return UpResult(url=url, api_key_file=keys, report=version_dir / MODEL_DIR_NAME / "report.html",
+        url, extra = self.start_serving(version_dir, pub, digest, port=port)
+        return UpResult(url=url, api_key_file=extra.get("api_key_file"), ca_file=extra.get("ca_file"),
+                        client_cert=extra.get("client_cert"), client_key=extra.get("client_key"), report=version_dir / MODEL_DIR_NAME / "report.html",
                         metrics=verdict.get("metrics", {}), digest=digest, version=version, trained=trained,
                         gates_passed=verdict.get("gatesPassed", True) is not False, warnings=self.warnings,
                         pids={n: p.pid for n, p in self.procs.items()},

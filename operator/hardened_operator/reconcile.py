@@ -296,6 +296,19 @@ def ensure_prerequisites(kube, model: HardenedModel) -> tuple[list[str], dict | 
         if secret is None or ref.key not in (secret.get("data") or {}) and ref.key not in (
                 secret.get("stringData") or {}):
             missing.append(f"missing {field_}: Secret {ns}/{ref.name} with key {ref.key!r}")
+    needed = []  # (field, kind, name, keys)
+    if s.serving.tls:
+        needed.append(("spec.serving.tls.secretName", "Secret", s.serving.tls.secret_name, ("tls.crt", "tls.key")))
+        if s.serving.tls.client_ca_secret:
+            needed.append(("spec.serving.tls.clientCASecret", "Secret", s.serving.tls.client_ca_secret, ("ca.crt",)))
+    if s.serving.auth.jwt:
+        ref = s.serving.auth.jwt.jwks
+        needed.append(("spec.serving.auth.jwt.jwks", ref.kind, ref.name, (ref.key,)))
+    for field_, kind, name, keys in needed:
+        obj = kube.get(kind, ns, name) or {}
+        present = set(obj.get("data") or {}) | set(obj.get("stringData") or {})
+        if not obj or not set(keys) <= present:
+            missing.append(f"missing {field_}: {kind} {ns}/{name} with " + " and ".join(repr(k) for k in keys))
     from .artifacts import StoreURI
 
     store = StoreURI.parse(s.artifacts.store)
@@ -309,7 +322,8 @@ def ensure_prerequisites(kube, model: HardenedModel) -> tuple[list[str], dict | 
     if s.signing.method == "key" and s.signing.private_key_secret is None \
             and kube.get("Secret", ns, n["signing-secret"]) is None:
         kube.create(objects.build_signing_secret(model, *generate_key_pem()))
-    if s.serving.api_keys_secret is None and kube.get("Secret", ns, n["api-keys-secret"]) is None:
+    if s.serving.auth.api_keys and s.serving.api_keys_secret is None \
+            and kube.get("Secret", ns, n["api-keys-secret"]) is None:
         kube.create(objects.build_api_keys_secret(model, "hm_" + secrets.token_urlsafe(24)))
     return missing, pvc
 

@@ -512,7 +512,7 @@ class Tls(_Base):
                              description="A kubernetes.io/tls Secret (tls.crt, tls.key), e.g. cert-manager's; a "
                                          "renewed certificate is served without a restart.")
     client_ca_secret: str | None = Field(
-        default=None, pattern=DNS_LABEL, max_length=253,
+        default=None, alias="clientCASecret", pattern=DNS_LABEL, max_length=253,
         description="Secret with ca.crt: clients must present a certificate it signed (mutual TLS).")
 
 
@@ -589,6 +589,9 @@ class Alerts(_Base):
     low_confidence_ratio: Fraction = Field(default=0.2, description="Share of low-confidence outputs (evasion probing).")
     client_dominance_ratio: Fraction = Field(default=0.5, description="Share of traffic from one API key (extraction).")
     p99_latency_seconds: float = Field(default=0.5, gt=0.0, le=60.0)
+    failed_auth_per_second: float = Field(
+        default=0.5, gt=0.0, le=1e6, description="Failed authentications per second (all callers) that suggest key "
+                                                 "or token guessing.")
 
 
 class MonitoringSection(_Base):

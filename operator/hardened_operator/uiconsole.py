@@ -86,10 +86,17 @@ class UpConsole:
         t.add_row("signature", f"verified, digest {r.digest}")
         t.add_row("gates", "passed" if r.gates_passed else "[bold yellow]FAILED[/] (served: signing.mode Warn)")
         t.add_row("endpoint", f"{r.url}/v2/models/{self.model.metadata.name}/infer")
-        t.add_row("API key file", str(r.api_key_file))
+        if r.api_key_file:
+            t.add_row("API key file", str(r.api_key_file))
+        if r.ca_file:
+            t.add_row("TLS CA", str(r.ca_file))
         t.add_row("report", str(r.report))
         example = example_request(spec, r.example_row)
-        curl = (f"curl -s -H \"Authorization: Bearer $(head -1 {r.api_key_file})\" -H 'Content-Type: application/json' "
+        credential = (f"-H \"Authorization: Bearer $(head -1 {r.api_key_file} | cut -d' ' -f1)\" " if r.api_key_file
+                      else "-H \"Authorization: Bearer $TOKEN\" ")
+        tls = (f"--cacert {r.ca_file} " if r.ca_file else "") + (
+            f"--cert {r.client_cert} --key {r.client_key} " if r.client_cert else "")
+        curl = (f"curl -s {tls}{credential}-H 'Content-Type: application/json' "
                 f"{r.url}/v2/models/{self.model.metadata.name}/infer -d '{json.dumps(example)}'")
         self.console.print(Panel(t, title="hardened-model up: serving", border_style="green"))
         for w in r.warnings:

@@ -171,8 +171,9 @@ def test_every_probe_and_scrape_reaches_an_address_the_kubelet_and_prometheus_ca
         for endpoint in build_service_monitor(m)["spec"]["endpoints"]:
             assert bound[service[endpoint["port"]]] == "0.0.0.0", endpoint
         by_name = {c["name"]: c for c in pod["containers"]}
-        # the Service routes to a pod only when the whole chain is ready: rate limit -> validation -> model
-        assert by_name["ratelimit"]["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8443}
+        # the Service routes to a pod only when the whole chain is ready: the rate-limit sidecar's admin /readyz
+        # asks validation -> model (plain HTTP: the public port may want TLS client certificates)
+        assert by_name["ratelimit"]["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9092}
         # loading a large model must not trip liveness
         startup = by_name["model"]["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
@@ -223,8 +224,59 @@ def test_network_policy_admits_only_the_rate_limit_port_for_traffic():
     netpol = next(o for o in build_all(model()) if o["kind"] == "NetworkPolicy"
                   and o["metadata"]["name"] == "digits-demo")
     traffic = netpol["spec"]["ingress"][0]
-    assert traffic == {"ports": [{"protocol": "TCP", "port": 8443}]}
+    assert traffic == {"ports": [{"protocol": "TCP", "port": "http"}]}  # the container port named http: 8443
     assert set(netpol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def edge_model(**serving):
+    doc = example("digits-demo")
+    doc["metadata"]["uid"] = "0d5c3f0e-1111-2222-3333-444455556666"
+    doc["spec"]["serving"] = {**doc["spec"].get("serving", {}), **serving}
+    return parse_manifest(doc)
+
+
+def test_tls_jwt_and_keys_reach_the_rate_limit_sidecar_as_mounted_files_and_flags():
+    from hardened_operator.cli import build_parser
+
+    m = edge_model(tls={"secretName": "digits-tls", "clientCASecret": "callers-ca"},
+                   auth={"apiKeys": True, "jwt": {"jwks": {"kind": "ConfigMap", "name": "idp-jwks", "key": "jwks.json"},
+                                                  "issuer": "https://idp.example", "audience": "digits"}})
+    objs = build_all(m)
+    dep = next(o for o in objs if o["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    rl = next(c for c in pod["containers"] if c["name"] == "ratelimit")
+    args = build_parser().parse_args(rl["args"])
+    mounts = {v["mountPath"]: v["name"] for v in rl["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for flag in (args.tls_cert, args.tls_key, args.client_ca, args.jwks, args.api_keys):
+        folder = flag.rsplit("/", 1)[0]
+        assert folder in mounts, flag
+    assert volumes[mounts[args.tls_cert.rsplit("/", 1)[0]]]["secret"]["secretName"] == "digits-tls"
+    assert volumes[mounts[args.client_ca.rsplit("/", 1)[0]]]["secret"]["secretName"] == "callers-ca"
+    assert volumes[mounts[args.jwks.rsplit("/", 1)[0]]]["configMap"]["name"] == "idp-jwks"
+    assert not any("subPath" in mnt for mnt in rl["volumeMounts"])  # updates must reach the files
+    assert {"name": "https", "containerPort": 8443} in rl["ports"]
+    svc = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "digits-demo")
+    assert svc["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP",
+                                     "appProtocol": "https"}]
+    netpol = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "digits-demo")
+    assert netpol["spec"]["ingress"][0] == {"ports": [{"protocol": "TCP", "port": "https"}]}
+    # probes stay on the plain admin port, which the kubelet can reach without a client certificate
+    assert rl["readinessProbe"]["httpGet"]["port"] == 9092
+    assert not restricted_pss_violations(pod)
+
+
+def test_jwt_only_mounts_no_api_keys():
+    from hardened_operator.cli import build_parser
+
+    m = edge_model(auth={"apiKeys": False, "jwt": {"jwks": {"kind": "Secret", "name": "idp", "key": "jwks"},
+                                                   "issuer": "https://idp.example", "audience": "digits"}})
+    dep = next(o for o in build_all(m) if o["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    rl = next(c for c in pod["containers"] if c["name"] == "ratelimit")
+    args = build_parser().parse_args(rl["args"])
+    assert args.api_keys is None and args.jwks and args.tls_cert is None
+    assert "api-keys" not in {v["name"] for v in pod["volumes"]}
 
 
 def test_job_pods_accept_nothing_and_reach_https_only_when_the_spec_needs_it():
@@ -249,7 +301,7 @@ def test_monitoring_objects_carry_the_spec_labels_and_every_alert_is_documented(
     assert objs["ServiceMonitor"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert objs["PrometheusRule"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     alerts = [r for g in build_rule_groups(m) for r in g["rules"] if "alert" in r]
-    assert len(alerts) == 10
+    assert len(alerts) == 12
     for alert in alerts:
         assert set(alert["annotations"]) == {"summary", "description", "runbook"}
     assert {k for k in (o["kind"] for o in build_all(m, monitoring_crds=False))} >= {"Deployment", "Service"}

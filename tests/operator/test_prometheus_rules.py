@@ -124,6 +124,7 @@ def test_every_other_alert_fires_and_stays_quiet(tmp_path):
     lat, err = alerts["HardenedModelLatencyHigh"], alerts["HardenedModelServerErrors"]
     nv, vf = alerts["HardenedModelNotVerified"], alerts["HardenedModelVerificationFailed"]
     tf, eps = alerts["HardenedModelTrainingFailed"], alerts["HardenedModelPrivacyBudgetExceeded"]
+    guess, store = alerts["HardenedModelKeyGuessing"], alerts["HardenedModelRateLimitStorageDown"]
 
     def bucket(le, per_minute):
         return series("hardened_request_duration_seconds_bucket", f'{sel},component="ratelimit",le="{le}"',
@@ -163,6 +164,18 @@ def test_every_other_alert_fires_and_stays_quiet(tmp_path):
              expect(tf, "4m", owner, "warning")),
         case([series("hardened_operator_verification_failures_total", osel, "0x10"),
               series("hardened_operator_training_failures_total", osel, "0x10")], quiet(vf, "9m"), quiet(tf, "9m")),
+        # key guessing: 2 failed authentications per second (120 per minute) for 20 minutes fire (0.5/s for 5m);
+        # 6 per minute (a client with an old key retrying) stay quiet
+        case([admitted(), series("hardened_auth_failures_total", f'{sel},pod="a"', "0+120x60")],
+             expect(guess, "15m", svc, "warning", humanize="2"), quiet(guess, "4m")),
+        case([admitted(), series("hardened_auth_failures_total", f'{sel},pod="a"', "0+6x60")], quiet(guess, "40m")),
+        # redis unreachable from one pod: critical after 2 minutes; a pod that always had it: quiet
+        case([series("hardened_ratelimit_storage_up", f'{sel},pod="a"', "1 1 0 0 0 0 0 0"),
+              series("hardened_ratelimit_storage_up", f'{sel},pod="b"', "1x8")],
+             quiet(store, "3m"), expect(store, "6m", svc, "critical")),
+        case([series("hardened_ratelimit_storage_up", f'{sel},pod="a"', "1x20"),
+              series("hardened_ratelimit_fallback_total", f'{sel},pod="a",mode="closed"', "0x20")],
+             quiet(store, "15m")),
         # ε of the served version above the spec's budget (3.0)
         case([series("hardened_operator_model_epsilon", osel, "3.4x10")], expect(eps, "5m", owner, "critical")),
         case([series("hardened_operator_model_epsilon", osel, "2.99x10")], quiet(eps, "9m")),

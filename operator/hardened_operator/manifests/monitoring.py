@@ -86,6 +86,20 @@ def build_rule_groups(model: HardenedModel) -> list[dict]:
                f'reason=~"5..|internal_error|upstream_error"}}[5m])) > 0', "5m", "critical",
                f"{name}: server errors", "The chain answered 5xx in the last 5 minutes; see the pod logs.",
                rb + "server-errors"),
+        _alert("HardenedModelKeyGuessing",
+               f'sum by (namespace, service) (rate(hardened_auth_failures_total{{{sel}}}[5m])) > '
+               f'{a.failed_auth_per_second}', "5m", "warning",
+               f"{name}: many failed authentications (possible key or token guessing)",
+               "{{ $value | humanize }} failed authentications per second over 5 minutes. Each address is "
+               "throttled after rateLimit.failedAuth failures; many addresses at once, or a client with a revoked "
+               "key, look the same here: check the sidecar's \"rejected\" log lines.", rb + "key-guessing"),
+        _alert("HardenedModelRateLimitStorageDown",
+               f'min by (namespace, service) (hardened_ratelimit_storage_up{{{sel}}}) < 1 or sum by (namespace, '
+               f'service) (rate(hardened_ratelimit_fallback_total{{{sel}}}[5m])) > 0', "2m", "critical",
+               f"{name}: the rate limiter cannot reach its storage",
+               "The rate-limit sidecars decide without redis: with failMode closed they answer 503, with open "
+               "each replica limits on its own (the shared limits and quotas do not hold).",
+               rb + "rate-limit-storage"),
         _alert("HardenedModelNotVerified", f'min by (namespace, service) (hardened_model_verified{{{sel}}}) < 1',
                "1m", "critical", f"{name}: a serving pod runs an unverified model",
                "A model server reports hardened_model_verified 0.", rb + "not-verified"),

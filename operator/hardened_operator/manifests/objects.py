@@ -20,6 +20,9 @@ SIGNING_MOUNT = "/var/run/secrets/hardened/signing"
 TRUST_MOUNT = "/var/run/secrets/hardened/trust"
 SERVING_CONFIG_MOUNT = "/etc/hardened/serving"
 API_KEYS_MOUNT = "/var/run/secrets/hardened/api-keys"
+TLS_MOUNT = "/var/run/secrets/hardened/tls"
+CLIENT_CA_MOUNT = "/var/run/secrets/hardened/client-ca"
+JWKS_MOUNT = "/var/run/secrets/hardened/jwks"
 ARTIFACTS_MOUNT = "/artifacts"
 MODELS_MOUNT = "/models"
 VERSION_IDS_ANNOTATION = "hardened.dev/s3-version-ids"
@@ -287,13 +290,11 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                                       version_ids=version_ids)
     trust_args, _, _ = _trust_args(model)  # the trust volume's mount is among the init container's, below
     init = {**init, "name": "verify-model"}
-    keys = s.serving.api_keys_secret
-    key_name = keys.key if keys else "keys"
     volumes = volumes + [
         {"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}},
-        {"name": "serving-config", "configMap": {"name": n["serving-config"]}},
-        {"name": "api-keys", "secret": {"secretName": keys.name if keys else n["api-keys-secret"],
-                                        "items": [{"key": key_name, "path": "keys"}]}}]
+        {"name": "serving-config", "configMap": {"name": n["serving-config"]}}]
+    edge_volumes, edge_mounts, edge_args = _edge(model)
+    volumes += edge_volumes
     model_mounts = ([m for m in init["volumeMounts"] if m["name"] in ("artifacts", "trust", "tmp")]
                     + ([{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}] if not local else []))
     cfg_mount = {"name": "serving-config", "mountPath": SERVING_CONFIG_MOUNT, "readOnly": True}
@@ -314,11 +315,13 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
         out = {"name": name, "image": s.serving.image, "command": ["hardened-model"],
                "args": args + ["--host", "0.0.0.0" if public else "127.0.0.1", "--port", str(port),
                                "--metrics-host", "0.0.0.0", "--metrics-port", str(metrics)],
-               "ports": [{"name": name[:9] if not public else "http", "containerPort": port},
+               "ports": [{"name": name[:9] if not public else public_port_name(model), "containerPort": port},
                          {"name": f"{name[:5]}-metrics", "containerPort": metrics}],
                "env": [{"name": "HOME", "value": "/tmp"}, *env],
                "resources": resources, "securityContext": CONTAINER_SECURITY, "volumeMounts": mounts,
-               "readinessProbe": probe(port, "/v2/health/ready") if public else probe(metrics, "/readyz"),
+               # the rate-limit sidecar's /readyz asks the chain behind it (/v2/health/ready), on the plain admin
+               # port: the public one may be HTTPS with client certificates, which the kubelet does not have
+               "readinessProbe": probe(metrics, "/readyz"),
                "livenessProbe": probe(metrics, "/healthz", 10)}
         if startup_seconds:  # liveness waits until the process listens, however long loading takes
             out["startupProbe"] = probe(metrics, "/healthz", 5, failures=startup_seconds // 5)
@@ -339,11 +342,10 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                   PORTS["validation"], PORTS["validation-metrics"],
                   [cfg_mount, {"name": "tmp", "mountPath": "/tmp"}] + [m for m in model_mounts if m["name"] != "tmp"],
                   sidecar_resources),
-        container("ratelimit", ["ratelimit-proxy", "--config", f"{SERVING_CONFIG_MOUNT}/serving.json", "--api-keys",
-                                f"{API_KEYS_MOUNT}/keys", "--upstream", f"http://127.0.0.1:{PORTS['validation']}"],
+        container("ratelimit", ["ratelimit-proxy", "--config", f"{SERVING_CONFIG_MOUNT}/serving.json", *edge_args,
+                                "--upstream", f"http://127.0.0.1:{PORTS['validation']}"],
                   PORTS["ratelimit"], PORTS["ratelimit-metrics"],
-                  [cfg_mount, {"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True},
-                   {"name": "tmp", "mountPath": "/tmp"}], sidecar_resources),
+                  [cfg_mount, *edge_mounts, {"name": "tmp", "mountPath": "/tmp"}], sidecar_resources),
     ]
     pod_labels = {**labels(model, "serving"), "hardened.dev/version": version}
     pod = {"securityContext": POD_SECURITY, "automountServiceAccountToken": False,
@@ -371,6 +373,45 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
     }
 
 
+def public_port_name(model: HardenedModel) -> str:
+    return "https" if model.spec.serving.tls else "http"
+
+
+def _edge(model: HardenedModel) -> tuple[list[dict], list[dict], list[str]]:
+    """Volumes, mounts and flags of the rate-limit sidecar: API keys, JWKS, TLS certificate and client CA.
+    Secrets and ConfigMaps are mounted whole-file (no subPath), so the kubelet's updates reach the sidecar,
+    which re-reads them: a renewed certificate or rotated key needs no restart."""
+    s = model.spec.serving
+    volumes, mounts, args = [], [], []
+
+    def mount(name: str, path: str, source: dict) -> None:
+        volumes.append({"name": name, **source})
+        mounts.append({"name": name, "mountPath": path, "readOnly": True})
+
+    if s.auth.api_keys:
+        keys = s.api_keys_secret
+        mount("api-keys", API_KEYS_MOUNT, {"secret": {
+            "secretName": keys.name if keys else names(model)["api-keys-secret"],
+            "items": [{"key": keys.key if keys else "keys", "path": "keys"}]}})
+        args += ["--api-keys", f"{API_KEYS_MOUNT}/keys"]
+    if s.auth.jwt:
+        ref = s.auth.jwt.jwks
+        source = ({"secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "jwks.json"}]}}
+                  if ref.kind == "Secret" else
+                  {"configMap": {"name": ref.name, "items": [{"key": ref.key, "path": "jwks.json"}]}})
+        mount("jwks", JWKS_MOUNT, source)
+        args += ["--jwks", f"{JWKS_MOUNT}/jwks.json"]
+    if s.tls:
+        mount("tls", TLS_MOUNT, {"secret": {"secretName": s.tls.secret_name, "items": [
+            {"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}})
+        args += ["--tls-cert", f"{TLS_MOUNT}/tls.crt", "--tls-key", f"{TLS_MOUNT}/tls.key"]
+        if s.tls.client_ca_secret:
+            mount("client-ca", CLIENT_CA_MOUNT, {"secret": {"secretName": s.tls.client_ca_secret,
+                                                            "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
+            args += ["--client-ca", f"{CLIENT_CA_MOUNT}/ca.crt"]
+    return volumes, mounts, args
+
+
 def rollout_budget(replicas: int) -> dict:
     """How a new version or serving change rolls out. One replica: a new pod first, the old one stays until
     the new one is ready (a refused artifact never takes the endpoint down). Two or more: also one old pod
@@ -389,7 +430,9 @@ def _digest_of(doc: dict) -> str:
 def build_service(model: HardenedModel) -> dict:
     return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(model, model.metadata.name, "serving"),
             "spec": {"selector": serving_selector(model),
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}
+                     "ports": [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP",
+                                "appProtocol": "https"} if model.spec.serving.tls else
+                               {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}
 
 
 def build_metrics_service(model: HardenedModel) -> dict:
@@ -410,11 +453,14 @@ def build_network_policy(model: HardenedModel) -> dict:
     if StoreURI.parse(s.artifacts.store).scheme == "s3":
         egress.append({"ports": [{"protocol": "TCP", "port": 443}]})
     if s.serving.rate_limit.storage.startswith("redis"):
-        egress.append({"ports": [{"protocol": "TCP", "port": 6379}]})
+        import urllib.parse
+
+        egress.append({"ports": [{"protocol": "TCP",
+                                  "port": urllib.parse.urlsplit(s.serving.rate_limit.storage).port or 6379}]})
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": _meta(model, model.metadata.name, "serving"),
             "spec": {"podSelector": selector, "policyTypes": ["Ingress", "Egress"],
-                     "ingress": [{"ports": [{"protocol": "TCP", "port": PORTS["ratelimit"]}]},
+                     "ingress": [{"ports": [{"protocol": "TCP", "port": public_port_name(model)}]},
                                  {"ports": [{"protocol": "TCP", "port": PORTS[p]} for p in
                                             ("model-metrics", "validation-metrics", "ratelimit-metrics")],
                                   "from": [{"namespaceSelector": {}}]}],
