@@ -117,6 +117,42 @@ def test_no_secret_reaches_a_log_the_output_or_a_metric(running):
         assert not any(line in text for line in secret_lines), where
 
 
+def test_up_with_tls_makes_a_development_ca_and_serves_https_with_client_certificates(running):
+    """A serving-only change (TLS with client certificates): no retraining; a development CA, a localhost
+    certificate and a client certificate; the printed curl line carries --cacert, --cert and --key."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from sklearn.datasets import load_digits
+
+    tmp = running["tmp"]
+    doc = yaml.safe_load(running["spec"].read_text())
+    doc["spec"]["serving"]["tls"] = {"secretName": "digits-tls", "clientCASecret": "callers-ca"}
+    spec = tmp / "model-tls.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    port = free_port()
+    out = cli("up", str(spec), "--detach", "--port", str(port), cwd=tmp)
+    assert out.returncode == 0, out.stdout + out.stderr
+    home = tmp / ".hardened/digits-demo"
+    flat = " ".join(out.stdout.split())
+    assert "not training again" in flat and "DEVELOPMENT CA" in flat
+    assert "--cacert .hardened/digits-demo/dev-ca.crt --cert .hardened/digits-demo/client.crt" in flat
+    assert f"https://127.0.0.1:{port}" in flat
+    x = (load_digits().images[:1] / 16.0).reshape(1, 1, 8, 8)
+    req = urllib.request.Request(f"https://localhost:{port}/v2/models/digits-demo/infer",
+                                 data=json.dumps(infer_body(x)).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {running['key']}",
+                                          "Content-Type": "application/json"})
+    ctx = ssl.create_default_context(cafile=str(home / "dev-ca.crt"))
+    with pytest.raises(urllib.error.URLError):  # no client certificate: the handshake fails
+        urllib.request.urlopen(req, context=ctx, timeout=10)
+    ctx.load_cert_chain(home / "client.crt", home / "client.key")
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        assert r.status == 200 and json.loads(r.read())["outputs"][0]["shape"] == [1, 10]
+    assert cli("down", str(spec), cwd=tmp).returncode == 0
+
+
 def test_tampered_weights_are_refused_and_up_retrains(running):
     tmp, spec = running["tmp"], running["spec"]
     assert cli("down", str(spec), cwd=tmp).returncode == 0
