@@ -27,6 +27,13 @@ samples each of the three processes, and the share of CPU samples per function i
     .venv/bin/python benchmarks/serving_latency.py --profile
 
 With --trace: 20 s at 500 rps against the model alone, then the chain, and when the slowest 1% happened.
+
+With --tls: TLS side by side (issue 16). A second rate-limit sidecar terminates TLS (the same validation
+sidecar and model server behind it) and nginx gets a second server block with `listen ssl`, both with the same
+EC P-256 certificate, TLS 1.2+ and the same ciphers; targets model, chain, chain-tls, nginx, nginx-tls (no
+pipes). Clients keep their connections (one handshake per connection, as real clients do).
+
+    .venv/bin/python benchmarks/serving_latency.py --tls
 """
 import asyncio
 import json
@@ -49,8 +56,22 @@ RATE, SECONDS = 500, 10
 KEY = "bench-" + "k" * 26
 
 
-def nginx_conf(prefix: pathlib.Path, port: int, upstream: int) -> pathlib.Path:
+def nginx_conf(prefix: pathlib.Path, port: int, upstream: int, tls_port: int | None = None) -> pathlib.Path:
     conf = prefix / "nginx.conf"
+    location = """
+    location / {
+      limit_req zone=perkey burst=100000 nodelay;
+      proxy_pass http://model;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }"""
+    tls = "" if tls_port is None else f"""
+  server {{
+    listen 127.0.0.1:{tls_port} ssl;
+    ssl_certificate {prefix}/tls.crt; ssl_certificate_key {prefix}/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;
+    client_max_body_size 64k;{location}
+  }}"""
     conf.write_text(f"""
 worker_processes 1;
 error_log {prefix}/error.log warn;
@@ -64,14 +85,8 @@ http {{
   upstream model {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
-    client_max_body_size 64k;
-    location / {{
-      limit_req zone=perkey burst=100000 nodelay;
-      proxy_pass http://model;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }}
-  }}
+    client_max_body_size 64k;{location}
+  }}{tls}
 }}
 """)
     return conf
@@ -119,14 +134,16 @@ def pipe(port: int, upstream: int) -> None:
 
 
 async def open_loop(urls: dict[str, str], body: bytes, headers: dict, rate: int, seconds: float,
-                    slice_seconds: float = 1.0, skip_seconds: float = 0.05) -> dict[str, np.ndarray]:
+                    slice_seconds: float = 1.0, skip_seconds: float = 0.05, ssl_context=None
+                    ) -> dict[str, np.ndarray]:
     """Each target in turn for ``slice_seconds`` at ``rate``, until each has had ``seconds`` recorded; the first
     ``skip_seconds`` of each turn are sent but not recorded (the target's processes waking from their idle
     turns). Per target, one row per recorded request: when it was due (s since the run began), how late the
     generator sent it (ms: its own pauses), and its latency (ms)."""
     rows: dict[str, list[tuple[float, float, float]]] = {n: [] for n in urls}
     errors = 0
-    sessions = {n: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) for n in urls}
+    sessions = {n: aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+        limit=0, **({"ssl": ssl_context} if ssl_context else {}))) for n in urls}
     began = time.perf_counter()
     try:
         async def one(name: str, due: float, record: bool = True):
@@ -237,7 +254,21 @@ def main():
     cfg = serving_config(tmp / "serving.json", {"rateLimit": {"perKey": {"requestsPerSecond": 100000,
                                                                          "burst": 100000}}})
     (tmp / "api-keys").write_text(KEY + "\n")
-    p = {n: free_port() for n in ("model", "val", "rl", "nginx", "pipe1", "pipe2", "m1", "m2", "m3")}
+    p = {n: free_port() for n in ("model", "val", "rl", "nginx", "pipe1", "pipe2", "m1", "m2", "m3", "rl_tls",
+                                  "m4", "nginx_tls")}
+    tls = "--tls" in sys.argv
+    ssl_context = None
+    if tls:
+        import ssl
+
+        from hardened_operator import devcerts
+
+        ca, ca_key = devcerts.make_ca("bench CA")
+        crt, key = devcerts.issue(ca, ca_key, "localhost", hosts=("127.0.0.1",))
+        devcerts.write(tmp / "ca.crt", ca)
+        devcerts.write(tmp / "tls.crt", crt)
+        devcerts.write(tmp / "tls.key", key, private=True)
+        ssl_context = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
     procs = [
         Process("serve", "--artifact", str(artifact), "--public-key", str(pub), "--port", str(p["model"]),
                 "--metrics-port", str(p["m1"]), "--log-level", "WARNING",
@@ -250,10 +281,17 @@ def main():
                 "--log-level", "WARNING", ready_url=f"http://127.0.0.1:{p['rl']}/v2/health/ready",
                 log=tmp / "rl.log"),
     ]
+    if tls:
+        procs.append(Process("ratelimit-proxy", "--config", str(cfg), "--api-keys", str(tmp / "api-keys"),
+                             "--upstream", f"http://127.0.0.1:{p['val']}", "--port", str(p["rl_tls"]),
+                             "--metrics-port", str(p["m4"]), "--log-level", "WARNING", "--tls-cert",
+                             str(tmp / "tls.crt"), "--tls-key", str(tmp / "tls.key"),
+                             ready_url=f"http://127.0.0.1:{p['m4']}/readyz", log=tmp / "rl-tls.log"))
     pipes = [subprocess.Popen([sys.executable, __file__, "pipe", str(p["pipe2"]), str(p["model"])]),
              subprocess.Popen([sys.executable, __file__, "pipe", str(p["pipe1"]), str(p["pipe2"])])]
     nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(tmp), "-c",
-                              str(nginx_conf(tmp, p["nginx"], p["model"])), "-g", "daemon off;"])
+                              str(nginx_conf(tmp, p["nginx"], p["model"], p["nginx_tls"] if tls else None)),
+                              "-g", "daemon off;"])
     time.sleep(1)
     try:
         from sklearn.datasets import load_digits
@@ -268,6 +306,13 @@ def main():
             profile(pids, f"http://127.0.0.1:{p['rl']}{path}", tmp / "body.json", tmp)
             return
         targets = {"model": p["model"], "chain": p["rl"], "nginx": p["nginx"]}
+        urls = {n: f"http://127.0.0.1:{port}{path}" for n, port in targets.items()}
+        if tls:
+            pids["ratelimit-tls"] = procs[3].proc.pid
+            urls = {"model": urls["model"], "chain": urls["chain"], "chain-tls": f"https://127.0.0.1:{p['rl_tls']}{path}",
+                    "nginx": urls["nginx"], "nginx-tls": f"https://127.0.0.1:{p['nginx_tls']}{path}"}
+        else:
+            urls["pipes"] = f"http://127.0.0.1:{p['pipe1']}{path}"
         if "--cpu" in sys.argv:
             for n in ("model", "chain"):
                 wrk(f"http://127.0.0.1:{targets[n]}{path}", tmp / "body.json",
@@ -279,11 +324,16 @@ def main():
             return
         ticks = cpu_ticks()
         lat = {n: rows[:, 2] for n, rows in asyncio.run(open_loop(
-            {n: f"http://127.0.0.1:{port}{path}" for n, port in {**targets, "pipes": p["pipe1"]}.items()},
-            body, headers, RATE, SECONDS)).items()}
+            urls, body, headers, RATE, SECONDS, ssl_context=ssl_context)).items()}
         steal = [b - a for a, b in zip(ticks, cpu_ticks())]
-        rps = {n: wrk(f"http://127.0.0.1:{port}{path}", tmp / "body.json",
-                      pids=pids if n == "chain" else {"model": pids["model"]}) for n, port in targets.items()}
+
+        def chain_pids(n):
+            if not n.startswith("chain"):
+                return {"model": pids["model"]}
+            return {"model": pids["model"], "validation": pids["validation"],
+                    "ratelimit": pids["ratelimit-tls" if n == "chain-tls" else "ratelimit"]}
+
+        rps = {n: wrk(url, tmp / "body.json", pids=chain_pids(n)) for n, url in urls.items() if n != "pipes"}
     finally:
         nginx.terminate()
         nginx.wait(10)
@@ -299,10 +349,10 @@ def main():
     print(f"open loop {RATE} rps x {SECONDS} s per target, in 1 s turns; wrk -t2 -c32 -d10s; body {len(body)} bytes (1 digit)")
     print(f"steal (CPU time the hypervisor gave elsewhere) during the latency runs: "
           f"{100 * steal[0] / max(1, steal[1]):.1f}%")
-    print(f"{'target':8s} {'p50 ms':>8s} {'p99 ms':>8s} {'added p50':>10s} {'added p99':>10s} {'max rps':>9s}")
+    print(f"{'target':9s} {'p50 ms':>8s} {'p99 ms':>8s} {'added p50':>10s} {'added p99':>10s} {'max rps':>9s}")
     for n in lat:
         p50, p99 = np.percentile(lat[n], 50), np.percentile(lat[n], 99)
-        print(f"{n:8s} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f} "
+        print(f"{n:9s} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f} "
               f"{rps[n] if n in rps else float('nan'):9.0f}")
 
 

@@ -11,7 +11,7 @@ import yaml
 from cluster import CHART, Cluster
 from hardened_operator.manifests.objects import build_deployment, build_training_job, build_verify_job
 from hardened_operator.manifests.render import build_all
-from hardened_operator.spec import parse_manifest
+from hardened_operator.spec import parse_manifest, to_wire
 from helpers import EXAMPLES, ROOT, example, merge_patch
 
 INVALID = yaml.safe_load((ROOT / "tests/operator/invalid_specs.yaml").read_text())
@@ -117,3 +117,31 @@ def test_every_object_the_operator_builds_is_admitted(api, path):
     out = api.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objs), check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("(server dry run)") == len(objs)
+
+
+def test_the_edge_objects_are_admitted(api):
+    """TLS with client certificates, JWT from a ConfigMap beside API keys, plans and trusted proxies (issue 16):
+    the Deployment with its Secret and ConfigMap volumes, the https Service and NetworkPolicy port."""
+    doc = example("digits-demo")
+    doc["metadata"]["namespace"] = NS
+    doc["spec"]["serving"].update({
+        "tls": {"secretName": "digits-tls", "clientCASecret": "callers-ca"},
+        "auth": {"apiKeys": True, "jwt": {"jwks": {"kind": "ConfigMap", "name": "idp-jwks", "key": "jwks.json"},
+                                          "issuer": "https://idp.example", "audience": "digits", "planClaim": "plan"}},
+    })
+    doc["spec"]["serving"]["rateLimit"].update({
+        "plans": [{"name": "daily", "requestsPerSecond": 5, "burst": 10, "quota": {"requests": 1000,
+                                                                                "period": "day"}}],
+        "trustedProxies": ["10.0.0.0/8"], "failMode": "open"})
+    model = parse_manifest(doc)
+    objs = build_all(model, digest="ab" * 32, monitoring_crds=False)
+    for obj in objs:
+        obj["metadata"]["namespace"] = NS
+        obj["metadata"].pop("ownerReferences", None)
+    out = api.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objs), check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("(server dry run)") == len(objs)
+    # and the HardenedModel itself, with every new field, is admitted as parse_spec defaults it
+    out = dry_run(api, doc)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["spec"]["serving"] == to_wire(model.spec)["serving"]

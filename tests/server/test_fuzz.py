@@ -19,10 +19,12 @@ BODY_TIMEOUT = 1.0
 def chain(tmp_path_factory, keys):
     tmp = tmp_path_factory.mktemp("fuzz")
     artifact = make_artifact(tmp / "artifact", keys[0])
-    # limits high enough that the fuzz load itself is never rate limited (429s are tested elsewhere)
+    # limits high enough that the fuzz load itself is never rate limited, nor its wrong keys' address throttled
+    # (429s and failed-authentication budgets are tested elsewhere)
     cfg = serving_config(tmp / "serving.json", {
         "validation": {"maxBatchSize": 4, "maxBodyBytes": 8192, "oodThreshold": 50.0},
-        "rateLimit": {"perKey": {"requestsPerSecond": 100000, "burst": 100000}}})
+        "rateLimit": {"perKey": {"requestsPerSecond": 100000, "burst": 100000},
+                      "failedAuth": {"requestsPerSecond": 100000, "burst": 100000}}})
     ports, procs = start_chain(tmp, artifact, keys[1], cfg, [KEY], "--body-timeout", str(BODY_TIMEOUT))
     yield {"ports": ports, "procs": procs, "tmp": tmp}
     assert [p.stop() for p in procs] == [0, 0, 0], [p.output()[-2000:] for p in procs]
