@@ -254,3 +254,34 @@ def test_status_metrics_are_rounded_for_display():
     obs, m = serving({})
     obs.verify_message = {**VERIFIED, "metrics": {"epsilon": 7.996902055510751, "robustAccuracy": 0.6377777777777778}}
     assert decide(m, obs, {}, now=NOW).status["metrics"] == {"epsilon": 7.9969, "robustAccuracy": 0.6378}
+
+
+def test_prerequisites_name_a_missing_tls_secret_client_ca_and_jwks_and_no_key_is_generated_without_api_keys():
+    from hardened_operator.reconcile import ensure_prerequisites
+
+    class Kube:
+        def __init__(self, objects):
+            self.objects, self.created = objects, []
+
+        def get(self, kind, ns, name):
+            return self.objects.get((kind, name))
+
+        def create(self, obj):
+            self.created.append(obj)
+
+    m = model(serving={"tls": {"secretName": "digits-tls", "clientCASecret": "callers-ca"},
+                       "auth": {"apiKeys": False, "jwt": {"jwks": {"kind": "ConfigMap", "name": "idp", "key": "jwks"},
+                                                          "issuer": "https://idp", "audience": "digits"}}})
+    have = {("Secret", "digits-tls"): {"data": {"tls.crt": "x"}},  # the key is missing
+            ("PersistentVolumeClaim", "hardened-models"): {"spec": {"accessModes": ["ReadWriteMany"]}},
+            **{("Secret", ref): {"data": {"private.pem": "p", "public.pem": "q"}} for ref in (
+                m.spec.signing.private_key_secret.name, m.spec.signing.public_key_secret.name)}}
+    kube = Kube(have)
+    missing, _ = ensure_prerequisites(kube, m)
+    assert missing == ["missing spec.serving.tls.secretName: Secret default/digits-tls with 'tls.crt' and 'tls.key'",
+                       "missing spec.serving.tls.clientCASecret: Secret default/callers-ca with 'ca.crt'",
+                       "missing spec.serving.auth.jwt.jwks: ConfigMap default/idp with 'jwks'"]
+    assert kube.created == []  # auth.apiKeys false: no API key Secret is generated
+    have.update({("Secret", "digits-tls"): {"data": {"tls.crt": "x", "tls.key": "y"}},
+                 ("Secret", "callers-ca"): {"data": {"ca.crt": "z"}}, ("ConfigMap", "idp"): {"data": {"jwks": "{}"}}})
+    assert ensure_prerequisites(kube, m)[0] == []
