@@ -219,7 +219,7 @@ def test_dashboard_queries_are_valid_promql_over_metrics_we_export(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     known = _exported_metric_names()
     functions = {"sum", "by", "rate", "histogram_quantile", "min", "max", "increase", "le", "component", "service",
-                 "outcome", "reason", "scope", "name", "namespace", "and", "clamp_min"}
+                 "outcome", "reason", "scope", "name", "namespace", "and", "clamp_min", "mode"}
     for e in concrete:
         body = re.sub(r'"[^"]*"', "", e)
         body = re.sub(r"\[[^\]]*\]", "", body)
