@@ -196,8 +196,8 @@ def ratelimit_sidecars(tmp: pathlib.Path, config: pathlib.Path, upstream: str, k
         for i, (p, m) in enumerate(ports)]
 
 
-def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 10.0):
-    """(status, parsed JSON or text, headers) without raising on 4xx/5xx."""
+def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 10.0, context=None):
+    """(status, parsed JSON or text, headers) without raising on 4xx/5xx; ``context``: an SSLContext for https."""
     import urllib.error
     import urllib.request
 
@@ -205,7 +205,7 @@ def http(method: str, url: str, body=None, headers: dict | None = None, timeout:
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json",
                                                                          **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             raw, status, hdrs = r.read(), r.status, dict(r.headers)
     except urllib.error.HTTPError as e:
         raw, status, hdrs = e.read(), e.code, dict(e.headers)

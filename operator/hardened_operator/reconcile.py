@@ -237,7 +237,8 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
                                     "signer": vm.get("signer") if verified else None,
                                     "versionId": _signature_version_id(uploaded_ids) if verified else None}.items()
                   if v},
-        serving={k: v for k, v in {"url": f"http://{model.metadata.name}.{model.metadata.namespace}.svc",
+        serving={k: v for k, v in {"url": f"{'https' if model.spec.serving.tls else 'http'}://"
+                                          f"{model.metadata.name}.{model.metadata.namespace}.svc",
                                    "readyReplicas": ready_replicas, "servedDigest": serving_digest}.items()
                  if v is not None} if target else None,
         lastFailure=last_failure)

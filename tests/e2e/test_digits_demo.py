@@ -47,15 +47,18 @@ class Demo:
     def __init__(self, api: Cluster, images: dict, store: pathlib.Path | None):
         self.api, self.images, self.store = api, images, store
         self.key = ""
+        self.tls = None  # an SSLContext (CA and client certificate) once the endpoint speaks TLS
 
     def url(self) -> str:
         svc = self.api.get("service", MODEL, NS)
-        return f"http://{svc['spec']['clusterIP']}:80/v2/models/{MODEL}/infer"
+        port = svc["spec"]["ports"][0]
+        scheme = "https" if port["name"] == "https" else "http"
+        return f"{scheme}://{svc['spec']['clusterIP']}:{port['port']}/v2/models/{MODEL}/infer"
 
     def infer(self, body, key: str | None = "", **headers):
         key = self.key if key == "" else key
         auth = {"Authorization": f"Bearer {key}"} if key else {}
-        return http("POST", self.url(), body, {**auth, **headers}, timeout=20)
+        return http("POST", self.url(), body, {**auth, **headers}, timeout=20, context=self.tls)
 
     def version_dir(self) -> pathlib.Path:
         return self.store / MODEL / status(self.api)["training"]["configDigest"]
@@ -196,6 +199,57 @@ def test_a_serving_only_change_rolls_out_without_a_training_job(demo: Demo):
     assert len(api.items("jobs", NS, TRAIN_SELECTOR)) == 1
     assert len(serving_pods(api, ready=True)) == 2
     assert demo.infer(infer_body(digits(1)))[0] == 200
+
+
+def test_tls_with_client_certificates_through_the_service(demo: Demo, tmp_path):
+    """serving.tls with a kubernetes.io/tls Secret (as cert-manager writes it) and a client CA: a serving-only
+    rollout; the Service's port is https/443; a client with the CA and a client certificate gets 200, one
+    without a certificate and plain HTTP get no answer; the probes (admin port, plain HTTP) keep the pods
+    Ready. Issue 16."""
+    import ssl
+    import urllib.error
+
+    from hardened_operator import devcerts
+
+    api = demo.api
+    cluster_ip = api.get("service", MODEL, NS)["spec"]["clusterIP"]
+    ca, ca_key = devcerts.make_ca("e2e CA")
+    crt, key = devcerts.issue(ca, ca_key, MODEL, hosts=(cluster_ip, f"{MODEL}.{NS}.svc"))
+    client_ca, client_ca_key = devcerts.make_ca("e2e callers")
+    client_crt, client_key = devcerts.issue(client_ca, client_ca_key, "e2e-client", client=True)
+    api.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "digits-tls"}, "type": "kubernetes.io/tls",
+               "stringData": {"tls.crt": crt.decode(), "tls.key": key.decode()}},
+              {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "callers-ca"},
+               "stringData": {"ca.crt": client_ca.decode()}}, namespace=NS)
+    generation = status(api)["observedGeneration"]
+    api.kubectl("-n", NS, "patch", "hm", MODEL, "--type=merge", "-p", json.dumps(
+        {"spec": {"serving": {"tls": {"secretName": "digits-tls", "clientCASecret": "callers-ca"}}}}))
+    wait(lambda: status(api).get("observedGeneration") == generation + 1, 30, "the operator to see the change")
+    api.kubectl("-n", NS, "wait", "--for=condition=Ready", f"hm/{MODEL}", "--timeout=600s", timeout=660)
+    wait(lambda: all(c["name"] != "ratelimit" or "--tls-cert" in c["args"] for p in serving_pods(api, ready=True)
+                     for c in p["spec"]["containers"]) and len(serving_pods(api)) == 2, 300,
+         "every serving pod to run with TLS")
+    svc = api.get("service", MODEL, NS)
+    assert svc["spec"]["ports"][0]["name"] == "https" and svc["spec"]["ports"][0]["port"] == 443
+    assert len(api.items("jobs", NS, TRAIN_SELECTOR)) == 1  # serving-only: no new training
+    assert status(api)["serving"]["url"] == f"https://{MODEL}.{NS}.svc"
+    devcerts.write(tmp_path / "ca.crt", ca)
+    devcerts.write(tmp_path / "client.crt", client_crt)
+    devcerts.write(tmp_path / "client.key", client_key, private=True)
+    anonymous = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    demo.tls = anonymous
+    with pytest.raises(urllib.error.URLError):  # no client certificate: the handshake fails
+        demo.infer(infer_body(digits(1)))
+    plain = demo.url().replace("https://", "http://")
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        http("POST", plain, infer_body(digits(1)), {"Authorization": f"Bearer {demo.key}"}, timeout=20)
+    mutual = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    mutual.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+    demo.tls = mutual
+    code, body, headers = demo.infer(infer_body(digits(1)))
+    assert code == 200 and body["outputs"][0]["shape"] == [1, 10], body
+    assert headers["RateLimit-Policy"] == '"default";q=12;w=2'  # the serving-only change's bucket (6/s, 12)
+    assert demo.infer(infer_body(digits(1)), key=None)[0] == 401
 
 
 def test_a_tampered_artifact_is_refused_while_the_previous_pod_keeps_serving(demo: Demo):
