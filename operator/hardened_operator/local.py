@@ -208,7 +208,13 @@ class LocalRunner:
 
     def train(self, version_dir: pathlib.Path, private_key: pathlib.Path) -> dict:
         home = self.paths.home
-        config = build_trainer_config(self.model, output_dir=str(version_dir), private_key_path=str(private_key))
+        iw = self.model.spec.model.initial_weights
+        volumes = {}
+        if iw is not None and iw.uri.startswith("pvc://"):  # .hardened/volumes/<claim> stands in for the claim
+            claim = iw.uri[len("pvc://"):].split("/", 1)[0]
+            volumes[claim] = str(self.paths.root / "volumes" / claim)
+        config = build_trainer_config(self.model, output_dir=str(version_dir), private_key_path=str(private_key),
+                                      volumes=volumes)
         (home / "train.json").write_text(json.dumps(config, indent=2))
         log_path = home / "logs" / "train.log"
         result, last_error = None, None

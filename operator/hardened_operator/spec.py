@@ -108,6 +108,25 @@ class SecretKeyRef(_Base):
 
 
 # --------------------------------------------------------------------- model
+PICKLE_HELP = ("PyTorch .pt/.pth files are pickles, which can run code when loaded, and are never loaded here: "
+               "convert once, in a trusted environment, with safetensors.torch.save_file(torch.load(PATH, "
+               "weights_only=True), 'model.safetensors'), and pin the new file's sha256")
+
+
+class InitialWeights(_Base):
+    """Pretrained weights to start from (warm start): a safetensors file, checked against its sha256 first."""
+
+    uri: str = Field(pattern=r"^(file|s3|pvc)://\S+$", max_length=1024,
+                     description="file:///path, s3://bucket/key or pvc://claim/path of a .safetensors file.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$",
+                        description="Expected sha256 of the file (lowercase hex); any other bytes stop the trainer.")
+
+    cel_rules = (
+        CelRule("!self.uri.endsWith('.pt') && !self.uri.endsWith('.pth') && !self.uri.endsWith('.bin') "
+                "&& !self.uri.endsWith('.pkl')", PICKLE_HELP, "uri"),
+    )
+
+
 class ModelSection(_Base):
     """What to train: an architecture from the built-in registry and its input/output shape."""
 
@@ -118,6 +137,9 @@ class ModelSection(_Base):
     num_classes: int = Field(ge=2, le=1000, description="Number of output classes.")
     labels: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
         default=None, max_length=1000, description="Class names, one per class; defaults to the class indices.")
+    initial_weights: InitialWeights | None = Field(
+        default=None, description="Start from these weights (e.g. the baseline model) and harden them by "
+                                  "fine-tuning; their digest is recorded in the signed model.json.")
 
     cel_rules = (
         CelRule("!has(self.labels) || size(self.labels) == self.numClasses",

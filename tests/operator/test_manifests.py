@@ -315,3 +315,29 @@ def test_render_command_prints_every_object(capsys):
     assert main(["render", str(ROOT / "examples/digits-demo.yaml")]) == 0
     out = capsys.readouterr().out
     assert out.count("\nkind: ") + out.startswith("kind: ") == len(build_all(model()))
+
+
+def test_initial_weights_on_another_claim_are_mounted_read_only_and_named_in_the_trainer_config():
+    from hardened_operator.manifests.objects import build_training_configmap
+
+    doc = example("digits-demo")
+    doc["metadata"]["uid"] = "0d5c3f0e-1111-2222-3333-444455556666"
+    doc["spec"]["model"]["initialWeights"] = {"uri": "pvc://baselines/digits/v1.safetensors", "sha256": "a" * 64}
+    m = parse_manifest(doc)
+    pod = build_training_job(m)["spec"]["template"]["spec"]
+    assert {"name": "initial-weights", "persistentVolumeClaim": {"claimName": "baselines", "readOnly": True}} \
+        in pod["volumes"]
+    assert {"name": "initial-weights", "mountPath": "/volumes/baselines", "readOnly": True} \
+        in pod["containers"][0]["volumeMounts"]
+    cfg = parse_config(json.loads(build_training_configmap(m)["data"]["train.json"]))
+    assert cfg.volumes == {"baselines": "/volumes/baselines"}
+    # on the store's own claim: no second mount, the store's mount path
+    doc["spec"]["model"]["initialWeights"]["uri"] = "pvc://hardened-models/baselines/v1.safetensors"
+    m = parse_manifest(doc)
+    assert "initial-weights" not in {v["name"] for v in build_training_job(m)["spec"]["template"]["spec"]["volumes"]}
+    assert parse_config(json.loads(build_training_configmap(m)["data"]["train.json"])).volumes == {
+        "hardened-models": "/artifacts"}
+    # from S3: the Job pods may reach HTTPS
+    doc["spec"]["model"]["initialWeights"]["uri"] = "s3://baselines/digits/v1.safetensors"
+    jobs = next(o for o in build_all(parse_manifest(doc)) if o["metadata"]["name"].endswith("-jobs"))
+    assert {"protocol": "TCP", "port": 443} in [p for rule in jobs["spec"]["egress"] for p in rule["ports"]]

@@ -73,6 +73,9 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
         "trainingDigest": cfg.version,
         "framework": {"torch": torch.__version__.split("+")[0]},
     }
+    if spec.model.initial_weights is not None:  # signed with the rest: what the hardening started from
+        model_json["initialWeights"] = {"uri": spec.model.initial_weights.uri,
+                                        "sha256": spec.model.initial_weights.sha256}
     if table is not None:
         model_json["tabular"] = tabular_section(spec, table, x_train)
     metrics = {
@@ -133,6 +136,12 @@ def run(cfg, *, log) -> tuple[int, dict]:
     device = select_device(cfg.device)
     log("start", model=cfg.model_name, version=cfg.version, device=str(device))
 
+    # model.initialWeights first: a wrong pin or a pickle stops the run before any data is read
+    from .weights import initial_tensors
+
+    iw = spec.model.initial_weights
+    initial = initial_tensors(spec, volumes=cfg.volumes, s3_client=_s3(spec) if iw and iw.uri.startswith("s3://")
+                              else None)
     s3 = _s3(spec) if spec.data.source.startswith("s3://") else None
     table = None
     if spec.data.format == "tabular":
@@ -158,7 +167,7 @@ def run(cfg, *, log) -> tuple[int, dict]:
         san.update(method=s.method, removed=res.removed, removedFraction=round(res.removed / max(len(res.keep), 1), 4))
         log("sanitized", **san)
 
-    result = train(spec, x_train, y_train, device=device, log=log)
+    result = train(spec, x_train, y_train, device=device, log=log, initial=initial)
     labels = spec.model.labels or [str(i) for i in range(spec.model.num_classes)]
     ev = evaluate(result.model, spec, x_train, y_train, parts.x_test, parts.y_test, epsilon=result.epsilon,
                   labels=labels)

@@ -15,7 +15,8 @@ Example::
      "spec": {...},                                   # HardenedModel .spec, defaulted
      "outputDir": "/artifacts/digits-demo/3f9a0c1d2e4b",
      "signing": {"privateKeyPath": "/var/run/secrets/hardened/signing/private.pem"},
-     "device": "auto"}
+     "device": "auto",
+     "volumes": {"baselines": "/volumes/baselines"}}  # optional: pvc:// claims of model.initialWeights
 
 An s3:// store gets the signed version uploaded after signing; pvc:// and
 file:// stores are written in place (outputDir lies on the volume).
@@ -68,6 +69,8 @@ class TrainerConfig(_Config):
     output_dir: str = Field(min_length=1, description="Local folder that receives model/ and model.sig.")
     signing: SigningRuntime = Field(default_factory=SigningRuntime)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    volumes: dict[str, str] = Field(default_factory=dict,
+                                    description="pvc:// claim name -> where it is mounted (model.initialWeights).")
 
     @field_validator("spec", mode="before")
     @classmethod

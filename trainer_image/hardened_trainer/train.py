@@ -117,12 +117,19 @@ def _model_args(spec: HardenedModelSpec, x_train: np.ndarray) -> dict:
 
 
 def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, device: torch.device,
-          log: Callable[..., None] = json_log) -> TrainResult:
+          log: Callable[..., None] = json_log, initial: dict | None = None) -> TrainResult:
+    """``initial``: checked tensors of model.initialWeights (hardened_trainer.weights), loaded before training."""
     t = spec.training
     gen = seed_everything(t.seed)
     margs = _model_args(spec, x_train)
-    model = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes,
-                        **margs).to(device)
+    model = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes, **margs)
+    if initial is not None:
+        from .weights import apply
+
+        loaded = apply(model, initial, spec.model.initial_weights.uri)
+        log("initial-weights", uri=spec.model.initial_weights.uri, sha256=spec.model.initial_weights.sha256,
+            tensors=loaded)
+    model = model.to(device)
     dataset = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, generator=gen)
     if t.optimizer == "adam":

@@ -117,6 +117,21 @@ def _store_volume(model: HardenedModel, *, read_only: bool) -> tuple[list[dict],
             [{"name": "artifacts", "mountPath": ARTIFACTS_MOUNT, "readOnly": read_only}])
 
 
+def _weights_volume(model: HardenedModel) -> tuple[list[dict], list[dict], dict[str, str]]:
+    """(volumes, mounts, claim -> mount path) for a pvc:// model.initialWeights. The store's own claim is
+    mounted already (at ARTIFACTS_MOUNT); another claim is mounted read-only under /volumes."""
+    iw = model.spec.model.initial_weights
+    if iw is None or not iw.uri.startswith("pvc://"):
+        return [], [], {}
+    claim = iw.uri[len("pvc://"):].split("/", 1)[0]
+    store = StoreURI.parse(model.spec.artifacts.store)
+    if store.scheme == "pvc" and store.bucket == claim:
+        return [], [], {claim: ARTIFACTS_MOUNT}
+    path = f"/volumes/{claim}"
+    return ([{"name": "initial-weights", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
+            [{"name": "initial-weights", "mountPath": path, "readOnly": True}], {claim: path})
+
+
 def version_location(model: HardenedModel, version: str | None = None) -> tuple[str, str | None]:
     """(URI of a version, its path inside a pod for pvc:// stores); default: the spec's training version."""
     store = StoreURI.parse(model.spec.artifacts.store)
@@ -141,7 +156,8 @@ def build_training_configmap(model: HardenedModel) -> dict:
         model, output_dir=local or "/work/artifact",
         private_key_path=f"{SIGNING_MOUNT}/{key_ref.key if key_ref else 'private.pem'}"
         if s.signing.method == "key" else None,
-        identity_token_path="/var/run/secrets/sigstore/token" if s.signing.method == "keyless" else None)
+        identity_token_path="/var/run/secrets/sigstore/token" if s.signing.method == "keyless" else None,
+        volumes=_weights_volume(model)[2])
     n = names(model)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(model, n["train"], "training"),
             "data": {"train.json": json.dumps(config, indent=2, sort_keys=True)}}
@@ -166,8 +182,9 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
             "audience": "sigstore", "expirationSeconds": 3600, "path": "token"}}]}})
         mounts.append({"name": "sigstore-token", "mountPath": "/var/run/secrets/sigstore", "readOnly": True})
     store_volumes, store_mounts = _store_volume(model, read_only=False)
-    volumes += store_volumes
-    mounts += store_mounts
+    weight_volumes, weight_mounts, _ = _weights_volume(model)
+    volumes += store_volumes + weight_volumes
+    mounts += store_mounts + weight_mounts
     pod = {
         "restartPolicy": "Never",
         "securityContext": POD_SECURITY,
@@ -473,7 +490,8 @@ def build_jobs_network_policy(model: HardenedModel) -> dict:
     s = model.spec
     egress = [DNS_EGRESS]
     if (StoreURI.parse(s.artifacts.store).scheme == "s3" or s.data.source.startswith("s3://")
-            or s.signing.method == "keyless"):
+            or s.signing.method == "keyless"
+            or (s.model.initial_weights is not None and s.model.initial_weights.uri.startswith("s3://"))):
         egress.append({"ports": [{"protocol": "TCP", "port": 443}]})
     selector = {"matchLabels": {"hardened.dev/model": model.metadata.name},
                 "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",

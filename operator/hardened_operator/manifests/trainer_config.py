@@ -16,8 +16,9 @@ def training_version(spec: HardenedModelSpec) -> str:
 
 def build_trainer_config(model: HardenedModel, *, output_dir: str, private_key_path: str | None = None,
                          identity_token_path: str | None = None, trust_config_path: str | None = None,
-                         device: str = "auto") -> dict:
-    """The trainer config for one HardenedModel (JSON-ready dict)."""
+                         device: str = "auto", volumes: dict[str, str] | None = None) -> dict:
+    """The trainer config for one HardenedModel (JSON-ready dict); ``volumes``: where the trainer finds each
+    PersistentVolumeClaim a pvc:// URI of the spec names (claim -> mount path)."""
     signing = {k: v for k, v in {"privateKeyPath": private_key_path, "identityTokenPath": identity_token_path,
                                  "trustConfigPath": trust_config_path}.items() if v}
     return {
@@ -29,4 +30,5 @@ def build_trainer_config(model: HardenedModel, *, output_dir: str, private_key_p
         "outputDir": output_dir,
         "signing": signing,
         "device": device,
+        **({"volumes": dict(volumes)} if volumes else {}),
     }
