@@ -35,7 +35,7 @@ def art(split):
     from art.defences.trainer import AdversarialTrainerMadryPGD
     from art.estimators.classification import PyTorchClassifier
 
-    from hardened_trainer.models import build_model
+    from hardened_model.networks import build_model
 
     torch.manual_seed(0)
     model = build_model("cnn-28x28", [1, 28, 28], 10, mean=float(split.x_train.mean()), std=float(split.x_train.std()))

@@ -120,7 +120,7 @@ print(f"{objects:7d} objects: full collection {before:6.1f} ms, after gc.freeze(
 def gc_pauses() -> None:
     for name, modules in [("sidecars", ["hardened_server.validation", "hardened_server.ratelimit"]),
                           ("model server", ["hardened_server.model_server", "torch", "safetensors",
-                                            "hardened_trainer.models"])]:
+                                            "hardened_model.networks"])]:
         out = subprocess.run([sys.executable, "-c", GC_PROBE, *modules], capture_output=True, text=True, check=True)
         print(f"gc, {name:12s} {out.stdout.strip()}")
 

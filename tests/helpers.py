@@ -72,7 +72,7 @@ def make_artifact(root: pathlib.Path, private_key: pathlib.Path, *, name: str = 
 
     from hardened_operator.signing import sign_model
     from hardened_trainer.data import load_dataset
-    from hardened_trainer.models import build_model
+    from hardened_model.networks import build_model
 
     torch.manual_seed(seed)
     ds = load_dataset("builtin:digits")

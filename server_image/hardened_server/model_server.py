@@ -63,7 +63,7 @@ def load_verified(model_dir: pathlib.Path, signature: pathlib.Path, policy: Trus
     import safetensors.torch
     import torch
 
-    from hardened_trainer.models import build_model
+    from hardened_model.networks import build_model
 
     res = verify_model(model_dir, signature, policy)
     if not res.verified:

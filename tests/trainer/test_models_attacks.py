@@ -4,7 +4,7 @@ import torch
 from torch.nn import functional as F
 
 from hardened_trainer import attacks
-from hardened_trainer.models import REGISTRY, build_model
+from hardened_model.networks import REGISTRY, build_model
 
 
 @pytest.mark.parametrize("arch, shape", [("cnn-28x28", [1, 28, 28]), ("cnn-8x8", [1, 8, 8]), ("mlp", [1, 8, 8])])

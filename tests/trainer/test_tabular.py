@@ -118,7 +118,7 @@ def test_an_array_that_is_not_pixels_is_refused_never_rescaled(tmp_path):
 
 # ------------------------------------------------------------------ model
 def test_the_model_standardizes_and_one_hot_encodes_inside_itself():
-    from hardened_trainer.models import build_model
+    from hardened_model.networks import build_model
     from opacus.validators import ModuleValidator
 
     features = [{"name": "amt", "type": "number"}, {"name": "c", "type": "category", "vocabulary": ["a", "b", "c"]},

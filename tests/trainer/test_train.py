@@ -89,7 +89,7 @@ def test_gates_verdicts():
 def test_membership_inference_sees_memorisation():
     """A model that memorised random labels has a loss gap the loss-threshold attack detects."""
     torch.manual_seed(0)
-    from hardened_trainer.models import build_model
+    from hardened_model.networks import build_model
 
     x_in, y_in = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
     x_out, y_out = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
@@ -108,7 +108,7 @@ def test_ghost_clipping_computes_the_same_clipped_update_as_hooks():
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from hardened_trainer.models import build_model
+    from hardened_model.networks import build_model
 
     torch.manual_seed(0)
     x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))

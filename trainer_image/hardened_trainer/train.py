@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from hardened_operator.spec import HardenedModelSpec
 
 from . import attacks
-from .models import build_model
+from hardened_model.networks import build_model
 
 
 GRAD_SAMPLE_MODE = "ghost"
