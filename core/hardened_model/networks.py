@@ -15,10 +15,16 @@ from torch import nn
 
 
 class Normalize(nn.Module):
-    def __init__(self, mean: float, std: float):
+    """(x - mean) / std with one scalar, or one value per channel (lists: shape [C, 1, 1], colour images)."""
+
+    def __init__(self, mean: float | list[float], std: float | list[float]):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(float(mean)))
-        self.register_buffer("std", torch.tensor(float(std)))
+        if isinstance(mean, (list, tuple)):
+            self.register_buffer("mean", torch.tensor([float(v) for v in mean]).view(-1, 1, 1))
+            self.register_buffer("std", torch.tensor([float(v) for v in std]).view(-1, 1, 1))
+        else:
+            self.register_buffer("mean", torch.tensor(float(mean)))
+            self.register_buffer("std", torch.tensor(float(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -89,15 +95,54 @@ REGISTRY: dict[str, Callable[[list[int], int], nn.Module]] = {
 }
 
 
+def replace_batchnorm(net: nn.Module) -> list[str]:
+    """What ``model.autoFix`` does, in place: every BatchNorm becomes GroupNorm(gcd(32, C), C), exactly as
+    Opacus' ModuleValidator.fix replaces it (opacus/validators/batch_norm.py), so the server, which has no
+    Opacus, rebuilds the network the trainer trained (``test_autofix_matches_opacus`` compares the two).
+    Returns the replaced modules' names."""
+    import math
+
+    replaced = []
+    for name, module in list(net.named_modules()):
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+            parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+            setattr(parent, name.rpartition(".")[2],
+                    nn.GroupNorm(math.gcd(32, module.num_features), module.num_features, affine=module.affine))
+            replaced.append(name)
+    return replaced
+
+
+def _dp_problems(net: nn.Module) -> list[str]:
+    """Opacus' own validators (ModuleValidator.VALIDATORS), run layer by layer so each problem names its layer
+    (ModuleValidator.validate reports them without names)."""
+    from opacus.validators import ModuleValidator
+    from opacus.utils.module_utils import trainable_modules
+
+    out = [] if net.training else ["the model must be in training mode"]
+    for name, module in trainable_modules(net):
+        check = ModuleValidator.VALIDATORS.get(type(module))
+        for err in check(module) if check else ():
+            first = str(err).split(". ")[0]
+            fix = (": use GroupNorm instead, or set model.autoFix: true to replace it"
+                   if isinstance(module, nn.modules.batchnorm._BatchNorm) else "")
+            out.append(f"layer {name} ({type(module).__name__}): {first}{fix}")
+    return out
+
+
 def build_model(architecture: str, input_shape: list[int], num_classes: int, *,
                 mean: float | list[float] = 0.0, std: float | list[float] = 1.0, features: list[dict] | None = None,
-                check_dp: bool = True) -> nn.Module:
+                check_dp: bool = True, options: dict | None = None, auto_fix: bool = False) -> nn.Module:
     """Build ``Normalize(mean, std) -> architecture``, or for ``tabular-mlp`` ``TabularPreprocess(features,
-    per-feature mean, std) -> MLP``; unknown names list the valid ones. ``features``: [{name, type,
-    vocabulary}] in model order (spec.data.features, or model.json's ``tabular.features`` in the server).
+    per-feature mean, std) -> MLP``. ``features``: [{name, type, vocabulary}] in model order (spec.data.features,
+    or model.json's ``tabular.features`` in the server). A name that is not built in is looked up in the
+    entry-point registry (``hardened_model.architectures``) and built with ``options``.
 
-    ``check_dp`` runs Opacus' ModuleValidator (the trainer); the server image has no Opacus.
+    ``auto_fix``: BatchNorm layers become GroupNorm (``replace_batchnorm``), in the trainer and the server alike.
+    ``check_dp`` runs Opacus' ModuleValidator (the trainer; the server image has no Opacus): an incompatible
+    layer is an ArchitectureError naming it and what to use instead.
     """
+    from .architectures import ArchitectureError, builder
+
     if architecture == "tabular-mlp":
         if not features or len(features) != int(input_shape[0]):
             raise ValueError(f"tabular-mlp needs one feature description per input column ({input_shape}), "
@@ -105,15 +150,24 @@ def build_model(architecture: str, input_shape: list[int], num_classes: int, *,
         pre = TabularPreprocess(features, mean if isinstance(mean, list) else None,
                                 std if isinstance(std, list) else None)
         net = nn.Sequential(pre, _tabular_mlp(pre.out_features, num_classes))
-    elif architecture not in REGISTRY:
-        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted([*REGISTRY, 'tabular-mlp'])}")
-    else:
+    elif architecture in REGISTRY:
         net = nn.Sequential(Normalize(mean, std), REGISTRY[architecture](list(input_shape), num_classes))
+    else:
+        build = builder(architecture)
+        try:
+            body = build(list(input_shape), num_classes, **(options or {}))
+        except (TypeError, ValueError) as exc:
+            raise ArchitectureError(f"model.options: architecture {architecture!r} refused them: {exc}") from None
+        if not isinstance(body, nn.Module):
+            raise ArchitectureError(f"architecture {architecture!r}: its builder returned "
+                                    f"{type(body).__name__}, not a torch.nn.Module")
+        net = nn.Sequential(Normalize(mean, std), body)
+    if auto_fix:
+        replace_batchnorm(net)
     if not check_dp:
         return net
-    from opacus.validators import ModuleValidator
-
-    errors = ModuleValidator.validate(net, strict=False)
-    if errors:  # a registry bug, not user input
-        raise RuntimeError(f"{architecture} is not DP-SGD compatible: {errors}")
+    problems = _dp_problems(net)
+    if problems:
+        raise ArchitectureError(f"model.architecture: {architecture!r} cannot be trained with DP-SGD (Opacus): "
+                                + "; ".join(problems))
     return net

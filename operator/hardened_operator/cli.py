@@ -21,6 +21,20 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _architecture_problem(model) -> str | None:
+    """Where models can be built here (torch is installed: a workstation, the trainer or server image), a
+    model.architecture that no built-in or installed plugin provides; elsewhere (the operator image, which
+    carries no plugins) the trainer says it."""
+    import importlib.util
+
+    from hardened_model.architectures import installed, not_installed_message
+
+    name = model.spec.model.architecture
+    if importlib.util.find_spec("torch") is None or name in installed():
+        return None
+    return f"spec.model.architecture: Unsupported value: {name!r}: {not_installed_message(name)}"
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .spec import SpecError, load_manifest
 
@@ -36,7 +50,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{path}: {field}: {msg}", file=sys.stderr)
             status = EXIT_BAD_INPUT
         else:
-            print(f"{path}: valid HardenedModel {model.metadata.namespace}/{model.metadata.name}")
+            problem = _architecture_problem(model)
+            if problem:
+                print(f"{path}: {problem}", file=sys.stderr)
+                status = EXIT_BAD_INPUT
+            else:
+                print(f"{path}: valid HardenedModel {model.metadata.namespace}/{model.metadata.name}")
     return status
 
 
@@ -123,16 +142,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _load_or_exit(path: str):
+def _load_or_exit(path: str, *, check_architecture: bool = False):
     from .spec import SpecError, load_manifest
 
     try:
-        return load_manifest(path)
+        model = load_manifest(path)
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
     except SpecError as exc:
         for field, msg in exc.problems:
             print(f"{path}: {field}: {msg}", file=sys.stderr)
+    else:
+        problem = _architecture_problem(model) if check_architecture else None
+        if problem is None:
+            return model
+        print(f"{path}: {problem}", file=sys.stderr)
     raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -144,7 +168,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from .uiconsole import UpConsole
     from .local import LocalRunner, StageFailed
 
-    model = _load_or_exit(args.spec)
+    model = _load_or_exit(args.spec, check_architecture=True)
     ui = UpConsole(model)
     runner = LocalRunner(model, root=pathlib.Path(args.state_dir), say=ui.event)
     try:

@@ -35,7 +35,6 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
             r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 IMAGE = r"^[a-z0-9]+([._/:@-][a-zA-Z0-9_.-]+)*$"
-ARCHITECTURES = ("cnn-28x28", "cnn-8x8", "mlp", "tabular-mlp")
 FEATURE_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 
 
@@ -130,8 +129,17 @@ class InitialWeights(_Base):
 class ModelSection(_Base):
     """What to train: an architecture from the built-in registry and its input/output shape."""
 
-    architecture: Literal[ARCHITECTURES] = Field(  # type: ignore[valid-type]
-        description="Built-in architecture (registry name); all are Opacus-compatible (GroupNorm, no BatchNorm).")
+    architecture: str = Field(
+        pattern=DNS_LABEL, max_length=63,
+        description="Registry name: built-in (cnn-28x28, cnn-8x8, mlp, tabular-mlp, resnet-gn-32; all "
+                    "Opacus-compatible) or one a plugin distribution registers in the entry-point group "
+                    "hardened_model.architectures (installed in the trainer and server images).")
+    options: dict[str, Any] | None = Field(
+        default=None, description="Keyword arguments for a plugin architecture's builder, which validates them.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    auto_fix: bool = Field(
+        default=False, description="Replace layers DP-SGD cannot train (BatchNorm -> GroupNorm), as Opacus' "
+                                   "ModuleValidator.fix does; in the trainer and in the server alike.")
     input_shape: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         min_length=1, max_length=4, description="Input shape of one example, channels first, e.g. [1, 28, 28].")
     num_classes: int = Field(ge=2, le=1000, description="Number of output classes.")

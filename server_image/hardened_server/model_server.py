@@ -80,8 +80,12 @@ def load_verified(model_dir: pathlib.Path, signature: pathlib.Path, policy: Trus
     meta = json.loads(blobs["model.json"])
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     try:  # a tabular model's first layers are built from its recorded schema (their statistics are weights)
+        norm = meta.get("normalization") or {}
+        per_channel = isinstance(norm.get("mean"), list) and not meta.get("tabular")  # buffers of shape [C, 1, 1]
         module = build_model(meta["architecture"], meta["inputShape"], meta["numClasses"], check_dp=False,
-                             features=(meta.get("tabular") or {}).get("features"))
+                             features=(meta.get("tabular") or {}).get("features"), options=meta.get("options"),
+                             auto_fix=bool(meta.get("autoFix")),
+                             **({"mean": norm["mean"], "std": norm["std"]} if per_channel else {}))
     except ValueError as exc:
         raise RefusedModel(f"model.json does not describe a model this server builds: {exc}") from None
     try:

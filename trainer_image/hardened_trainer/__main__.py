@@ -63,8 +63,9 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
         "numClasses": spec.model.num_classes,
         "labels": labels,
         "weights": "model.safetensors",
-        "normalization": {"mean": norm.mean.tolist() if norm.mean.dim() else float(norm.mean),
-                          "std": norm.std.tolist() if norm.std.dim() else float(norm.std), "inside_model": True},
+        "normalization": {"mean": norm.mean.flatten().tolist() if norm.mean.dim() else float(norm.mean),
+                          "std": norm.std.flatten().tolist() if norm.std.dim() else float(norm.std),
+                          "inside_model": True},
         "input": {"range": [0.0, 1.0], "rawScale": raw_scale} if table is None else {"columns": "tabular.features"},
         # per-pixel training statistics: the validation sidecar's out-of-distribution score
         "inputStats": {"mean": [round(float(v), 6) for v in x_train.reshape(len(x_train), -1).mean(0)],
@@ -73,6 +74,10 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
         "trainingDigest": cfg.version,
         "framework": {"torch": torch.__version__.split("+")[0]},
     }
+    if spec.model.options is not None:  # the server rebuilds a plugin network with the same options
+        model_json["options"] = spec.model.options
+    if spec.model.auto_fix:
+        model_json["autoFix"] = True
     if spec.model.initial_weights is not None:  # signed with the rest: what the hardening started from
         model_json["initialWeights"] = {"uri": spec.model.initial_weights.uri,
                                         "sha256": spec.model.initial_weights.sha256}
@@ -142,6 +147,11 @@ def run(cfg, *, log) -> tuple[int, dict]:
     iw = spec.model.initial_weights
     initial = initial_tensors(spec, volumes=cfg.volumes, s3_client=_s3(spec) if iw and iw.uri.startswith("s3://")
                               else None)
+    if spec.model.architecture != "tabular-mlp":  # an uninstalled or DP-incompatible network: before the data
+        from hardened_model.networks import build_model
+
+        build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes,
+                    options=spec.model.options, auto_fix=spec.model.auto_fix)
     s3 = _s3(spec) if spec.data.source.startswith("s3://") else None
     table = None
     if spec.data.format == "tabular":
@@ -232,6 +242,7 @@ def _termination_message(path: str, payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hardened_model.architectures import ArchitectureError
     from hardened_operator.artifacts import StoreError
     from hardened_operator.signing import SigningError
 
@@ -251,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     try:
         code, summary = run(cfg, log=json_log)
-    except (DataError, SigningError, StoreError) as exc:
-        stage = {DataError: "data", SigningError: "signing", StoreError: "upload"}[type(exc)]
+    except (DataError, SigningError, StoreError, ArchitectureError) as exc:
+        stage = {DataError: "data", SigningError: "signing", StoreError: "upload",
+                 ArchitectureError: "model"}[type(exc)]
         json_log("error", stage=stage, message=str(exc))
         _termination_message(args.termination_log, {"stage": stage, "reason": f"{stage.title()}Error",
                                                     "message": str(exc)})

@@ -106,8 +106,13 @@ def class_weights(spec: HardenedModelSpec, y_train: np.ndarray) -> torch.Tensor 
 
 def _model_args(spec: HardenedModelSpec, x_train: np.ndarray) -> dict:
     """Normalization statistics (scalars for images, per number column for tabular data) and the schema."""
+    plugin = {"options": spec.model.options, "auto_fix": spec.model.auto_fix}
     if spec.model.architecture != "tabular-mlp":
-        return {"mean": float(x_train.mean()), "std": float(x_train.std() or 1.0)}
+        if x_train.ndim == 4 and x_train.shape[1] > 1:  # colour images: one mean and std per channel
+            std = x_train.std(axis=(0, 2, 3))
+            return {"mean": [float(v) for v in x_train.mean(axis=(0, 2, 3))],
+                    "std": [float(v) if v > 0 else 1.0 for v in std], **plugin}
+        return {"mean": float(x_train.mean()), "std": float(x_train.std() or 1.0), **plugin}
     from .tabular import feature_dicts
 
     numeric = [j for j, f in enumerate(spec.data.features) if f.type != "category"]
