@@ -156,6 +156,8 @@ class ModelSection(_Base):
                 "architecture cnn-28x28 needs inputShape [1, 28, 28]", "inputShape"),
         CelRule("self.architecture != 'cnn-8x8' || self.inputShape == [1, 8, 8]",
                 "architecture cnn-8x8 needs inputShape [1, 8, 8]", "inputShape"),
+        CelRule("self.architecture != 'resnet-gn-32' || self.inputShape == [3, 32, 32]",
+                "architecture resnet-gn-32 needs inputShape [3, 32, 32]", "inputShape"),
     )
 
 

@@ -1,4 +1,5 @@
-"""Training data: builtin:digits, file:// (.npz or MNIST IDX), s3:// (boto3); fixed-seed split.
+"""Training data: builtin:digits, file:// (.npz, MNIST IDX, or a folder of class folders of images), s3:// (boto3);
+fixed-seed split.
 
 Every loader returns images as float32 in [0, 1], shape (N, C, H, W), and int64
 labels. [0, 1] is the model's input space: attacks (eps), the validation
@@ -65,6 +66,8 @@ def read_idx(data: bytes, name: str = "idx") -> np.ndarray:
 def _from_arrays(images: np.ndarray, labels: np.ndarray, source: str) -> Dataset:
     if images.ndim == 3:
         images = images[:, None]
+    if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = images.transpose(0, 3, 1, 2)  # channels last (N, H, W, C), as image libraries write them
     if images.ndim == 2:  # flat vectors: keep as (N, D)
         pass
     if len(images) != len(labels):
@@ -109,8 +112,45 @@ def _load_idx_dir(folder: pathlib.Path, source: str) -> Dataset:
                         read_idx(labels[0].read_bytes(), labels[0].name), source)
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def _load_image_folders(folder: pathlib.Path, source: str) -> Dataset:
+    """A folder of class folders of images (``cat/001.png``, ``dog/7.jpg``): classes are the sorted folder
+    names, images are read as RGB and must all have one size (nothing is resized: a wrong size is an error
+    naming the file)."""
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    images, labels, size = [], [], None
+    for index, cls in enumerate(classes):
+        files = sorted(p for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{source}: class folder {cls.name!r} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        for f in files:
+            try:
+                with Image.open(f) as img:
+                    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"{source}: {cls.name}/{f.name}: not a readable image: {exc}") from None
+            if size is None:
+                size = arr.shape
+            elif arr.shape != size:
+                raise DataError(f"{source}: {cls.name}/{f.name} is {arr.shape[1]}x{arr.shape[0]}, the first image "
+                                f"{size[1]}x{size[0]}: resize the images beforehand (nothing is resized here)")
+            images.append(arr.transpose(2, 0, 1))
+            labels.append(index)
+    import dataclasses
+
+    # 8-bit pixels: 255 maps to 1.0 (not left to _from_arrays' guess, which takes a dark set for 0-16 digits)
+    ds = _from_arrays(np.stack(images).astype(np.float32) / 255.0, np.asarray(labels, dtype=np.int64), source)
+    return dataclasses.replace(ds, raw_scale=255.0)
+
+
 def _load_local(path: pathlib.Path, source: str) -> Dataset:
     if path.is_dir():
+        if any(p.is_dir() for p in path.iterdir()):
+            return _load_image_folders(path, source)
         return _load_idx_dir(path, source)
     if not path.exists():
         raise DataError(f"{source}: no such file or folder")
