@@ -25,7 +25,7 @@ def mnist_spec(overrides: dict):
     """The MNIST example spec with overrides (JSON merge patch)."""
     from helpers import example, merge_patch
 
-    from hardened_operator.spec import parse_spec
+    from hardened_model.spec import parse_spec
 
     return parse_spec(merge_patch(example("mnist-adv-dp")["spec"], overrides))
 

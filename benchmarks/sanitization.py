@@ -46,7 +46,7 @@ def row(name, split, spec):
 
 
 def main():
-    from hardened_operator.spec import parse_spec
+    from hardened_model.spec import parse_spec
     from hardened_trainer.data import load_dataset, split as split_fn
     from helpers import example, merge_patch
 

@@ -247,7 +247,7 @@ def profile(pids: dict[str, int], url: str, body_file: pathlib.Path, out: pathli
 
 def main():
     tmp = pathlib.Path(tempfile.mkdtemp())
-    from hardened_operator.signing import generate_key_pair
+    from hardened_model.signing import generate_key_pair
 
     priv, pub = generate_key_pair(tmp / "keys")
     artifact = make_artifact(tmp / "artifact", priv)

@@ -77,7 +77,7 @@ def json_costs() -> None:
 def forward_and_hop() -> None:
     import torch
 
-    from hardened_operator.signing import TrustPolicy, generate_key_pair
+    from hardened_model.signing import TrustPolicy, generate_key_pair
     from hardened_server.model_server import load_verified
     from helpers import make_artifact
 

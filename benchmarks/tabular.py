@@ -26,7 +26,7 @@ import common  # noqa: F401  (puts tests/ on sys.path, for helpers)
 def spec_with(overrides: dict, source: str):
     from helpers import example, merge_patch
 
-    from hardened_operator.spec import parse_spec
+    from hardened_model.spec import parse_spec
 
     spec = merge_patch(example("fraud-tabular")["spec"], {**overrides, "gates": None})  # gates do not apply here
     spec["data"]["source"] = f"file://{source}"

@@ -20,7 +20,7 @@ def root() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
     """An EC P-256 signing key pair (private.pem, public.pem)."""
-    from hardened_operator.signing import generate_key_pair
+    from hardened_model.signing import generate_key_pair
 
     return generate_key_pair(tmp_path_factory.mktemp("keys"))
 

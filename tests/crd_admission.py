@@ -16,7 +16,7 @@ from typing import Any
 import celpy
 import jsonschema
 
-from hardened_operator.spec import cel_eval
+from hardened_model.spec import cel_eval
 
 
 def _join(path: str, key: Any) -> str:

@@ -3,7 +3,7 @@ import copy
 import json
 import pathlib
 
-from hardened_operator.spec import load_yaml_documents
+from hardened_model.spec import load_yaml_documents
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -45,8 +45,8 @@ def tiny_manifest(overrides: dict | None = None) -> dict:
 
 
 def write_config(tmp: pathlib.Path, doc: dict, private_key: pathlib.Path, **kwargs) -> pathlib.Path:
-    from hardened_operator.manifests.trainer_config import build_trainer_config
-    from hardened_operator.spec import parse_manifest
+    from hardened_model.contracts import build_trainer_config
+    from hardened_model.spec import parse_manifest
 
     cfg = build_trainer_config(parse_manifest(doc), output_dir=str(tmp / "out"), private_key_path=str(private_key),
                                **kwargs)
@@ -70,7 +70,7 @@ def make_artifact(root: pathlib.Path, private_key: pathlib.Path, *, name: str = 
     import safetensors.torch
     import torch
 
-    from hardened_operator.signing import sign_model
+    from hardened_model.signing import sign_model
     from hardened_trainer.data import load_dataset
     from hardened_model.networks import build_model
 
@@ -100,8 +100,8 @@ def make_artifact(root: pathlib.Path, private_key: pathlib.Path, *, name: str = 
 
 
 def serving_config(path: pathlib.Path, overrides: dict | None = None, name: str = "digits-demo") -> pathlib.Path:
-    from hardened_operator.manifests.serving_config import build_serving_config
-    from hardened_operator.spec import parse_manifest
+    from hardened_model.contracts import build_serving_config
+    from hardened_model.spec import parse_manifest
 
     doc = example("digits-demo")
     doc["metadata"]["name"] = name

@@ -36,7 +36,7 @@ def _architecture_problem(model) -> str | None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .spec import SpecError, load_manifest
+    from hardened_model.spec import SpecError, load_manifest
 
     status = EXIT_OK
     for path in args.files:
@@ -128,7 +128,7 @@ def _serve_model(args: argparse.Namespace) -> int:
     import asyncio
     import pathlib
 
-    from hardened_operator.signing import MODEL_DIR_NAME, SIGNATURE_NAME
+    from hardened_model.signing import MODEL_DIR_NAME, SIGNATURE_NAME
     from hardened_server import model_server
 
     args.model_dir = str(pathlib.Path(args.artifact) / MODEL_DIR_NAME)
@@ -143,7 +143,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _load_or_exit(path: str, *, check_architecture: bool = False):
-    from .spec import SpecError, load_manifest
+    from hardened_model.spec import SpecError, load_manifest
 
     try:
         model = load_manifest(path)
@@ -245,7 +245,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     import pathlib
 
     from .local import Paths
-    from .signing import MODEL_DIR_NAME
+    from hardened_model.signing import MODEL_DIR_NAME
 
     model = _load_or_exit(args.spec)
     report = Paths(pathlib.Path(args.state_dir), model).version_dir() / MODEL_DIR_NAME / "report.html"

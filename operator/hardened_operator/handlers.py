@@ -18,7 +18,7 @@ import threading
 import kopf
 
 from hardened_operator.manifests.objects import MANAGED_BY
-from hardened_operator.spec import API_GROUP, API_VERSION, PLURAL
+from hardened_model.spec import API_GROUP, API_VERSION, PLURAL
 
 METRICS_PORT = int(os.environ.get("HARDENED_METRICS_PORT", "0") or 0)
 OURS = {"app.kubernetes.io/managed-by": MANAGED_BY}

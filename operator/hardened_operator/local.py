@@ -28,11 +28,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .artifacts import StoreURI
-from .manifests.serving_config import build_serving_config
-from .manifests.trainer_config import build_trainer_config, training_version
-from .signing import MODEL_DIR_NAME, SIGNATURE_NAME, generate_key_pair
-from .spec import HardenedModel
+from hardened_model.artifacts import StoreURI
+from hardened_model.contracts import build_serving_config
+from hardened_model.contracts import build_trainer_config, training_version
+from hardened_model.signing import MODEL_DIR_NAME, SIGNATURE_NAME, generate_key_pair
+from hardened_model.spec import HardenedModel
 
 
 class StageFailed(RuntimeError):

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 
-from .gates import STATUS_METRICS
+from hardened_model.gates import STATUS_METRICS
 from .manifests import monitoring, objects
-from .manifests.trainer_config import training_version
-from .signing import SIGNATURE_NAME, generate_key_pem
-from .spec import HardenedModel, SpecError, parse_manifest
+from hardened_model.contracts import training_version
+from hardened_model.signing import SIGNATURE_NAME, generate_key_pem
+from hardened_model.spec import HardenedModel, SpecError, parse_manifest
 from .status import PHASES, build_status, job_state, pod_problems
 
 
@@ -310,7 +310,7 @@ def ensure_prerequisites(kube, model: HardenedModel) -> tuple[list[str], dict | 
         present = set(obj.get("data") or {}) | set(obj.get("stringData") or {})
         if not obj or not set(keys) <= present:
             missing.append(f"missing {field_}: {kind} {ns}/{name} with " + " and ".join(repr(k) for k in keys))
-    from .artifacts import StoreURI
+    from hardened_model.artifacts import StoreURI
 
     store = StoreURI.parse(s.artifacts.store)
     pvc = kube.get("PersistentVolumeClaim", ns, store.bucket) if store.scheme == "pvc" else None

@@ -8,7 +8,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .spec import HardenedModel
+from hardened_model.spec import HardenedModel
 
 
 def _fmt(value) -> str:

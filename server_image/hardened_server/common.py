@@ -18,8 +18,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from hardened_operator.manifests.serving_config import SERVING_CONFIG_API_VERSION
-from hardened_operator.spec import DNS_LABEL, Auth, Output, RateLimit, Validation
+from hardened_model.contracts import SERVING_CONFIG_API_VERSION
+from hardened_model.spec import DNS_LABEL, Auth, Output, RateLimit, Validation
 
 # ----------------------------------------------------------------- config
 

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 from aiohttp import web
 
-from hardened_operator.signing import TrustPolicy, verify_model
+from hardened_model.signing import TrustPolicy, verify_model
 
 from .common import ModelNotReady, NotFound, Timer, error_middleware, log_fields
 from .metrics import METRICS

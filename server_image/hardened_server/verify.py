@@ -12,16 +12,16 @@ import json
 import pathlib
 import sys
 
-from hardened_operator.signing import MODEL_DIR_NAME, SIGNATURE_NAME, TrustPolicy, verify_model
+from hardened_model.signing import MODEL_DIR_NAME, SIGNATURE_NAME, TrustPolicy, verify_model
 
 
 def verify(args) -> tuple[int, dict]:
-    from hardened_operator.gates import STATUS_METRICS, check_gates
-    from hardened_operator.spec import GatesSection
+    from hardened_model.gates import STATUS_METRICS, check_gates
+    from hardened_model.spec import GatesSection
 
     root = pathlib.Path(args.artifact)
     if args.uri:  # s3:// -> download into --artifact first
-        from hardened_operator.artifacts import StoreError, StoreURI, download_version, s3_client
+        from hardened_model.artifacts import StoreError, StoreURI, download_version, s3_client
 
         store = StoreURI.parse(args.uri)
         parts = store.prefix.rsplit("/", 2)

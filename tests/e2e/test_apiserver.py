@@ -11,7 +11,7 @@ import yaml
 from cluster import CHART, Cluster
 from hardened_operator.manifests.objects import build_deployment, build_training_job, build_verify_job
 from hardened_operator.manifests.render import build_all
-from hardened_operator.spec import parse_manifest, to_wire
+from hardened_model.spec import parse_manifest, to_wire
 from helpers import EXAMPLES, ROOT, example, merge_patch
 
 INVALID = yaml.safe_load((ROOT / "tests/operator/invalid_specs.yaml").read_text())
@@ -42,7 +42,7 @@ def test_the_crd_is_accepted_and_the_printer_columns_round(api):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_every_example_is_admitted_and_defaulted_as_the_spec_model_does(api, path):
-    from hardened_operator.spec import load_yaml_documents, to_wire
+    from hardened_model.spec import load_yaml_documents, to_wire
 
     doc = load_yaml_documents(path.read_text())[0]
     doc["metadata"].setdefault("namespace", NS)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cluster import KUBE_HOME, OPERATOR_NS, Cluster, wait
-from hardened_operator.signing import MODEL_DIR_NAME, generate_key_pem
+from hardened_model.signing import MODEL_DIR_NAME, generate_key_pem
 from helpers import example, http, infer_body
 
 NS = "e2e-demo"

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from helpers import EXAMPLES, ROOT, example, merge_patch
 from crd_admission import CrdAdmission
 from hardened_operator import crd as crdgen
-from hardened_operator.spec import SpecError, _cel_program, load_yaml_documents, parse_manifest, parse_spec, to_wire
+from hardened_model.spec import SpecError, _cel_program, load_yaml_documents, parse_manifest, parse_spec, to_wire
 
 CRD_FILE = ROOT / "crds/hardenedmodels.hardened.dev.yaml"
 INVALID = yaml.safe_load((ROOT / "tests/operator/invalid_specs.yaml").read_text())

@@ -7,8 +7,8 @@ import pytest
 from hardened_operator.manifests.monitoring import build_rule_groups
 from hardened_operator.manifests.objects import (build_deployment, build_training_job, build_verify_job, names)
 from hardened_operator.manifests.render import build_all
-from hardened_operator.manifests.trainer_config import training_version
-from hardened_operator.spec import parse_manifest
+from hardened_model.contracts import training_version
+from hardened_model.spec import parse_manifest
 from hardened_trainer.config import parse_config
 from helpers import EXAMPLES, example, restricted_pss_violations
 

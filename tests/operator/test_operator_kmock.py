@@ -16,7 +16,7 @@ import pytest
 from kopf.testing import KopfRunner
 
 from hardened_operator.manifests.objects import names
-from hardened_operator.spec import parse_manifest
+from hardened_model.spec import parse_manifest
 from chart_support import Permission, allows, grants, permission, render, rules_of
 from helpers import ROOT, example
 from kmock_support import RVEmulator, alive, declare, get, wait_for, write_kubeconfig

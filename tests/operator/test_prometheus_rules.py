@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from hardened_operator.manifests.monitoring import build_rule_groups
-from hardened_operator.spec import parse_manifest
+from hardened_model.spec import parse_manifest
 from helpers import EXAMPLES, example
 
 PROMTOOL = shutil.which("promtool")

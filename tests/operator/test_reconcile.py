@@ -2,7 +2,7 @@
 import json
 
 from hardened_operator.reconcile import Observed, decide
-from hardened_operator.spec import parse_manifest
+from hardened_model.spec import parse_manifest
 from helpers import example
 
 DIGEST = "ab" * 32

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from helpers import EXAMPLES, ROOT, example, merge_patch
-from hardened_operator.spec import (HardenedModelSpec, SpecError, load_manifest, load_yaml_documents,
+from hardened_model.spec import (HardenedModelSpec, SpecError, load_manifest, load_yaml_documents,
                                     parse_manifest, parse_spec, spec_digest, to_wire)
 
 INVALID = yaml.safe_load((ROOT / "tests/operator/invalid_specs.yaml").read_text())

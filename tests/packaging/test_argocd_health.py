@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from hardened_operator.reconcile import Observed, decide
-from hardened_operator.spec import parse_manifest
+from hardened_model.spec import parse_manifest
 from helpers import ROOT, example
 
 LUA = shutil.which("lua5.4") or shutil.which("lua")

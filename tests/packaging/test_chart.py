@@ -182,7 +182,7 @@ def _exported_metric_names() -> set[str]:
 
     from hardened_operator.manifests.monitoring import build_rule_groups
     from hardened_operator.operator_metrics import OperatorMetrics
-    from hardened_operator.spec import parse_manifest
+    from hardened_model.spec import parse_manifest
     from hardened_server.metrics import METRICS  # noqa: F401  (registers the serving metrics globally)
     from helpers import example
     from prometheus_client import REGISTRY
@@ -244,7 +244,7 @@ def test_checkov_finds_nothing_unjustified(tmp_path):
     """checkov over the chart as installed (helm template in its namespace, every optional object on) and over
     every object the operator renders for each example, in a namespace as a user would apply them."""
     from hardened_operator.manifests.render import build_all
-    from hardened_operator.spec import parse_manifest
+    from hardened_model.spec import parse_manifest
     from helpers import example
 
     (tmp_path / "chart.yaml").write_text(yaml.safe_dump_all(render("metrics.serviceMonitor.enabled=true",

@@ -2,7 +2,7 @@
 import pytest
 
 from hardened_operator.manifests.render import build_all
-from hardened_operator.spec import parse_manifest
+from hardened_model.spec import parse_manifest
 from helpers import EXAMPLES, example
 
 

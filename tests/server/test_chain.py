@@ -200,7 +200,7 @@ def test_verify_checks_gates_and_pinned_digest(tmp_path, artifact, keys):
 
 def test_a_model_signed_by_another_key_is_refused_at_verify_and_at_load(tmp_path, artifact, keys):
     """Wrong signer: a correctly signed artifact, but not by the key the trust policy names."""
-    from hardened_operator.signing import generate_key_pair
+    from hardened_model.signing import generate_key_pair
 
     _, stranger_public = generate_key_pair(tmp_path / "stranger")
     verify = Process("verify", "--artifact", str(artifact), "--public-key", str(stranger_public),

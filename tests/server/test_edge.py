@@ -435,7 +435,7 @@ def test_client_address_believes_forwarded_for_only_from_trusted_proxies():
 
 
 def test_trusted_proxies_must_be_addresses_or_cidr_blocks():
-    from hardened_operator.spec import SpecError, parse_spec
+    from hardened_model.spec import SpecError, parse_spec
     from helpers import example
 
     spec = example("digits-demo")["spec"]

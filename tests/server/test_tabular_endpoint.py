@@ -194,8 +194,8 @@ def test_the_signed_model_records_its_features_and_figures(fraud):
 def test_output_modes_work_for_a_binary_model(mode, min_confidence, action, expected):
     from hardened_server.common import ServingConfig
     from hardened_server.validation import harden_output
-    from hardened_operator.manifests.serving_config import build_serving_config
-    from hardened_operator.spec import parse_manifest
+    from hardened_model.contracts import build_serving_config
+    from hardened_model.spec import parse_manifest
 
     doc = example("fraud-tabular")
     doc["spec"]["serving"]["output"] = {"mode": mode, "decimals": 2, "minConfidence": min_confidence,

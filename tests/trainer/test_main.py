@@ -6,9 +6,9 @@ import shutil
 import boto3
 import pytest
 
-from hardened_operator.manifests.trainer_config import build_trainer_config, training_version
-from hardened_operator.signing import TrustPolicy, verify_model
-from hardened_operator.spec import parse_manifest
+from hardened_model.contracts import build_trainer_config, training_version
+from hardened_model.signing import TrustPolicy, verify_model
+from hardened_model.spec import parse_manifest
 from hardened_trainer.__main__ import EXIT_BAD_CONFIG, EXIT_GATES_FAILED, EXIT_OK, main
 from hardened_trainer.config import ConfigError, parse_config
 from helpers import EXAMPLES, example, tiny_manifest, write_config
@@ -189,7 +189,7 @@ def test_s3_upload_with_kms_and_version_ids(tmp_path, keys, capsys, moto_server)
     head = s3.head_object(Bucket="models", Key=prefix + "model/model.safetensors")
     assert head["ServerSideEncryption"] == "aws:kms" and key_id in head["SSEKMSKeyId"]
 
-    from hardened_operator.artifacts import StoreURI, download_version
+    from hardened_model.artifacts import StoreURI, download_version
     dest = download_version(StoreURI.parse("s3://models/hardened"), "digits-demo", version, tmp_path / "dl",
                             client=s3, version_ids=result["versionIds"])
     assert verify_model(dest / "model", dest / "model.sig", TrustPolicy(public_key=str(keys[1]))).verified

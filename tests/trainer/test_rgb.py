@@ -44,7 +44,7 @@ def test_resnet_gn_32_trains_with_dp_sgd_and_pgd_on_rgb_data(tmp_path, keys, cap
 
 
 def test_the_server_rebuilds_the_rgb_model_with_its_per_channel_statistics(tmp_path, keys, capsys):
-    from hardened_operator.signing import TrustPolicy
+    from hardened_model.signing import TrustPolicy
     from hardened_server.model_server import load_verified
 
     x, y = synthetic(96)

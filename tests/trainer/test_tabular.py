@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from hardened_operator.gates import check_gates
-from hardened_operator.spec import parse_spec
+from hardened_model.gates import check_gates
+from hardened_model.spec import parse_spec
 from hardened_trainer.data import DataError, load_dataset
 from hardened_trainer.tabular import constraints, load_table
 from helpers import ROOT, example

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from hardened_operator.spec import parse_spec
+from hardened_model.spec import parse_spec
 from hardened_trainer.data import load_dataset, split
-from hardened_operator.gates import check_gates
+from hardened_model.gates import check_gates
 from hardened_trainer.evaluate import membership_inference
 from hardened_trainer.train import eps_step_for, train
 from helpers import tiny_manifest

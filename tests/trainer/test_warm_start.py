@@ -8,8 +8,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from hardened_operator.signing import TrustPolicy, verify_model
-from hardened_operator.spec import SpecError, parse_manifest
+from hardened_model.signing import TrustPolicy, verify_model
+from hardened_model.spec import SpecError, parse_manifest
 from hardened_trainer.__main__ import EXIT_BAD_CONFIG, EXIT_OK, main
 from hardened_model.networks import build_model
 from helpers import tiny_manifest, write_config

@@ -126,10 +126,10 @@ def tabular_section(spec, table, x_train) -> dict:
 def run(cfg, *, log) -> tuple[int, dict]:
     """The whole training run for a parsed config; returns (exit code, result)."""
 
-    from hardened_operator import artifacts, signing
+    from hardened_model import artifacts, signing
 
     from . import data as data_mod
-    from hardened_operator.gates import check_gates
+    from hardened_model.gates import check_gates
 
     from .evaluate import evaluate
     from .report import render_report
@@ -226,7 +226,7 @@ def run(cfg, *, log) -> tuple[int, dict]:
 
 
 def _s3(spec):
-    from hardened_operator.artifacts import s3_client
+    from hardened_model.artifacts import s3_client
 
     return s3_client(region=spec.artifacts.region or spec.aws.region, endpoint=spec.artifacts.endpoint)
 
@@ -243,8 +243,8 @@ def _termination_message(path: str, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from hardened_model.architectures import ArchitectureError
-    from hardened_operator.artifacts import StoreError
-    from hardened_operator.signing import SigningError
+    from hardened_model.artifacts import StoreError
+    from hardened_model.signing import SigningError
 
     from .config import ConfigError, load_config
     from .data import DataError

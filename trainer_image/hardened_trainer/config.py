@@ -29,8 +29,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from hardened_operator.manifests.trainer_config import CONFIG_API_VERSION
-from hardened_operator.spec import DNS_LABEL, HardenedModelSpec, SpecError, parse_spec
+from hardened_model.contracts import CONFIG_API_VERSION
+from hardened_model.spec import DNS_LABEL, HardenedModelSpec, SpecError, parse_spec
 
 
 class ConfigError(ValueError):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hardened_operator.spec import HardenedModelSpec
+from hardened_model.spec import HardenedModelSpec
 
 
 @dataclass

@@ -5,7 +5,7 @@ import base64
 import html
 import io
 
-from hardened_operator.gates import GateResult
+from hardened_model.gates import GateResult
 
 from .evaluate import Evaluation
 

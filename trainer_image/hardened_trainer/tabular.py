@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from hardened_operator.spec import DataSection, Feature
+from hardened_model.spec import DataSection, Feature
 
 from .data import DataError
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from hardened_operator.spec import HardenedModelSpec
+from hardened_model.spec import HardenedModelSpec
 
 from . import attacks
 from hardened_model.networks import build_model

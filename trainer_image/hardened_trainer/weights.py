@@ -12,7 +12,7 @@ import hashlib
 import pathlib
 import urllib.parse
 
-from hardened_operator.spec import PICKLE_HELP
+from hardened_model.spec import PICKLE_HELP
 
 from .data import DataError
 

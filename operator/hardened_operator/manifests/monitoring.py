@@ -6,7 +6,7 @@ runbook in its annotations.
 """
 from __future__ import annotations
 
-from ..spec import HardenedModel
+from hardened_model.spec import HardenedModel
 from .objects import _meta
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 
-from ..artifacts import StoreURI
-from ..signing import MODEL_DIR_NAME
-from ..spec import API_GROUP, API_VERSION, KIND, HardenedModel
-from .serving_config import build_serving_config
-from .trainer_config import build_trainer_config, training_version
+from hardened_model.artifacts import StoreURI
+from hardened_model.signing import MODEL_DIR_NAME
+from hardened_model.spec import API_GROUP, API_VERSION, KIND, HardenedModel
+from hardened_model.contracts import build_serving_config
+from hardened_model.contracts import build_trainer_config, training_version
 
 MANAGED_BY = "hardened-model-operator"
 TRAINER_CONFIG_MOUNT = "/etc/hardened/train"

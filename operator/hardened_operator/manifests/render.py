@@ -1,7 +1,7 @@
 """Every object the operator would create for a spec, in apply order (`hardened-model render`)."""
 from __future__ import annotations
 
-from ..spec import HardenedModel
+from hardened_model.spec import HardenedModel
 from .monitoring import build_prometheus_rule, build_service_monitor
 from .objects import (build_deployment, build_jobs_network_policy, build_metrics_service, build_network_policy,
                       build_pdb, build_service, build_serving_configmap, build_training_configmap, build_training_job,

@@ -1,7 +1,28 @@
-"""build_trainer_config: the trainer's input document (hardened_trainer.config is its reader)."""
+"""The documents the parts exchange (docs/contracts.md): the trainer config (build_trainer_config: the
+operator's ConfigMap or `up`'s file; hardened_trainer.config reads it) and the serving config
+(build_serving_config: serving.json for the model server and both sidecars, a ConfigMap in a cluster and a
+file for `hardened-model up`)."""
 from __future__ import annotations
 
-from ..spec import HardenedModel, HardenedModelSpec, spec_digest, to_wire
+from .spec import HardenedModel, HardenedModelSpec, spec_digest, to_wire
+
+SERVING_CONFIG_API_VERSION = "hardened.dev/serving-config/v1"
+
+
+def build_serving_config(model: HardenedModel) -> dict:
+    spec = model.spec
+    wire = spec.serving.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {
+        "apiVersion": SERVING_CONFIG_API_VERSION,
+        "model": {"name": model.metadata.name, "inputShape": list(spec.model.input_shape),
+                  "numClasses": spec.model.num_classes,
+                  "labels": spec.model.labels or [str(i) for i in range(spec.model.num_classes)],
+                  **({"tabular": True} if spec.data.format == "tabular" else {})},
+        "validation": wire["validation"],
+        "rateLimit": wire["rateLimit"],
+        "output": wire["output"],
+        "auth": wire["auth"],
+    }
 
 CONFIG_API_VERSION = "hardened.dev/trainer-config/v1"
 # A change to any of these sections trains a new model version; serving,

@@ -809,7 +809,7 @@ def _json_type(value: Any) -> str:
 
 @functools.cache
 def _crd_schema() -> dict:
-    from .crd import build_crd  # the CRD's own schema: the bounds and enums the apiserver checks
+    from hardened_operator.crd import build_crd  # the CRD's own schema: the bounds and enums the apiserver checks
 
     return build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
