@@ -115,33 +115,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_main(args.rest)
 
 
-def _async(module: str):
-    def run(args: argparse.Namespace) -> int:
-        import asyncio
-        import importlib
-
-        return asyncio.run(importlib.import_module(module).run(args))
-    return run
-
-
-def _serve_model(args: argparse.Namespace) -> int:
-    import asyncio
-    import pathlib
-
-    from hardened_model.signing import MODEL_DIR_NAME, SIGNATURE_NAME
-    from hardened_server import model_server
-
-    args.model_dir = str(pathlib.Path(args.artifact) / MODEL_DIR_NAME)
-    args.signature = str(pathlib.Path(args.artifact) / SIGNATURE_NAME)
-    return asyncio.run(model_server.run(args))
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from hardened_server.verify import run
-
-    return run(args)
-
-
 def _load_or_exit(path: str, *, check_architecture: bool = False):
     from hardened_model.spec import SpecError, load_manifest
 
@@ -260,37 +233,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _trust_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("trust policy (exactly one of --public-key or --identity)")
-    g.add_argument("--public-key", help="PEM public key the signature must verify with (default: none)")
-    g.add_argument("--identity", help="Sigstore keyless: expected certificate identity (default: none)")
-    g.add_argument("--oidc-issuer", help="Sigstore keyless: expected OIDC issuer URL (default: none)")
-    g.add_argument("--trust-config", help="Sigstore ClientTrustConfig JSON; default: the production trust root "
-                                          "bundled with sigstore-python, used offline")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _server_args(p: argparse.ArgumentParser, port: int, metrics_port: int) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=port, help=f"listen port (default: {port})")
-    p.add_argument("--metrics-port", type=int, default=metrics_port,
-                   help=f"admin port: Prometheus /metrics and the probes /healthz, /readyz (default: {metrics_port})")
-    p.add_argument("--metrics-host", help="admin port's listen address (default: --host)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="log level (default: INFO)")
-    p.add_argument("--body-timeout", type=float, default=10.0,
-                   help="seconds a client has to send a request body before 408 (default: 10)")
-
-
 # Subcommands that hand their own arguments to another program's parser.
 PASSTHROUGH = {"train"}
 
@@ -349,50 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--open", action="store_true", help="open it in a browser (default: off)")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("verify", help="verify a signed model artifact (and its gates); prints one JSON object")
-    p.add_argument("--artifact", required=True,
-                   help="folder holding model/ and model.sig (the download target with --uri) (default: none)")
-    p.add_argument("--uri", help="s3://bucket/prefix/model/version to download first (default: none)")
-    p.add_argument("--version-ids", help="JSON {object key: S3 versionId} to pin the download (default: none)")
-    p.add_argument("--region", help="S3 region (default: from the environment)")
-    p.add_argument("--endpoint", help="S3 endpoint URL (default: AWS)")
-    p.add_argument("--expect-digest", help="refuse unless the signed digest is this sha256 (default: none)")
-    p.add_argument("--gates", help="spec.gates as JSON, checked against the signed metrics (default: none)")
-    p.add_argument("--termination-log", default=None,
-                   help="also write the result here, e.g. /dev/termination-log (default: none)")
-    _trust_args(p)
-    p.set_defaults(func=_cmd_verify)
-
-    p = sub.add_parser("serve", help="model server (Open Inference Protocol v2); refuses unverified models")
-    p.add_argument("--artifact", required=True, help="folder holding model/ and model.sig (default: none)")
-    p.add_argument("--expect-digest", help="refuse unless the signed digest is this sha256 (default: none)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
-    p.add_argument("--max-batch", type=_positive_int, default=64, help="rows per batched forward pass (default: 64)")
-    p.add_argument("--cpu-threads", type=_positive_int, default=1,
-                   help="torch threads for CPU inference; the pod passes its CPU request, rounded up (default: 1)")
-    _trust_args(p)
-    _server_args(p, 8080, 9090)
-    p.set_defaults(func=_serve_model)
-
-    p = sub.add_parser("validate-proxy", help="validation sidecar in front of the model server")
-    p.add_argument("--config", required=True, help="serving.json (default: none)")
-    p.add_argument("--upstream", default="http://127.0.0.1:8080", help="model server URL (default: %(default)s)")
-    p.add_argument("--model-dir", help="verified model/ folder, for the out-of-distribution statistics "
-                                       "(needed with validation.oodThreshold) (default: none)")
-    _server_args(p, 8081, 9091)
-    p.set_defaults(func=_async("hardened_server.validation"))
-
-    p = sub.add_parser("ratelimit-proxy", help="API-key and rate-limit sidecar in front of validation")
-    p.add_argument("--config", required=True, help="serving.json (default: none)")
-    p.add_argument("--api-keys", help="file with one API key per line, `KEY [plan=NAME] [client=ID]`; needed while "
-                                      "auth.apiKeys is on (default: none)")
-    p.add_argument("--jwks", help="JWKS file for auth.jwt (default: none)")
-    p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (default: plain HTTP)")
-    p.add_argument("--tls-key", help="PEM private key of --tls-cert (default: none)")
-    p.add_argument("--client-ca", help="PEM CA bundle: require client certificates it signed (default: none)")
-    p.add_argument("--upstream", default="http://127.0.0.1:8081", help="validation sidecar URL (default: %(default)s)")
-    _server_args(p, 8443, 9092)
-    p.set_defaults(func=_async("hardened_server.ratelimit"))
+    try:  # verify, serve, validate-proxy, ratelimit-proxy: the server image runs them as `python -m hardened_server`
+        from hardened_server.cli import add_commands
+    except ImportError:  # an image without the server package
+        pass
+    else:
+        add_commands(sub)
     return parser
 
 

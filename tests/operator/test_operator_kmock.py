@@ -374,7 +374,7 @@ async def test_monitoring_drift_repair_and_the_chart_grants_exactly_what_the_ope
             cfg = get(k8s.objects, ("v1/configmaps", NS, "digits-demo-serving"))
             rule = get(k8s.objects, ("monitoring.coreos.com/v1/prometheusrules", NS, "digits-demo"))
             return (svc["spec"]["ports"][0]["port"] == 80 and pdb["spec"]["maxUnavailable"] == 1
-                    and pol["spec"]["ingress"][0] == {"ports": [{"protocol": "TCP", "port": 8443}]}
+                    and pol["spec"]["ingress"][0] == {"ports": [{"protocol": "TCP", "port": "http"}]}
                     and len(mon["spec"]["endpoints"]) == 3
                     and json.loads(cfg["data"]["serving.json"])["rateLimit"]["perKey"]["requestsPerSecond"] == 2
                     and "> 0.05" in str(rule["spec"]))

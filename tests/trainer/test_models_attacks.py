@@ -7,12 +7,16 @@ from hardened_trainer import attacks
 from hardened_model.networks import REGISTRY, build_model
 
 
-@pytest.mark.parametrize("arch, shape", [("cnn-28x28", [1, 28, 28]), ("cnn-8x8", [1, 8, 8]), ("mlp", [1, 8, 8])])
-def test_every_architecture_builds_and_is_dp_compatible(arch, shape):
-    model = build_model(arch, shape, 10, mean=0.3, std=0.2)
+@pytest.mark.parametrize("arch, shape, mean", [("cnn-28x28", [1, 28, 28], 0.3), ("cnn-8x8", [1, 8, 8], 0.3),
+                                               ("mlp", [1, 8, 8], 0.3), ("resnet-gn-32", [3, 32, 32], [0.4, 0.5, 0.3])])
+def test_every_architecture_builds_and_is_dp_compatible(arch, shape, mean):
+    from hardened_model.architectures import BUILTIN
+
+    std = [0.2] * len(mean) if isinstance(mean, list) else 0.2
+    model = build_model(arch, shape, 10, mean=mean, std=std)  # build_model runs Opacus' validators
     assert model(torch.rand(4, *shape)).shape == (4, 10)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    assert set(REGISTRY) == {"cnn-28x28", "cnn-8x8", "mlp"}
+    assert set(REGISTRY) == {"cnn-28x28", "cnn-8x8", "mlp", "resnet-gn-32"} == set(BUILTIN) - {"tabular-mlp"}
 
 
 def test_normalization_is_in_the_weights():
@@ -22,7 +26,12 @@ def test_normalization_is_in_the_weights():
 
 
 def test_unknown_architecture_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'; choose one of \['cnn-28x28', 'cnn-8x8', 'mlp', 'tabular-mlp'\]"):
+    from hardened_model.architectures import ArchitectureError
+
+    with pytest.raises(ArchitectureError, match=r"^architecture 'resnet' is not installed here \(built-in: cnn-28x28, "
+                                                r"cnn-8x8, mlp, tabular-mlp, resnet-gn-32; plugins: none\); a plugin "
+                                                r"distribution registers it in the entry-point group "
+                                                r"hardened_model.architectures"):
         build_model("resnet", [1, 8, 8], 10)
 
 

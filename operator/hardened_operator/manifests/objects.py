@@ -21,6 +21,8 @@ TRUST_MOUNT = "/var/run/secrets/hardened/trust"
 SERVING_CONFIG_MOUNT = "/etc/hardened/serving"
 API_KEYS_MOUNT = "/var/run/secrets/hardened/api-keys"
 TLS_MOUNT = "/var/run/secrets/hardened/tls"
+# The serving image holds the core and hardened_server only (no hardened-model CLI): its pods run this
+SERVER_COMMAND = ["python", "-m", "hardened_server"]
 CLIENT_CA_MOUNT = "/var/run/secrets/hardened/client-ca"
 JWKS_MOUNT = "/var/run/secrets/hardened/jwks"
 ARTIFACTS_MOUNT = "/artifacts"
@@ -260,7 +262,7 @@ def _verify_container(model: HardenedModel, *, digest: str | None, target: str, 
             args += ["--version-ids", json.dumps(version_ids, sort_keys=True, separators=(",", ":"))]
         mounts = mounts + [{"name": "models", "mountPath": MODELS_MOUNT}]
     store_volumes, store_mounts = _store_volume(model, read_only=True)
-    container = {"name": "verify", "image": s.serving.image, "command": ["hardened-model"], "args": args,
+    container = {"name": "verify", "image": s.serving.image, "command": SERVER_COMMAND, "args": args,
                  "env": [{"name": "HOME", "value": "/tmp"}, *_aws_env(model)],
                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
                  "securityContext": CONTAINER_SECURITY, "volumeMounts": mounts + store_mounts + [
@@ -329,7 +331,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
         # (/v2/health/ready goes through to the model); liveness is always the process's own, so a model that
         # is down does not get its sidecars restarted.
         public = name == "ratelimit"
-        out = {"name": name, "image": s.serving.image, "command": ["hardened-model"],
+        out = {"name": name, "image": s.serving.image, "command": SERVER_COMMAND,
                "args": args + ["--host", "0.0.0.0" if public else "127.0.0.1", "--port", str(port),
                                "--metrics-host", "0.0.0.0", "--metrics-port", str(metrics)],
                "ports": [{"name": name[:9] if not public else public_port_name(model), "containerPort": port},
