@@ -118,3 +118,22 @@ def test_the_derived_image_installs_the_plugin_the_way_the_test_does():
     text = (PLUGIN / "Dockerfile").read_text()
     assert "FROM ${BASE_IMAGE}" in text and "ENV PYTHONPATH=/opt/plugins" in text
     assert "pip install --no-cache-dir --no-deps --target /opt/plugins /src" in text
+
+
+def test_the_trainer_names_an_uninstalled_or_batchnorm_architecture_and_exits_2(tmp_path, keys, capsys, plugin_path,
+                                                                                monkeypatch):
+    from hardened_trainer.__main__ import EXIT_BAD_CONFIG, main
+    from helpers import write_config
+
+    def train(doc, folder):
+        folder.mkdir()
+        code = main(["--config", str(write_config(folder, doc, keys[0]))])
+        return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
+
+    code, last = train(tiny_manifest({"model": {"architecture": "acme-small-cnn"}}), tmp_path / "missing")
+    assert code == EXIT_BAD_CONFIG and last["stage"] == "model"
+    assert last["message"].startswith("architecture 'acme-small-cnn' is not installed here")
+    monkeypatch.syspath_prepend(str(plugin_path))
+    code, last = train(tiny_manifest({"model": {"architecture": "acme-bn-cnn"}}), tmp_path / "batchnorm")
+    assert code == EXIT_BAD_CONFIG and last["stage"] == "model"
+    assert "layer 1.1 (BatchNorm2d)" in last["message"] and "model.autoFix: true" in last["message"]
