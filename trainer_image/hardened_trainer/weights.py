@@ -23,11 +23,8 @@ def read_bytes(uri: str, *, volumes: dict[str, str], s3_client=None) -> bytes:
     url = urllib.parse.urlsplit(uri)
     field = "model.initialWeights.uri"
     if url.scheme == "s3":
-        import boto3  # noqa: F401 (the trainer image has it)
-
-        client = s3_client
         try:
-            obj = client.get_object(Bucket=url.netloc, Key=url.path.lstrip("/"))
+            obj = s3_client.get_object(Bucket=url.netloc, Key=url.path.lstrip("/"))
             return obj["Body"].read(MAX_BYTES + 1)
         except Exception as exc:  # noqa: BLE001 - botocore's errors: say which object
             raise DataError(f"{field}: cannot read {uri}: {exc}") from None
