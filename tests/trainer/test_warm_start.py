@@ -110,3 +110,23 @@ def test_a_file_for_another_architecture_names_the_tensors(tmp_path, keys, capsy
     assert message.startswith(f"model.initialWeights.uri: file://{tmp_path}/mlp.safetensors does not fit "
                               f"model.architecture: missing ")
     assert "not in the network" in message
+
+
+def test_an_s3_uri_is_downloaded_with_the_stores_client(tmp_path, keys, capsys, moto_server):
+    import boto3
+
+    state, sha = baseline(tmp_path / "baseline.safetensors")
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="baselines")
+    s3.put_object(Bucket="baselines", Key="digits/v1.safetensors", Body=(tmp_path / "baseline.safetensors").read_bytes())
+    doc = tiny_manifest({**PLAIN, "model": {"initialWeights": {"uri": "s3://baselines/digits/v1.safetensors",
+                                                               "sha256": sha}},
+                         "artifacts": {"store": "s3://baselines/hardened", "region": "us-east-1",
+                                       "endpoint": moto_server}})
+    code, lines = run(tmp_path / "run", doc, keys, capsys)
+    assert code == EXIT_OK, lines[-3:]
+    assert max_diff(trained(tmp_path / "run"), state) < 1e-4
+    doc["spec"]["model"]["initialWeights"]["uri"] = "s3://baselines/digits/absent.safetensors"
+    code, lines = run(tmp_path / "absent", doc, keys, capsys)
+    assert code == EXIT_BAD_CONFIG
+    assert lines[-1]["message"].startswith("model.initialWeights.uri: cannot read s3://baselines/digits/absent.safetensors")
