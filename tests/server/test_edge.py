@@ -396,10 +396,10 @@ async def test_redis_slow_then_killed_mid_load_never_gives_500(tmp_path, upstrea
                     await asyncio.sleep(0.05)
 
             await load(1.5)
-            phase = "redis slow"  # DEBUG SLEEP blocks redis for 2 s: calls time out after 0.5 s
-            sleeper = subprocess.Popen(["redis-cli", "-p", str(redis_port), "DEBUG", "SLEEP", "2"],
+            phase = "redis slow"  # DEBUG SLEEP blocks redis for 5 s: calls time out after 2 s
+            sleeper = subprocess.Popen(["redis-cli", "-p", str(redis_port), "DEBUG", "SLEEP", "5"],
                                        stdout=subprocess.DEVNULL)
-            await load(2.0)
+            await load(4.0)
             sleeper.wait(10)
             phase = "redis killed"
             redis_proc.kill()
