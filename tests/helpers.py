@@ -110,6 +110,28 @@ def serving_config(path: pathlib.Path, overrides: dict | None = None, name: str 
     return path
 
 
+async def stub_upstream():
+    """The validation sidecar's place, in this event loop: answers every request at once (the rate-limit sidecar
+    is under test) and echoes the client id it was told. Returns (runner, url)."""
+    from aiohttp import web
+
+    async def infer(request):
+        return web.json_response({"client": request.headers.get("X-Client-Id")})
+
+    async def ok(_):
+        return web.json_response({"ready": True})
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    app.router.add_get("/v2/health/ready", ok)
+    app.router.add_get("/v2/health/live", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
 class Process:
     """A `hardened-model` subcommand on loopback ports, stopped with SIGTERM (graceful shutdown)."""
 

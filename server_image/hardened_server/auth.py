@@ -60,6 +60,17 @@ class _Watched:
         return True
 
     def reload(self) -> None:
+        """Load the file when it changed; a version that fails to load is tried again next time."""
+        stamp = self._stamp
+        if not self._changed():
+            return
+        try:
+            self._load()
+        except (OSError, ValueError):
+            self._stamp = stamp
+            raise
+
+    def _load(self) -> None:
         raise NotImplementedError
 
     def maybe_reload(self) -> None:
@@ -85,17 +96,7 @@ class ApiKeys(_Watched):
     def digests(self) -> list[bytes]:
         return [d for d, _ in self.entries]
 
-    def reload(self) -> None:
-        stamp = self._stamp
-        if not self._changed():
-            return
-        try:
-            self.entries = self._parse()
-        except (OSError, ValueError):
-            self._stamp = stamp  # try this version again next time
-            raise
-
-    def _parse(self) -> list[tuple[bytes, Principal]]:
+    def _load(self) -> None:
         entries = []
         with open(self.path, encoding="utf-8") as fh:
             for n, line in enumerate(fh, 1):
@@ -120,7 +121,7 @@ class ApiKeys(_Watched):
                 if not CLIENT_ID.match(client):
                     raise ValueError(f"{self.path}: line {n}: client={client!r}: 1-63 letters, digits, ._@:-")
                 entries.append((hashlib.sha256(key.encode()).digest(), Principal(client, plan)))
-        return entries
+        self.entries = entries
 
     def authenticate(self, presented: str | None) -> Principal:
         if not presented:
@@ -156,18 +157,14 @@ class JwtVerifier(_Watched):
         self.keys: dict[str | None, object] = {}
         self.reload()
 
-    def reload(self) -> None:
+    def _load(self) -> None:
         import jwt
 
-        stamp = self._stamp
-        if not self._changed():
-            return
         try:
             with open(self.path, encoding="utf-8") as fh:
                 doc = json.load(fh)
             keys = jwt.PyJWKSet.from_dict(doc).keys
         except (OSError, ValueError, jwt.PyJWKSetError, jwt.PyJWKError) as exc:
-            self._stamp = stamp
             raise ValueError(f"{self.path}: not a usable JWKS: {exc}") from None
         self.keys = {k.key_id: k for k in keys}  # PyJWT refuses a key whose type does not fit the algorithm
 

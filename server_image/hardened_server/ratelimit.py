@@ -26,7 +26,7 @@ import time
 
 from aiohttp import web
 
-from .auth import ApiKeys, ClientAddress, JwtVerifier, Principal, key_id, looks_like_jwt  # noqa: F401 (key_id: re-exported)
+from .auth import ApiKeys, ClientAddress, JwtVerifier, Principal, looks_like_jwt
 from .common import (BODY_TIMEOUT_SECONDS, LimiterUnavailable, ServingConfig, Timer, TooManyRequests,
                      Unauthorized, error_middleware, log_fields, read_body)
 from .metrics import METRICS

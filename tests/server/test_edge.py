@@ -15,33 +15,15 @@ import aiohttp
 import jwt
 import pytest
 from jwt.algorithms import get_default_algorithms
-from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from hardened_operator import devcerts
-from helpers import Process, free_port, serving_config
+from helpers import Process, free_port, serving_config, stub_upstream
 
 pytestmark = pytest.mark.server
 KEY = "key-" + "e" * 28
 OTHER_KEY = "key-" + "f" * 28
 INFER = "/v2/models/digits-demo/infer"
-
-
-async def stub_upstream():
-    """The validation sidecar's place: answers at once and echoes who the sidecar said the client is."""
-    app = web.Application()
-
-    async def infer(request):
-        return web.json_response({"client": request.headers.get("X-Client-Id")})
-
-    app.router.add_post("/v2/models/{name}/infer", infer)
-    app.router.add_get("/v2/health/ready", lambda r: web.json_response({"ready": True}))
-    app.router.add_get("/v2/health/live", lambda r: web.json_response({"live": True}))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

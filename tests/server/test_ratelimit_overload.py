@@ -9,11 +9,11 @@ import time
 import tracemalloc
 
 import pytest
-from aiohttp import web
 
 from hardened_server.common import TooManyRequests, Unauthorized, load_serving_config
-from hardened_server.ratelimit import ApiKeys, Limiter, key_id
-from helpers import free_port, ratelimit_sidecars, serving_config
+from hardened_server.auth import key_id
+from hardened_server.ratelimit import ApiKeys, Limiter
+from helpers import ratelimit_sidecars, serving_config, stub_upstream
 from overload import offer
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -22,18 +22,6 @@ SECONDS = float(os.environ.get("OVERLOAD_SECONDS", "10"))
 MILLION = int(os.environ.get("LIMITER_KEYS", "1000000"))
 CLIENTS = int(os.environ.get("LIMITER_CLIENTS", "20000"))
 KEY_ID = key_id(KEY)
-
-
-async def stub_upstream():
-    """The validation sidecar's place: answers every forwarded request at once (the limiter is under test)."""
-    app = web.Application()
-    app.router.add_post("/v2/models/{name}/infer", lambda r: web.json_response({"outputs": []}))
-    app.router.add_get("/v2/health/live", lambda r: web.json_response({"live": True}))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
 
 
 async def overload(tmp_path, rate_limit: dict, configured: float, processes: int) -> dict:

@@ -7,8 +7,8 @@ import pytest
 
 from hardened_server.common import Unauthorized, load_serving_config
 from hardened_server.protocol import dumps
-from hardened_server.auth import Principal
-from hardened_server.ratelimit import ApiKeys, Authenticator, bucket_item, key_id
+from hardened_server.auth import Principal, key_id
+from hardened_server.ratelimit import ApiKeys, Authenticator, bucket_item
 from hardened_server.validation import ABSTAIN, OodScorer, harden_output
 from helpers import serving_config
 
