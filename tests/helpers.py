@@ -65,8 +65,10 @@ def free_port() -> int:
 
 
 def make_artifact(root: pathlib.Path, private_key: pathlib.Path, *, name: str = "digits-demo",
-                  metrics: dict | None = None, seed: int = 0) -> pathlib.Path:
-    """A signed artifact without training: a cnn-8x8 fitted for a few steps on digits (seconds)."""
+                  metrics: dict | None = None, seed: int = 0, trainer_image: str | None = None) -> pathlib.Path:
+    """A signed artifact without training: a cnn-8x8 fitted for a few steps on digits (seconds). With
+    ``trainer_image``, a provenance statement (the trainer's builder, hardened_model.provenance) naming it and
+    the digits file is signed with it."""
     import safetensors.torch
     import torch
 
@@ -95,6 +97,17 @@ def make_artifact(root: pathlib.Path, private_key: pathlib.Path, *, name: str = 
     (model_dir / "metrics.json").write_text(json.dumps(metrics or {
         "cleanAccuracy": 0.95, "robustAccuracy": 0.6, "epsilon": 7.5, "membershipAUC": 0.52}))
     (model_dir / "report.html").write_text("<html></html>")
+    if trainer_image is not None:
+        from hardened_model.provenance import PROVENANCE_NAME, build_statement
+
+        statement = build_statement(
+            model_dir, model={"name": name, "namespace": "default", "version": "0123456789ab"}, training_spec={},
+            spec_digest="0" * 64, data={"source": ds.source, "digest": ds.digest,
+                                        "files": [{"name": f.name, "sha256": f.sha256, "size": f.size}
+                                                  for f in ds.files]},
+            trainer_image=trainer_image, initial_weights=None, seed=seed, device="cpu", invocation_id=None,
+            started="2026-11-30T00:00:00Z", finished="2026-11-30T00:01:00Z")
+        (model_dir / PROVENANCE_NAME).write_text(json.dumps(statement))
     sign_model(model_dir, root / "model.sig", private_key=private_key)
     return root
 

@@ -228,6 +228,14 @@ class DataSection(_Base):
                                     description="Fraction held out for evaluation (fixed-seed split).")
     max_samples: int | None = Field(default=None, ge=10, description="Use at most this many examples.")
     sanitization: Sanitization = _obj(Sanitization)
+    sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$",
+        description="Pin: the sha256 of the data the trainer reads (one file: that file's sha256; a folder or an "
+                    "S3 prefix: the sha256 of the sha256sum lines of its files, `hardened-model data-digest` "
+                    "prints it). Other bytes stop the trainer; the verifier compares it with the provenance.")
+    version_id: str | None = Field(
+        default=None, min_length=1, max_length=1024, pattern=r"^\S+$",
+        description="s3:// object source: read this S3 object version (versionId), not the current one.")
 
     cel_rules = (
         CelRule("!has(self.format) || self.format != 'tabular' || (has(self.features) && has(self.label) "
@@ -243,6 +251,8 @@ class DataSection(_Base):
                 "sanitization.enabled false", "sanitization.enabled"),
         CelRule("!has(self.format) || self.format != 'tabular' || !self.source.startsWith('builtin:')",
                 "builtin:digits is image data", "source"),
+        CelRule("!has(self.versionId) || (self.source.startsWith('s3://') && !self.source.endsWith('/'))",
+                "versionId pins one S3 object: the source must be s3://bucket/key (not a prefix)", "versionId"),
     )
 
 
@@ -411,6 +421,25 @@ class Keyless(_Base):
     oidc_issuer: str = Field(pattern=r"^https://[^\s]+$", max_length=1024, description="Expected OIDC issuer URL.")
 
 
+TRAINER_IMAGE_RULE = r"^(sha256:[0-9a-f]{64}|[a-z0-9]+([._/:-][a-zA-Z0-9_.-]+)*(@sha256:[0-9a-f]{64})?/?)$"
+
+
+class ProvenancePolicy(_Base):
+    """What the verifier requires of the signed provenance (model/provenance.json) besides the signature."""
+
+    required: bool = Field(default=False, description="Refuse a model without provenance. Implied by "
+                                                      "allowedTrainerImages and requireDataDigest.")
+    allowed_trainer_images: list[Annotated[str, Field(pattern=TRAINER_IMAGE_RULE, max_length=512)]] | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="Trainer images whose models are accepted: a digest (sha256:..., or repo@sha256:...: only "
+                    "that image, which the provenance records when the trainer image is given by digest), a "
+                    "repository (ghcr.io/org/trainer: any tag or digest of it) or a prefix ending in / "
+                    "(ghcr.io/org/: any repository under it).")
+    require_data_digest: bool = Field(
+        default=False, description="The provenance must record the training data's sha256, and it must equal "
+                                   "data.sha256 when that is pinned.")
+
+
 class SigningSection(_Base):
     """How the trainer signs and what the verifier trusts."""
 
@@ -422,6 +451,8 @@ class SigningSection(_Base):
                                   "a key pair is generated for this model.")
     public_key_secret: SecretKeyRef | None = Field(default=None, description="Secret holding the PEM public key the verifier trusts.")
     keyless: Keyless | None = None
+    provenance: ProvenancePolicy | None = Field(
+        default=None, description="Provenance policy the verification Job and the serving pods enforce.")
 
     cel_rules = (
         CelRule("has(self.privateKeySecret) == has(self.publicKeySecret)",

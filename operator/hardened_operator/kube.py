@@ -165,3 +165,14 @@ def termination_message(kube: Kube, namespace: str, job_name: str) -> dict | Non
                 except ValueError:
                     return {"message": term["message"][-1000:]}
     return None
+
+
+def container_image_id(kube: Kube, namespace: str, job_name: str, container: str) -> str | None:
+    """The imageID the kubelet reported for ``container`` of the Job's newest pod (what actually ran)."""
+    pods = kube.list("Pod", namespace, {"job-name": job_name})
+    pods.sort(key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True)
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") == container and cs.get("imageID"):
+                return cs["imageID"]
+    return None

@@ -32,6 +32,7 @@ from hardened_model.artifacts import StoreURI
 from hardened_model.contracts import build_serving_config
 from hardened_model.contracts import build_trainer_config, training_version
 from hardened_model.signing import MODEL_DIR_NAME, SIGNATURE_NAME, generate_key_pair
+from hardened_model.provenance import policy_for as provenance_policy
 from hardened_model.spec import HardenedModel
 
 
@@ -198,6 +199,9 @@ class LocalRunner:
         args = ["verify", "--artifact", str(version_dir), "--public-key", str(public_key), "--gates", gates]
         if expect_digest:
             args += ["--expect-digest", expect_digest]
+        policy = provenance_policy(self.model.spec)
+        if policy:
+            args += ["--provenance-policy", json.dumps(policy, sort_keys=True)]
         proc = subprocess.run(_cli(*args), capture_output=True, text=True, env=self.env)
         try:
             result = json.loads(proc.stdout.splitlines()[0])

@@ -31,6 +31,7 @@ from .status import PHASES, build_status, job_state, pod_problems
 class Observed:
     train_job: dict | None = None
     train_message: dict | None = None
+    train_image_id: str | None = None           # the trainer container's imageID, as the kubelet reported it
     verify_job: dict | None = None
     verify_message: dict | None = None
     deployment: dict | None = None
@@ -123,18 +124,19 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
     dep = obs.deployment
     dep_ann = (dep or {}).get("metadata", {}).get("annotations") or {}
     dep_ids = _json_or_none(dep_ann.get(objects.VERSION_IDS_ANNOTATION))
+    dep_prov = _json_or_none(dep_ann.get(objects.PROVENANCE_ANNOTATION))
     if rollout or warn_rollout:
         # the trainer's report, or (its pod gone) what the Deployment already pins for this version
         target = (vm["digest"], version, uploaded_ids or (dep_ids if dep_ann.get("hardened.dev/version") == version
-                                                          else None))
+                                                          else None), vm.get("provenance") or None)
     elif dep is not None and dep_ann.get("hardened.dev/digest"):
-        target = (dep_ann["hardened.dev/digest"], dep_ann.get("hardened.dev/version", version), dep_ids)
+        target = (dep_ann["hardened.dev/digest"], dep_ann.get("hardened.dev/version", version), dep_ids, dep_prov)
     else:
         target = None
     desired_dep = None
     if target:
         desired_dep = objects.build_deployment(model, digest=target[0], version=target[1], version_ids=target[2],
-                                               colocate=obs.colocate)
+                                               colocate=obs.colocate, provenance=target[3])
         ensure += [objects.build_serving_configmap(model), desired_dep,
                    objects.build_service(model), objects.build_metrics_service(model),
                    objects.build_network_policy(model), objects.build_pdb(model)]
@@ -231,15 +233,20 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
                     "ServingReady": serve_cond, "Ready": ready},
         training={"jobName": n["train"], "configDigest": version,
                   "startTime": ((obs.train_job or {}).get("status") or {}).get("startTime"),
-                  "completionTime": ((obs.train_job or {}).get("status") or {}).get("completionTime")},
+                  "completionTime": ((obs.train_job or {}).get("status") or {}).get("completionTime"),
+                  "imageID": obs.train_image_id, "dataDigest": tm.get("dataDigest")},
         metrics=metrics or None,
         artifact={k: v for k, v in {"uri": uri, "digest": vm.get("digest") if verified else None,
                                     "signer": vm.get("signer") if verified else None,
-                                    "versionId": _signature_version_id(uploaded_ids) if verified else None}.items()
+                                    "versionId": _signature_version_id(uploaded_ids) if verified else None,
+                                    **((vm.get("provenance") or {}) if verified else {})}.items()
                   if v},
         serving={k: v for k, v in {"url": f"{'https' if model.spec.serving.tls else 'http'}://"
                                           f"{model.metadata.name}.{model.metadata.namespace}.svc",
-                                   "readyReplicas": ready_replicas, "servedDigest": serving_digest}.items()
+                                   "readyReplicas": ready_replicas, "servedDigest": serving_digest,
+                                   "dataDigest": (target[3] or {}).get("dataDigest"),
+                                   "trainerImageDigest": (target[3] or {}).get("trainerImageDigest")
+                                   or (target[3] or {}).get("trainerImage")}.items()
                  if v is not None} if target else None,
         lastFailure=last_failure)
     if phase != (previous or {}).get("phase"):
@@ -252,7 +259,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
 
 # -------------------------------------------------------------------- I/O
 def observe(kube, model: HardenedModel) -> Observed:
-    from .kube import termination_message
+    from .kube import container_image_id, termination_message
 
     ns, n = model.metadata.namespace, objects.names(model)
     obs = Observed(train_job=kube.get("Job", ns, n["train"]), verify_job=kube.get("Job", ns, n["verify"]),
@@ -262,6 +269,7 @@ def observe(kube, model: HardenedModel) -> Observed:
         obs.serving_pods = kube.list("Pod", ns, objects.serving_selector(model))
     if obs.train_job is not None and job_state(obs.train_job)[0] in ("succeeded", "failed"):
         obs.train_message = termination_message(kube, ns, n["train"])
+        obs.train_image_id = container_image_id(kube, ns, n["train"], "trainer")
     if obs.verify_job is not None and job_state(obs.verify_job)[0] in ("succeeded", "failed"):
         obs.verify_message = termination_message(kube, ns, n["verify"])
     return obs

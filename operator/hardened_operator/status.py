@@ -38,6 +38,9 @@ class TrainingStatus(_Status):
     config_digest: str | None = Field(default=None, description="sha256 of the training-relevant spec.")
     start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    image_id: str | None = Field(default=None, alias="imageID",
+                                 description="The trainer container's image ID as the kubelet reported it.")
+    data_digest: str | None = Field(default=None, description="sha256 of the training data the trainer read.")
 
 
 class MetricsStatus(_Status):
@@ -62,6 +65,9 @@ class ArtifactStatus(_Status):
     digest: str | None = Field(default=None, description="sha256 over the signed manifest of the model directory.")
     version_id: str | None = Field(default=None, description="S3 object versionId of the signature bundle.")
     signer: str | None = None
+    data_digest: str | None = Field(default=None, description="Training data sha256, from the signed provenance.")
+    trainer_image: str | None = Field(default=None, description="Trainer image, from the signed provenance.")
+    trainer_image_digest: str | None = Field(default=None, description="Its digest, when given by digest.")
 
 
 class ServingStatus(_Status):
@@ -70,6 +76,9 @@ class ServingStatus(_Status):
     url: str | None = None
     ready_replicas: int | None = Field(default=None, ge=0)
     served_digest: str | None = Field(default=None, description="Digest the serving pods verify and load.")
+    data_digest: str | None = Field(default=None, description="The served version's training data sha256.")
+    trainer_image_digest: str | None = Field(default=None, description="The served version's trainer image "
+                                                                       "digest (or reference, given by tag).")
 
 
 class FailureStatus(_Status):

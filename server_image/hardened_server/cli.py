@@ -78,6 +78,12 @@ def add_commands(sub) -> None:
     p.add_argument("--endpoint", help="S3 endpoint URL (default: AWS)")
     p.add_argument("--expect-digest", help="refuse unless the signed digest is this sha256 (default: none)")
     p.add_argument("--gates", help="spec.gates as JSON, checked against the signed metrics (default: none)")
+    p.add_argument("--provenance-policy",
+                   help="spec.signing.provenance as JSON, plus dataSha256 (spec.data.sha256), checked against the "
+                        "signed model/provenance.json (default: none: the provenance is reported, not required)")
+    p.add_argument("--explain", action="store_true",
+                   help="print the verdict and the signed provenance (data, trainer image, versions) for people "
+                        "instead of JSON (default: off)")
     p.add_argument("--termination-log", default=None,
                    help="also write the result here, e.g. /dev/termination-log (default: none)")
     _trust_args(p)

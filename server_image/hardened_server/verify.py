@@ -46,6 +46,31 @@ def verify(args) -> tuple[int, dict]:
     if args.expect_digest and res.digest != args.expect_digest:
         out.update(verified=False, reason=f"digest {res.digest} is not the pinned {args.expect_digest}")
         return 3, out
+    # the provenance is inside the signed directory: trusted from here on (hardened_model.provenance)
+    from hardened_model import provenance as prov
+
+    try:
+        statement = prov.read(root / MODEL_DIR_NAME)
+        summary = prov.summarize(statement) if statement is not None else None
+    except prov.ProvenanceError as exc:
+        statement, summary = None, None
+        out.update(verified=False, reason=f"provenance: {exc}")
+        return 3, out
+    if summary is not None:
+        out["provenance"] = summary.status()
+    out["_statement"] = statement  # for --explain; run() drops it before printing JSON
+    if args.provenance_policy:
+        try:
+            policy = json.loads(args.provenance_policy)
+            if not isinstance(policy, dict):
+                raise ValueError(f"expected a JSON object, got {type(policy).__name__}")
+        except ValueError as exc:
+            return 2, {"verified": False, "reason": f"--provenance-policy: {exc}"}
+        refused = prov.check_policy(statement, policy, model_files=res.files)
+        if refused:
+            out.update(verified=False, reason="signature verified; provenance refused: " + "; ".join(refused))
+            out.pop("files", None)
+            return 3, out
     metrics = json.loads((root / MODEL_DIR_NAME / "metrics.json").read_text())
     out["metrics"] = {k: metrics.get(k) for k in STATUS_METRICS if k in metrics or k in STATUS_METRICS[:4]}
     out.pop("files", None)
@@ -66,8 +91,12 @@ def verify(args) -> tuple[int, dict]:
 
 def run(args) -> int:
     code, out = verify(args)
+    statement = out.pop("_statement", None)
     text = json.dumps(out, sort_keys=True)
-    print(text)
+    if getattr(args, "explain", False):
+        print(explain(code, out, statement))
+    else:
+        print(text)
     if args.termination_log:
         try:
             pathlib.Path(args.termination_log).write_text(text[:4096])
@@ -76,3 +105,25 @@ def run(args) -> int:
     if code:
         print(f"verify: refused: {out.get('reason')}", file=sys.stderr)
     return code
+
+
+def explain(code: int, out: dict, statement: dict | None) -> str:
+    """`verify --explain`: the verdict, then the provenance, for people."""
+    from hardened_model.provenance import ProvenanceError
+    from hardened_model.provenance import explain as explain_statement
+
+    lines = [f"{'VERIFIED' if code == 0 else 'REFUSED'}: {out.get('reason')}"]
+    for key, label in (("digest", "digest"), ("signer", "signer")):
+        if out.get(key):
+            lines.append(f"  {label + ':':<16}{out[key]}")
+    for gate in out.get("gates") or []:
+        lines.append(f"  gate:           {gate}")
+    if statement is None:
+        lines.append("No provenance: the model directory holds no provenance.json" if out.get("digest")
+                     else "Provenance not shown: the signature did not verify, so nothing in the directory is trusted")
+    else:
+        try:
+            lines.append(explain_statement(statement))
+        except ProvenanceError as exc:
+            lines.append(f"Provenance unreadable: {exc}")
+    return "\n".join(lines)

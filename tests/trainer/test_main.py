@@ -32,7 +32,7 @@ def artifact(tmp_path_factory, keys):
 class TestArtifact:
     def test_directory_layout(self, artifact):
         assert sorted(p.name for p in (artifact / "out/model").iterdir()) == [
-            "metrics.json", "model.json", "model.safetensors", "report.html"]
+            "metrics.json", "model.json", "model.safetensors", "provenance.json", "report.html"]
         assert (artifact / "out/model.sig").is_file()
 
     def test_model_json_records_architecture_normalization_and_digests(self, artifact):
@@ -108,7 +108,7 @@ def test_gate_failure_exits_3_and_still_writes_the_signed_verdict(tmp_path, keys
 def test_json_log_lines(tmp_path, keys, capsys):
     _, lines = run_trainer(tmp_path, tiny_manifest(), keys[0], capsys)
     events = [line["event"] for line in lines]
-    assert events == ["start", "sanitized", "epoch", "epoch", "evaluated", "result"]
+    assert events == ["start", "data-digest", "sanitized", "epoch", "epoch", "evaluated", "result"]
     assert all(set(line) >= {"loss", "accuracy", "epsilon"} for line in lines if line["event"] == "epoch")
 
 
@@ -184,7 +184,8 @@ def test_s3_upload_with_kms_and_version_ids(tmp_path, keys, capsys, moto_server)
     prefix = f"hardened/digits-demo/{version}/"
     assert result["uri"] == f"s3://models/{prefix.rstrip('/')}"
     assert sorted(result["versionIds"]) == sorted(prefix + n for n in (
-        "model/metrics.json", "model/model.json", "model/model.safetensors", "model/report.html", "model.sig"))
+        "model/metrics.json", "model/model.json", "model/model.safetensors", "model/provenance.json",
+        "model/report.html", "model.sig"))
     assert all(result["versionIds"].values())
     head = s3.head_object(Bucket="models", Key=prefix + "model/model.safetensors")
     assert head["ServerSideEncryption"] == "aws:kms" and key_id in head["SSEKMSKeyId"]

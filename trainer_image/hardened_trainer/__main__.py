@@ -138,6 +138,7 @@ def run(cfg, *, log) -> tuple[int, dict]:
 
     spec = cfg.spec
     t0 = time.perf_counter()
+    started = _now()
     device = select_device(cfg.device)
     log("start", model=cfg.model_name, version=cfg.version, device=str(device))
 
@@ -158,13 +159,15 @@ def run(cfg, *, log) -> tuple[int, dict]:
         from .tabular import load_table
 
         table = load_table(spec.data, s3_client=s3)
-        ds = data_mod.Dataset(x=table.x, y=table.y, raw_scale=1.0, source=table.source)
+        ds = data_mod.Dataset(x=table.x, y=table.y, raw_scale=1.0, source=table.source, files=table.files)
         ds = data_mod.subsample(ds, spec.data.max_samples, spec.training.seed)
         log("data", rows=len(ds), positives=int(ds.y.sum()), features=len(spec.data.features),
             imputed=table.imputed)
     else:
         ds = data_mod.load_dataset(spec.data.source, max_samples=spec.data.max_samples, seed=spec.training.seed,
-                                   s3_client=s3)
+                                   s3_client=s3, sha256=spec.data.sha256, version_id=spec.data.version_id)
+    log("data-digest", source=spec.data.source, sha256=ds.digest, files=len(ds.files),
+        pinned=spec.data.sha256 is not None)
     data_mod.check_shape(ds, spec.model.input_shape, spec.model.num_classes)
     parts = data_mod.split(ds, test_fraction=spec.data.validation_split, seed=spec.training.seed)
     x_train, y_train = parts.x_train, parts.y_train
@@ -204,6 +207,7 @@ def run(cfg, *, log) -> tuple[int, dict]:
                                      "device": str(device), "trainingSeconds": round(result.seconds, 2)})
     write_model_dir(model_dir, cfg=cfg, result=result, ev=ev, gates=gates, raw_scale=ds.raw_scale,
                     sanitization=san, report_html=report, x_train=x_train, table=table)
+    write_provenance(model_dir, cfg=cfg, ds=ds, device=str(device), started=started)
     sig = out / signing.SIGNATURE_NAME
     rt = cfg.signing
     token = pathlib.Path(rt.identity_token_path).read_text().strip() if rt.identity_token_path else None
@@ -220,9 +224,42 @@ def run(cfg, *, log) -> tuple[int, dict]:
                                             kms_key_id=spec.artifacts.kms_key_id)
     summary = {"model": cfg.model_name, "version": cfg.version, "gatesPassed": passed, "metrics": ev.metrics(),
                "digest": digest, "uri": uri, "localPath": str(out), "versionIds": versions,
+               "dataDigest": ds.digest, "trainerImage": os.environ.get(TRAINER_IMAGE_ENV) or None,
                "seconds": round(time.perf_counter() - t0, 2)}
     log("result", **summary)
     return (EXIT_OK if passed else EXIT_GATES_FAILED), summary
+
+
+TRAINER_IMAGE_ENV = "HARDENED_TRAINER_IMAGE"   # the pod's image reference, set by the operator
+POD_ENV = "HARDENED_POD_NAME"                 # the Downward API's metadata.name
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def write_provenance(model_dir: pathlib.Path, *, cfg, ds, device: str, started: str) -> None:
+    """model/provenance.json, written last before signing (hardened_model.provenance says why inside)."""
+    from hardened_model.contracts import TRAINING_SECTIONS
+    from hardened_model.provenance import PROVENANCE_NAME, build_statement
+    from hardened_model.spec import spec_digest, to_wire
+
+    wire = to_wire(cfg.spec)
+    iw = cfg.spec.model.initial_weights
+    statement = build_statement(
+        model_dir, model={"name": cfg.model_name, "namespace": cfg.namespace, "version": cfg.version},
+        training_spec={k: wire[k] for k in TRAINING_SECTIONS if k in wire},
+        spec_digest=spec_digest(cfg.spec, *TRAINING_SECTIONS),
+        data={"source": ds.source, "digest": ds.digest,
+              "files": [{"name": f.name, "sha256": f.sha256, "size": f.size,
+                         **({"versionId": f.version_id} if f.version_id else {})} for f in ds.files]},
+        trainer_image=os.environ.get(TRAINER_IMAGE_ENV) or None,
+        initial_weights={"uri": iw.uri, "sha256": iw.sha256} if iw else None,
+        seed=cfg.spec.training.seed, device=device, invocation_id=os.environ.get(POD_ENV) or None,
+        started=started, finished=_now())
+    (model_dir / PROVENANCE_NAME).write_text(json.dumps(statement, indent=2, sort_keys=True) + "\n")
 
 
 def _s3(spec):
@@ -277,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return EXIT_CRASH
     _termination_message(args.termination_log, {k: summary[k] for k in
-                                                ("gatesPassed", "metrics", "digest", "uri", "versionIds")})
+                                                ("gatesPassed", "metrics", "digest", "uri", "versionIds",
+                                                 "dataDigest", "trainerImage")})
     return code
 
 

@@ -4,14 +4,19 @@ fixed-seed split.
 Every loader returns images as float32 in [0, 1], shape (N, C, H, W), and int64
 labels. [0, 1] is the model's input space: attacks (eps), the validation
 sidecar's value range and the server all use it.
+
+Every loader first reads the bytes of each file it uses whole, records their sha256 (and, from S3, the object
+versionId), and checks ``data.sha256`` against them before anything parses them (issue 18): the provenance
+names exactly the bytes the model was trained from.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import hashlib
 import io
 import pathlib
 import struct
-import tempfile
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -23,14 +28,58 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class DataFile:
+    """One file the trainer read: its name relative to the source, sha256, size, and S3 versionId."""
+
+    name: str
+    sha256: str
+    size: int
+    version_id: str | None = None
+
+    @classmethod
+    def of(cls, name: str, blob: bytes, version_id: str | None = None) -> "DataFile":
+        return cls(name, hashlib.sha256(blob).hexdigest(), len(blob), version_id)
+
+
+def data_digest(files: tuple[DataFile, ...] | list[DataFile]) -> str:
+    """The data's sha256: one file's own sha256, or for several the sha256 of their `sha256sum` lines
+    ("<sha256>  <name>\\n", sorted by name), which `cd DIR && sha256sum FILES | sha256sum` reproduces."""
+    if len(files) == 1:
+        return files[0].sha256
+    lines = "".join(f"{f.sha256}  {f.name}\n" for f in sorted(files, key=lambda f: f.name))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def check_pin(files: list[DataFile], pin: str | None, source: str) -> None:
+    """data.sha256 against the bytes read, before they are parsed: exit 2 naming the file(s)."""
+    if pin is None:
+        return
+    got = data_digest(files)
+    if got == pin:
+        return
+    if len(files) == 1:
+        raise DataError(f"data.sha256: {source} ({files[0].name}) has sha256 {got}, the spec pins {pin}; the file "
+                        "changed or the pin is wrong")
+    listing = "; ".join(f"{f.name} {f.sha256}" for f in sorted(files, key=lambda f: f.name)[:20])
+    more = f"; and {len(files) - 20} more" if len(files) > 20 else ""
+    raise DataError(f"data.sha256: the {len(files)} files read from {source} have digest {got}, the spec pins {pin}; "
+                    f"a file changed, was added or removed, or the pin is wrong. Files read: {listing}{more}")
+
+
+@dataclass(frozen=True)
 class Dataset:
     x: np.ndarray  # float32 (N, C, H, W) in [0, 1]
     y: np.ndarray  # int64 (N,)
     raw_scale: float  # raw pixel value that maps to 1.0 (16 for digits, 255 for MNIST)
     source: str
+    files: tuple[DataFile, ...] = ()  # what was read, for the provenance
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def digest(self) -> str | None:
+        return data_digest(self.files) if self.files else None
 
 
 @dataclass(frozen=True)
@@ -101,74 +150,96 @@ def _load_npz(blob: bytes, source: str) -> Dataset:
         raise DataError(f"{source}: not a readable .npz without pickles: {exc}") from None
 
 
-def _load_idx_dir(folder: pathlib.Path, source: str) -> Dataset:
-    files = sorted(p for p in folder.iterdir() if "idx" in p.name)
-    images = [p for p in files if "idx3" in p.name]
-    labels = [p for p in files if "idx1" in p.name]
+def _parse_idx(blobs: dict[str, bytes], source: str) -> Dataset:
+    """MNIST IDX: one *idx3* images file and one *idx1* labels file among ``blobs`` (name -> bytes)."""
+    images = [n for n in sorted(blobs) if "idx3" in n]
+    labels = [n for n in sorted(blobs) if "idx1" in n]
     if len(images) != 1 or len(labels) != 1:
         raise DataError(f"{source}: a folder needs one *idx3* images file and one *idx1* labels file, "
-                        f"found {[p.name for p in files]}")
-    return _from_arrays(read_idx(images[0].read_bytes(), images[0].name),
-                        read_idx(labels[0].read_bytes(), labels[0].name), source)
+                        f"found {sorted(blobs)}")
+    return _from_arrays(read_idx(blobs[images[0]], images[0]), read_idx(blobs[labels[0]], labels[0]), source)
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
-def _load_image_folders(folder: pathlib.Path, source: str) -> Dataset:
-    """A folder of class folders of images (``cat/001.png``, ``dog/7.jpg``): classes are the sorted folder
-    names, images are read as RGB and must all have one size (nothing is resized: a wrong size is an error
-    naming the file)."""
-    from PIL import Image, UnidentifiedImageError
-
-    classes = sorted(p for p in folder.iterdir() if p.is_dir())
-    images, labels, size = [], [], None
-    for index, cls in enumerate(classes):
+def _image_files(folder: pathlib.Path, source: str) -> dict[str, bytes]:
+    """A folder of class folders of images (``cat/001.png``, ``dog/7.jpg``): every image's bytes by
+    ``class/file`` name (classes are the sorted folder names)."""
+    blobs: dict[str, bytes] = {}
+    for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
         files = sorted(p for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"{source}: class folder {cls.name!r} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files:
-            try:
-                with Image.open(f) as img:
-                    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"{source}: {cls.name}/{f.name}: not a readable image: {exc}") from None
-            if size is None:
-                size = arr.shape
-            elif arr.shape != size:
-                raise DataError(f"{source}: {cls.name}/{f.name} is {arr.shape[1]}x{arr.shape[0]}, the first image "
-                                f"{size[1]}x{size[0]}: resize the images beforehand (nothing is resized here)")
-            images.append(arr.transpose(2, 0, 1))
-            labels.append(index)
-    import dataclasses
+            blobs[f"{cls.name}/{f.name}"] = f.read_bytes()
+    return blobs
 
+
+def _parse_image_folders(blobs: dict[str, bytes], source: str) -> Dataset:
+    """Images are read as RGB and must all have one size (nothing is resized: a wrong size is an error naming
+    the file)."""
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted({name.split("/", 1)[0] for name in blobs})
+    images, labels, size = [], [], None
+    for name in sorted(blobs, key=lambda n: (classes.index(n.split("/", 1)[0]), n)):
+        try:
+            with Image.open(io.BytesIO(blobs[name])) as img:
+                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{source}: {name}: not a readable image: {exc}") from None
+        if size is None:
+            size = arr.shape
+        elif arr.shape != size:
+            raise DataError(f"{source}: {name} is {arr.shape[1]}x{arr.shape[0]}, the first image "
+                            f"{size[1]}x{size[0]}: resize the images beforehand (nothing is resized here)")
+        images.append(arr.transpose(2, 0, 1))
+        labels.append(classes.index(name.split("/", 1)[0]))
     # 8-bit pixels: 255 maps to 1.0 (not left to _from_arrays' guess, which takes a dark set for 0-16 digits)
     ds = _from_arrays(np.stack(images).astype(np.float32) / 255.0, np.asarray(labels, dtype=np.int64), source)
     return dataclasses.replace(ds, raw_scale=255.0)
 
 
-def _load_local(path: pathlib.Path, source: str) -> Dataset:
+def _load_local(path: pathlib.Path, source: str, pin: str | None) -> Dataset:
     if path.is_dir():
         if any(p.is_dir() for p in path.iterdir()):
-            return _load_image_folders(path, source)
-        return _load_idx_dir(path, source)
-    if not path.exists():
+            blobs, parse = _image_files(path, source), _parse_image_folders
+        else:
+            blobs, parse = {p.name: p.read_bytes() for p in sorted(path.iterdir()) if "idx" in p.name}, _parse_idx
+    elif not path.exists():
         raise DataError(f"{source}: no such file or folder")
-    return _load_npz(path.read_bytes(), source)
+    else:
+        blobs, parse = {path.name: path.read_bytes()}, lambda b, s: _load_npz(b[path.name], s)
+    files = [DataFile.of(name, blob) for name, blob in blobs.items()]
+    check_pin(files, pin, source)
+    return dataclasses.replace(parse(blobs, source), files=tuple(files))
+
+
+def builtin_digits_file() -> tuple[str, bytes]:
+    """The file scikit-learn's load_digits reads (shipped in the wheel)."""
+    from importlib import resources
+
+    name = "sklearn/datasets/data/digits.csv.gz"
+    return name, (resources.files("sklearn.datasets.data") / "digits.csv.gz").read_bytes()
 
 
 # ------------------------------------------------------------------ sources
-def load_dataset(source: str, *, s3_client=None, max_samples: int | None = None, seed: int = 0) -> Dataset:
-    """Load a data source named as in ``spec.data.source``."""
+def load_dataset(source: str, *, s3_client=None, max_samples: int | None = None, seed: int = 0,
+                 sha256: str | None = None, version_id: str | None = None) -> Dataset:
+    """Load a data source named as in ``spec.data.source``; ``sha256``/``version_id``: data.sha256/versionId."""
     if source == "builtin:digits":
         from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 
+        name, blob = builtin_digits_file()
+        files = [DataFile.of(name, blob)]
+        check_pin(files, sha256, source)
         digits = load_digits()
-        ds = _from_arrays(digits.images, digits.target, source)
+        ds = dataclasses.replace(_from_arrays(digits.images, digits.target, source), files=tuple(files))
     elif source.startswith("file://"):
-        ds = _load_local(pathlib.Path(urlparse(source).path), source)
+        ds = _load_local(pathlib.Path(urlparse(source).path), source, sha256)
     elif source.startswith("s3://"):
-        ds = _load_s3(source, s3_client)
+        ds = _load_s3(source, s3_client, sha256, version_id)
     else:
         raise DataError(f"{source}: unsupported data source (builtin:digits, file://, s3://)")
     return subsample(ds, max_samples, seed)
@@ -178,33 +249,51 @@ def subsample(ds: Dataset, max_samples: int | None, seed: int) -> Dataset:
     """spec.data.maxSamples: a fixed-seed random subset."""
     if max_samples is not None and len(ds) > max_samples:
         keep = np.random.default_rng(seed).permutation(len(ds))[:max_samples]
-        ds = Dataset(x=ds.x[keep], y=ds.y[keep], raw_scale=ds.raw_scale, source=ds.source)
+        ds = dataclasses.replace(ds, x=ds.x[keep], y=ds.y[keep])
     return ds
 
 
-def _load_s3(source: str, s3_client) -> Dataset:
+def read_s3_object(client, source: str, bucket: str, key: str, version_id: str | None = None) -> tuple[bytes, str | None]:
+    """(bytes, versionId) of one object, at ``version_id`` when given."""
+    import botocore.exceptions
+
+    try:
+        obj = client.get_object(Bucket=bucket, Key=key, **({"VersionId": version_id} if version_id else {}))
+        return obj["Body"].read(), obj.get("VersionId")
+    except botocore.exceptions.ClientError as exc:
+        at = f" (versionId {version_id})" if version_id else ""
+        raise DataError(f"{source}{at}: S3 error {exc.response['Error'].get('Code')}: "
+                        f"{exc.response['Error'].get('Message')}") from None
+
+
+def _load_s3(source: str, s3_client, pin: str | None = None, version_id: str | None = None) -> Dataset:
     import boto3
     import botocore.exceptions
 
     url = urlparse(source)
     bucket, key = url.netloc, url.path.lstrip("/")
     client = s3_client or boto3.client("s3")
-    try:
-        if key.endswith("/"):  # a prefix holding IDX files
-            with tempfile.TemporaryDirectory() as tmp:
-                listing = client.list_objects_v2(Bucket=bucket, Prefix=key).get("Contents", [])
-                for obj in listing:
-                    name = obj["Key"][len(key):]
-                    if name and "/" not in name:
-                        client.download_file(bucket, obj["Key"], str(pathlib.Path(tmp) / name))
-                return _load_idx_dir(pathlib.Path(tmp), source)
-        blob = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except botocore.exceptions.ClientError as exc:
-        raise DataError(f"{source}: S3 error {exc.response['Error'].get('Code')}: "
-                        f"{exc.response['Error'].get('Message')}") from None
+    if key.endswith("/"):  # a prefix holding IDX files
+        try:
+            listing = client.list_objects_v2(Bucket=bucket, Prefix=key).get("Contents", [])
+        except botocore.exceptions.ClientError as exc:
+            raise DataError(f"{source}: S3 error {exc.response['Error'].get('Code')}: "
+                            f"{exc.response['Error'].get('Message')}") from None
+        blobs, files = {}, []
+        for obj in listing:
+            name = obj["Key"][len(key):]
+            if name and "/" not in name and "idx" in name:
+                blob, vid = read_s3_object(client, source, bucket, obj["Key"])
+                blobs[name] = blob
+                files.append(DataFile.of(name, blob, vid))
+        check_pin(files, pin, source)
+        return dataclasses.replace(_parse_idx(blobs, source), files=tuple(files))
     if key.endswith((".gz", "-ubyte")):
         raise DataError(f"{source}: IDX data must be a prefix (ending in /) holding the images and labels files")
-    return _load_npz(blob, source)
+    blob, vid = read_s3_object(client, source, bucket, key, version_id)
+    files = [DataFile.of(key.rsplit("/", 1)[-1], blob, vid)]
+    check_pin(files, pin, source)
+    return dataclasses.replace(_load_npz(blob, source), files=tuple(files))
 
 
 def split(ds: Dataset, *, test_fraction: float, seed: int) -> Split:

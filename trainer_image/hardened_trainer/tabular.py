@@ -18,7 +18,7 @@ import numpy as np
 
 from hardened_model.spec import DataSection, Feature
 
-from .data import DataError
+from .data import DataError, DataFile, check_pin, read_s3_object
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Table:
     source: str
     negative_class: str               # the label value that is not positiveClass
     imputed: dict[str, float] = field(default_factory=dict)  # feature -> median used for empty cells
+    files: tuple[DataFile, ...] = ()  # what was read, for the provenance
 
     def __len__(self) -> int:
         return len(self.y)
@@ -56,23 +57,21 @@ def read_table(blob: bytes, source: str):
         raise DataError(f"{source}: not a readable CSV or Parquet file: {exc}") from None
 
 
-def load_bytes(source: str, s3_client=None) -> bytes:
+def load_bytes(source: str, s3_client=None, version_id: str | None = None) -> tuple[bytes, DataFile]:
+    """The file's bytes and its record (sha256, S3 versionId) for the provenance."""
     if source.startswith("file://"):
         path = pathlib.Path(urlparse(source).path)
         if not path.is_file():
             raise DataError(f"{source}: no such file")
-        return path.read_bytes()
+        blob = path.read_bytes()
+        return blob, DataFile.of(path.name, blob)
     if source.startswith("s3://"):
         import boto3
-        import botocore.exceptions
 
         url = urlparse(source)
-        try:
-            return (s3_client or boto3.client("s3")).get_object(Bucket=url.netloc, Key=url.path.lstrip("/"))[
-                "Body"].read()
-        except botocore.exceptions.ClientError as exc:
-            raise DataError(f"{source}: S3 error {exc.response['Error'].get('Code')}: "
-                            f"{exc.response['Error'].get('Message')}") from None
+        key = url.path.lstrip("/")
+        blob, vid = read_s3_object(s3_client or boto3.client("s3"), source, url.netloc, key, version_id)
+        return blob, DataFile.of(key.rsplit("/", 1)[-1], blob, vid)
     raise DataError(f"{source}: tabular data comes from file:// or s3://")
 
 
@@ -135,7 +134,9 @@ def _categories(cells: list[str | None], feature: Feature, source: str) -> np.nd
 def load_table(data: DataSection, *, s3_client=None) -> Table:
     """Read and check the table named by spec.data (format tabular)."""
     source = data.source
-    table = read_table(load_bytes(source, s3_client), source)
+    blob, record = load_bytes(source, s3_client, data.version_id)
+    check_pin([record], data.sha256, source)  # before a byte is parsed
+    table = read_table(blob, source)
     names = [f.name for f in data.features or []]
     columns = list(table.column_names)
     missing = [n for n in names + [data.label] if n not in columns]
@@ -177,7 +178,7 @@ def load_table(data: DataSection, *, s3_client=None) -> Table:
         raise DataError(f"{_where(source, data.label, third)}: {labels[third]!r} is a third class; a tabular "
                         f"model is binary: {data.positive_class!r} (positive) against {others[0]!r}")
     y = np.fromiter((v == data.positive_class for v in labels), np.int64, count=len(labels))
-    return Table(x=x, y=y, source=source, negative_class=others[0], imputed=imputed)
+    return Table(x=x, y=y, source=source, negative_class=others[0], imputed=imputed, files=(record,))
 
 
 def bounds(features: list[Feature], x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import json
 
 from hardened_model.artifacts import StoreURI
 from hardened_model.signing import MODEL_DIR_NAME
+from hardened_model.provenance import policy_for as provenance_policy
 from hardened_model.spec import API_GROUP, API_VERSION, KIND, HardenedModel
 from hardened_model.contracts import build_serving_config
 from hardened_model.contracts import build_trainer_config, training_version
@@ -196,7 +197,12 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
             "image": t.image,
             "command": ["python", "-m", "hardened_trainer"],
             "args": ["--config", f"{TRAINER_CONFIG_MOUNT}/train.json"],
-            "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MPLCONFIGDIR", "value": "/tmp"}, *_aws_env(model)],
+            # the image reference and the pod name go into the signed provenance (the Downward API cannot
+            # expose the image's digest: give the image by digest, repo@sha256:..., to have it recorded)
+            "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MPLCONFIGDIR", "value": "/tmp"},
+                    {"name": "HARDENED_TRAINER_IMAGE", "value": t.image},
+                    {"name": "HARDENED_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    *_aws_env(model)],
             "resources": _resources(t.resources, gpu=True),
             "securityContext": CONTAINER_SECURITY,
             "volumeMounts": mounts,
@@ -250,6 +256,9 @@ def _verify_container(model: HardenedModel, *, digest: str | None, target: str, 
                                        sort_keys=True)]
     if digest:
         args += ["--expect-digest", digest]
+    policy = provenance_policy(s)
+    if policy:  # both the verification Job and the serving pods' init container enforce it
+        args += ["--provenance-policy", json.dumps(policy, sort_keys=True, separators=(",", ":"))]
     if local:
         args += ["--artifact", local]
     else:
@@ -297,8 +306,12 @@ def build_serving_configmap(model: HardenedModel) -> dict:
             "data": {"serving.json": json.dumps(build_serving_config(model), indent=2, sort_keys=True)}}
 
 
+PROVENANCE_ANNOTATION = "hardened.dev/provenance"
+
+
 def build_deployment(model: HardenedModel, *, digest: str, version: str,
-                     version_ids: dict[str, str] | None = None, colocate: bool = False) -> dict:
+                     version_ids: dict[str, str] | None = None, colocate: bool = False,
+                     provenance: dict | None = None) -> dict:
     """The serving Deployment for one verified version (``digest`` pinned in every container, and for s3://
     stores the object ``version_ids`` pinned in the init container's download and kept in an annotation;
     ``colocate``: the pvc:// store is ReadWriteOnce, see _colocated)."""
@@ -378,7 +391,10 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
         "metadata": _meta(model, n["serving"], "serving",
                           annotations={"hardened.dev/digest": digest, "hardened.dev/version": version,
                                        **({VERSION_IDS_ANNOTATION: json.dumps(version_ids, sort_keys=True)}
-                                          if version_ids else {})}),
+                                          if version_ids else {}),
+                                       # the served version's data digest and trainer image (status.serving)
+                                       **({PROVENANCE_ANNOTATION: json.dumps(provenance, sort_keys=True)}
+                                          if provenance else {})}),
         "spec": {
             "replicas": s.serving.replicas,
             "selector": {"matchLabels": serving_selector(model)},
