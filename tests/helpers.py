@@ -299,3 +299,19 @@ def restricted_pss_violations(pod: dict) -> list[str]:
         if any(p.get("hostPort") for p in c.get("ports", [])):
             out.append(f"{name}: hostPort")
     return out
+
+
+# ------------------------------------------------------------------- images
+SBOM_PATH = "/usr/share/hardened-model/sbom.cdx.json"  # where each image carries its CycloneDX SBOM
+
+
+def pinned_versions() -> dict[str, str]:
+    """requirements/constraints.txt as {normalized name: version}."""
+    import re
+
+    out = {}
+    for line in (ROOT / "requirements/constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            out[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    return out

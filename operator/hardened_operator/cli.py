@@ -70,6 +70,44 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_data_digest(args: argparse.Namespace) -> int:
+    """Read the spec's data exactly as the trainer does and print the sha256 to pin (data.sha256)."""
+    import json
+
+    from hardened_trainer.data import DataError, load_dataset
+
+    model = _load_or_exit(args.spec)
+    d = model.spec.data
+    s3 = None
+    if d.source.startswith("s3://"):
+        from hardened_model.artifacts import s3_client
+
+        s3 = s3_client(region=model.spec.artifacts.region or model.spec.aws.region,  # as the trainer does
+                       endpoint=args.endpoint or model.spec.artifacts.endpoint)
+    try:
+        if d.format == "tabular":
+            from hardened_trainer.tabular import load_bytes
+
+            files = [load_bytes(d.source, s3, d.version_id)[1]]
+        else:
+            files = list(load_dataset(d.source, s3_client=s3, version_id=d.version_id).files)
+    except DataError as exc:
+        print(f"hardened-model data-digest: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from hardened_trainer.data import data_digest
+
+    digest = data_digest(files)
+    if args.json:
+        print(json.dumps({"source": d.source, "sha256": digest, "files": [
+            {"name": f.name, "sha256": f.sha256, "size": f.size, **({"versionId": f.version_id} if f.version_id
+                                                                    else {})} for f in files]}, sort_keys=True))
+    else:
+        for f in files:
+            print(f"{f.sha256}  {f.name}" + (f"  (versionId {f.version_id})" if f.version_id else ""))
+        print(f"data.sha256: {digest}" + ("" if d.sha256 in (None, digest) else f"   (the spec pins {d.sha256})"))
+    return EXIT_OK if d.sha256 in (None, digest) else EXIT_REFUSED
+
+
 def _cmd_operator(args: argparse.Namespace) -> int:
     import os
     import pathlib
@@ -274,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-monitoring", action="store_true",
                    help="leave out ServiceMonitor and PrometheusRule, as without their CRDs (default: off)")
     p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("data-digest", help="read a spec's training data as the trainer does and print the "
+                                           "sha256 to pin as data.sha256")
+    p.add_argument("spec", help="HardenedModel YAML")
+    p.add_argument("--endpoint", help="S3 endpoint URL for an s3:// source (default: the spec's "
+                                      "artifacts.endpoint, as the trainer uses, else AWS)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: sha256sum lines)")
+    p.set_defaults(func=_cmd_data_digest)
 
     p = sub.add_parser("up", help="train, sign, verify and serve a spec on this machine (no cluster)")
     p.add_argument("spec", help="HardenedModel YAML")

@@ -529,3 +529,91 @@ async def test_the_tabular_example_is_rendered_and_reconciled_to_serving(k8s):
         assert await wait_for(lambda: metrics().get("recall") == 0.84), metrics()
         assert metrics()["prAUC"] == 0.4427 and metrics()["robustRecall"] == 0.75
         assert METRICS.positive["recall"].labels(NS, "fraud-tabular")._value.get() == 0.84
+
+
+async def run_verifier(container: dict, artifact, public_key, tmp) -> dict:
+    """Run the real verifier with the arguments the operator rendered for ``container`` (the verify Job's or
+    the init container's), the in-pod paths mapped to this machine's; returns its termination message."""
+    from hardened_server.cli import main as server_main
+
+    args = list(container["args"])
+    args[args.index("--artifact") + 1] = str(artifact)
+    args[args.index("--public-key") + 1] = str(public_key)
+    log = tmp / f"termination-{len(list(tmp.iterdir()))}"
+    args[args.index("--termination-log") + 1] = str(log)
+    code = await asyncio.to_thread(server_main, args)
+    message = json.loads(log.read_text())
+    message["exitCode"] = code
+    return message
+
+
+async def test_a_model_from_an_unlisted_trainer_image_is_refused_and_the_old_version_keeps_serving(
+        k8s, keys, tmp_path):
+    """Issue 18: signing.provenance reaches the verify Job and the serving pods' init container; the real
+    verifier, run with the arguments the operator rendered, accepts a model whose signed provenance names an
+    allowed trainer image and refuses one from another image; the refused version never replaces the serving
+    one, and status shows the served version's data digest and trainer image digest."""
+    from helpers import make_artifact
+
+    good_image = "ghcr.io/hardened-model/trainer@sha256:" + "ab" * 32
+    good = make_artifact(tmp_path / "good", keys[0], trainer_image=good_image)
+    evil = make_artifact(tmp_path / "evil", keys[0], trainer_image="ghcr.io/evil/trainer@sha256:" + "cd" * 32)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    doc = manifest(signing={"provenance": {"allowedTrainerImages": ["ghcr.io/hardened-model/"],
+                                           "requireDataDigest": True}})
+    n = job_names(doc)
+    await create_signing_secret(k8s)
+    async with runner():
+        await create_model(k8s, doc)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
+        await complete_job(k8s, n["train"], {"gatesPassed": True})
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
+        job = get(k8s.objects, ("batch/v1/jobs", NS, n["verify"]))
+        verify_container = job["spec"]["template"]["spec"]["containers"][0]
+        policy = json.loads(verify_container["args"][verify_container["args"].index("--provenance-policy") + 1])
+        assert policy == {"allowedTrainerImages": ["ghcr.io/hardened-model/"], "requireDataDigest": True,
+                          "required": False}
+        verdict = await run_verifier(verify_container, good, keys[1], logs)
+        assert verdict.pop("exitCode") == 0, verdict
+        await complete_job(k8s, n["verify"], verdict)
+        dep_key = ("apps/v1/deployments", NS, "digits-demo")
+        assert await wait_for(lambda: alive(k8s.objects, dep_key))
+        await deployment_ready(k8s)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Serving"), status(k8s)
+        served = status(k8s)["serving"]
+        data_digest = verdict["provenance"]["dataDigest"]
+        assert served["dataDigest"] == data_digest and served["trainerImageDigest"] == "sha256:" + "ab" * 32
+        assert status(k8s)["artifact"]["trainerImage"] == good_image
+        first_digest = verdict["digest"]
+        init = get(k8s.objects, dep_key)["spec"]["template"]["spec"]["initContainers"][0]
+        assert "--provenance-policy" in init["args"]
+        # the init container, with the same policy, refuses the other image's model (a swapped artifact)
+        refused = await run_verifier(init | {"args": [a if a != first_digest else evil_digest(evil)
+                                                      for a in init["args"]]}, evil, keys[1], logs)
+        assert refused["exitCode"] == 3 and "allowedTrainerImages" in refused["reason"]
+
+        # a new version, trained by an image the policy does not list: the verify Job refuses it
+        new = manifest(training={"epochs": 21}, signing=doc["spec"]["signing"])
+        await update_spec(k8s, new)
+        n2 = job_names(new)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["train"])))
+        await complete_job(k8s, n2["train"], {"gatesPassed": True})
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["verify"])))
+        job = get(k8s.objects, ("batch/v1/jobs", NS, n2["verify"]))
+        verdict = await run_verifier(job["spec"]["template"]["spec"]["containers"][0], evil, keys[1], logs)
+        assert verdict.pop("exitCode") == 3
+        await complete_job(k8s, n2["verify"], verdict, failed=True)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Failed"), status(k8s)
+        message = cond(k8s, "SignatureVerified")["message"]
+        assert "signing.provenance.allowedTrainerImages" in message and "ghcr.io/evil/trainer" in message
+        assert "keeps serving" in cond(k8s, "Ready")["message"]
+        dep = get(k8s.objects, dep_key)
+        assert dep["metadata"]["annotations"]["hardened.dev/digest"] == first_digest  # the old version serves
+        assert status(k8s)["serving"]["trainerImageDigest"] == "sha256:" + "ab" * 32
+
+
+def evil_digest(artifact) -> str:
+    from hardened_model.signing import read_signed_manifest
+
+    return read_signed_manifest(artifact / "model.sig")[0]

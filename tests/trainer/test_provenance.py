@@ -271,3 +271,20 @@ def test_version_id_needs_one_s3_object():
         parse_manifest(tiny_manifest({"data": {"source": "s3://bucket/prefix/", "versionId": "abc"}}))
     with pytest.raises(SpecError, match="versionId"):
         parse_manifest(tiny_manifest({"data": {"versionId": "abc"}}))
+
+
+def test_data_digest_command_prints_the_pin_the_trainer_checks(tmp_path, capsys):
+    import yaml
+
+    from hardened_operator.cli import main as cli
+
+    data = digits_npz(tmp_path / "digits.npz")
+    doc = tiny_manifest({"data": {"source": f"file://{data}"}})
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    assert cli(["data-digest", str(spec)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{sha(data)}  digits.npz", f"data.sha256: {sha(data)}"]
+    doc["spec"]["data"]["sha256"] = "0" * 64
+    spec.write_text(yaml.safe_dump(doc))
+    assert cli(["data-digest", "--json", str(spec)]) == 3  # the spec's pin is not these bytes
+    assert json.loads(capsys.readouterr().out)["sha256"] == sha(data)
