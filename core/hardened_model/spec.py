@@ -106,6 +106,14 @@ class SecretKeyRef(_Base):
     key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="Key within the Secret.")
 
 
+class ObjectKeyRef(_Base):
+    """A key of a Secret or ConfigMap in the model's namespace."""
+
+    kind: Literal["Secret", "ConfigMap"] = "ConfigMap"
+    name: str = Field(pattern=DNS_LABEL, max_length=253)
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+
+
 # --------------------------------------------------------------------- model
 PICKLE_HELP = ("PyTorch .pt/.pth files are pickles, which can run code when loaded, and are never loaded here: "
                "convert once, in a trusted environment, with safetensors.torch.save_file(torch.load(PATH, "
@@ -419,6 +427,10 @@ class Keyless(_Base):
     identity: str = Field(min_length=1, max_length=1024,
                           description="Expected certificate identity (SAN), e.g. a service-account URI or e-mail.")
     oidc_issuer: str = Field(pattern=r"^https://[^\s]+$", max_length=1024, description="Expected OIDC issuer URL.")
+    trust_config: ObjectKeyRef | None = Field(
+        default=None, description="A private Sigstore instance: a ClientTrustConfig JSON (trusted root and signing "
+                                  "config) the trainer signs with and the verifiers trust, instead of Sigstore's "
+                                  "public-good instance (whose root ships with sigstore-python and is used offline).")
 
 
 TRAINER_IMAGE_RULE = r"^(sha256:[0-9a-f]{64}|[a-z0-9]+([._/:-][a-zA-Z0-9_.-]+)*(@sha256:[0-9a-f]{64})?/?)$"
@@ -577,14 +589,6 @@ class Tls(_Base):
     client_ca_secret: str | None = Field(
         default=None, alias="clientCASecret", pattern=DNS_LABEL, max_length=253,
         description="Secret with ca.crt: clients must present a certificate it signed (mutual TLS).")
-
-
-class ObjectKeyRef(_Base):
-    """A key of a Secret or ConfigMap in the model's namespace."""
-
-    kind: Literal["Secret", "ConfigMap"] = "ConfigMap"
-    name: str = Field(pattern=DNS_LABEL, max_length=253)
-    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
 
 
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",

@@ -313,6 +313,9 @@ def ensure_prerequisites(kube, model: HardenedModel) -> tuple[list[str], dict | 
     if s.serving.auth.jwt:
         ref = s.serving.auth.jwt.jwks
         needed.append(("spec.serving.auth.jwt.jwks", ref.kind, ref.name, (ref.key,)))
+    if s.signing.method == "keyless" and s.signing.keyless and s.signing.keyless.trust_config:
+        ref = s.signing.keyless.trust_config
+        needed.append(("spec.signing.keyless.trustConfig", ref.kind, ref.name, (ref.key,)))
     for field_, kind, name, keys in needed:
         obj = kube.get(kind, ns, name) or {}
         present = set(obj.get("data") or {}) | set(obj.get("stringData") or {})

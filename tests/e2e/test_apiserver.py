@@ -145,3 +145,28 @@ def test_the_edge_objects_are_admitted(api):
     out = dry_run(api, doc)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["spec"]["serving"] == to_wire(model.spec)["serving"]
+
+
+def test_the_provenance_and_private_sigstore_objects_are_admitted(api):
+    """Issue 18: keyless signing with a private Sigstore's trust config (a ConfigMap volume in the training Job,
+    the verify Job and the serving pods), a provenance policy and a data pin, through a server-side dry run."""
+    doc = example("digits-demo")
+    doc["metadata"]["namespace"] = NS
+    doc["spec"]["data"]["sha256"] = "5f" * 32
+    doc["spec"]["signing"] = {"mode": "Enforce", "method": "keyless", "keyless": {
+        "identity": "https://kubernetes.io/namespaces/default/serviceaccounts/trainer",
+        "oidcIssuer": "https://oidc.private.test",
+        "trustConfig": {"kind": "ConfigMap", "name": "private-sigstore", "key": "trust_config.json"}},
+        "provenance": {"allowedTrainerImages": ["ghcr.io/hardened-model/"], "requireDataDigest": True}}
+    model = parse_manifest(doc)
+    objs = build_all(model, digest="ab" * 32, monitoring_crds=False)
+    objs += [build_training_job(model), build_verify_job(model)]
+    for obj in objs:
+        obj["metadata"]["namespace"] = NS
+        obj["metadata"].pop("ownerReferences", None)
+    out = api.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objs), check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("(server dry run)") == len(objs)
+    out = dry_run(api, doc)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["spec"]["signing"] == to_wire(model.spec)["signing"]

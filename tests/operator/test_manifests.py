@@ -341,3 +341,55 @@ def test_initial_weights_on_another_claim_are_mounted_read_only_and_named_in_the
     doc["spec"]["model"]["initialWeights"]["uri"] = "s3://baselines/digits/v1.safetensors"
     jobs = next(o for o in build_all(parse_manifest(doc)) if o["metadata"]["name"].endswith("-jobs"))
     assert {"protocol": "TCP", "port": 443} in [p for rule in jobs["spec"]["egress"] for p in rule["ports"]]
+
+
+def test_a_private_sigstore_trust_config_reaches_the_trainer_and_every_verifier():
+    """signing.keyless.trustConfig: the training Job mounts it and its config names it; the verify Job, the
+    init container and the model server get --trust-config with the same volume."""
+    doc = example("digits-demo")
+    doc["metadata"]["uid"] = "u"
+    doc["spec"]["signing"] = {"method": "keyless", "keyless": {
+        "identity": "trainer@acme.test", "oidcIssuer": "https://oidc.acme.test",
+        "trustConfig": {"kind": "Secret", "name": "private-sigstore", "key": "trust.json"}}}
+    m = parse_manifest(doc)
+    job = build_training_job(m)["spec"]["template"]["spec"]
+    assert {"name": "sigstore-trust", "secret": {"secretName": "private-sigstore", "items": [
+        {"key": "trust.json", "path": "trust_config.json"}]}} in job["volumes"]
+    from hardened_operator.manifests.objects import build_training_configmap
+    cfg = parse_config(json.loads(build_training_configmap(m)["data"]["train.json"]))
+    assert cfg.signing.trust_config_path == "/var/run/hardened/sigstore-trust/trust_config.json"
+    assert any(v["mountPath"] == "/var/run/hardened/sigstore-trust" for v in job["containers"][0]["volumeMounts"])
+    verify = build_verify_job(m)["spec"]["template"]["spec"]
+    dep = build_deployment(m, digest="ab" * 32, version="v")["spec"]["template"]["spec"]
+    for pod, container in ((verify, verify["containers"][0]), (dep, dep["initContainers"][0]),
+                           (dep, next(c for c in dep["containers"] if c["name"] == "model"))):
+        args = container["args"]
+        assert args[args.index("--trust-config") + 1] == "/var/run/hardened/sigstore-trust/trust_config.json"
+        assert args[args.index("--identity") + 1] == "trainer@acme.test"
+        assert any(v["name"] == "sigstore-trust" for v in pod["volumes"])
+        assert any(v["name"] == "sigstore-trust" for v in container["volumeMounts"])
+    # without it: the public-good root bundled with sigstore-python, and no volume
+    doc["spec"]["signing"]["keyless"].pop("trustConfig")
+    plain = build_verify_job(parse_manifest(doc))["spec"]["template"]["spec"]
+    assert "--trust-config" not in plain["containers"][0]["args"]
+    assert not any(v["name"] == "sigstore-trust" for v in plain["volumes"])
+
+
+def test_the_provenance_policy_and_data_pin_reach_both_verifiers_and_the_trainer_knows_its_image():
+    doc = example("digits-demo")
+    doc["metadata"]["uid"] = "u"
+    doc["spec"]["data"]["sha256"] = "5f" * 32
+    doc["spec"]["signing"]["provenance"] = {"allowedTrainerImages": ["ghcr.io/acme/"]}
+    m = parse_manifest(doc)
+    want = {"allowedTrainerImages": ["ghcr.io/acme/"], "dataSha256": "5f" * 32, "required": False,
+            "requireDataDigest": False}
+    verify = build_verify_job(m)["spec"]["template"]["spec"]["containers"][0]["args"]
+    init = build_deployment(m, digest="ab" * 32, version="v")["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    for args in (verify, init):
+        assert json.loads(args[args.index("--provenance-policy") + 1]) == want
+    env = {e["name"]: e for e in build_training_job(m)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HARDENED_TRAINER_IMAGE"]["value"] == m.spec.training.image
+    assert env["HARDENED_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # no policy and no pin: nothing to enforce, no argument
+    plain = build_verify_job(model())["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--provenance-policy" not in plain

@@ -285,3 +285,32 @@ def test_prerequisites_name_a_missing_tls_secret_client_ca_and_jwks_and_no_key_i
     have.update({("Secret", "digits-tls"): {"data": {"tls.crt": "x", "tls.key": "y"}},
                  ("Secret", "callers-ca"): {"data": {"ca.crt": "z"}}, ("ConfigMap", "idp"): {"data": {"jwks": "{}"}}})
     assert ensure_prerequisites(kube, m)[0] == []
+    # a private Sigstore's trust config (signing.keyless.trustConfig) is a prerequisite too
+    doc = example("digits-demo")
+    doc["spec"]["signing"] = {"method": "keyless", "keyless": {
+        "identity": "t@acme.test", "oidcIssuer": "https://oidc.acme.test",
+        "trustConfig": {"kind": "ConfigMap", "name": "private-sigstore", "key": "trust.json"}}}
+    doc["spec"]["serving"]["auth"] = m.spec.serving.auth.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert ensure_prerequisites(kube, parse_manifest(doc))[0] == [
+        "missing spec.signing.keyless.trustConfig: ConfigMap default/private-sigstore with 'trust.json'"]
+
+
+def test_status_shows_the_data_digest_and_trainer_image_of_the_served_version_even_after_its_jobs_are_gone():
+    """Issue 18: the verifier's provenance summary goes into status.artifact and, through the Deployment's
+    annotation, status.serving; the trainer's termination message and its pod's imageID into status.training."""
+    prov = {"dataDigest": "d" * 64, "trainerImage": "ghcr.io/x/trainer@sha256:" + "e" * 64,
+            "trainerImageDigest": "sha256:" + "e" * 64}
+    m = model(serving={"replicas": 1})
+    obs = Observed(train_job=job("Complete"), train_message={"dataDigest": "d" * 64},
+                   train_image_id="ghcr.io/x/trainer@sha256:" + "e" * 64, verify_job=job("Complete"),
+                   verify_message={**VERIFIED, "provenance": prov})
+    d = decide(m, obs, {}, now=NOW)
+    assert d.status["training"]["dataDigest"] == "d" * 64
+    assert d.status["training"]["imageID"] == "ghcr.io/x/trainer@sha256:" + "e" * 64
+    assert {k: d.status["artifact"][k] for k in prov} == prov
+    dep = next(o for o in d.ensure if o["kind"] == "Deployment")
+    assert json.loads(dep["metadata"]["annotations"]["hardened.dev/provenance"]) == prov
+    # the Jobs (and their messages) are gone; a later pass still knows what is served, from the Deployment
+    later = decide(m, Observed(deployment=rolled_out(dep)), d.status, now=LATER)
+    assert later.status["serving"]["dataDigest"] == "d" * 64
+    assert later.status["serving"]["trainerImageDigest"] == "sha256:" + "e" * 64

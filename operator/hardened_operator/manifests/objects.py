@@ -19,6 +19,7 @@ MANAGED_BY = "hardened-model-operator"
 TRAINER_CONFIG_MOUNT = "/etc/hardened/train"
 SIGNING_MOUNT = "/var/run/secrets/hardened/signing"
 TRUST_MOUNT = "/var/run/secrets/hardened/trust"
+SIGSTORE_TRUST_MOUNT = "/var/run/hardened/sigstore-trust"   # signing.keyless.trustConfig (a private Sigstore)
 SERVING_CONFIG_MOUNT = "/etc/hardened/serving"
 API_KEYS_MOUNT = "/var/run/secrets/hardened/api-keys"
 TLS_MOUNT = "/var/run/secrets/hardened/tls"
@@ -160,6 +161,7 @@ def build_training_configmap(model: HardenedModel) -> dict:
         private_key_path=f"{SIGNING_MOUNT}/{key_ref.key if key_ref else 'private.pem'}"
         if s.signing.method == "key" else None,
         identity_token_path="/var/run/secrets/sigstore/token" if s.signing.method == "keyless" else None,
+        trust_config_path=f"{SIGSTORE_TRUST_MOUNT}/trust_config.json" if _sigstore_trust(model) else None,
         volumes=_weights_volume(model)[2])
     n = names(model)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(model, n["train"], "training"),
@@ -184,6 +186,9 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
         volumes.append({"name": "sigstore-token", "projected": {"sources": [{"serviceAccountToken": {
             "audience": "sigstore", "expirationSeconds": 3600, "path": "token"}}]}})
         mounts.append({"name": "sigstore-token", "mountPath": "/var/run/secrets/sigstore", "readOnly": True})
+        if _sigstore_trust(model):
+            volumes.append(_sigstore_trust(model))
+            mounts.append({"name": "sigstore-trust", "mountPath": SIGSTORE_TRUST_MOUNT, "readOnly": True})
     store_volumes, store_mounts = _store_volume(model, read_only=False)
     weight_volumes, weight_mounts, _ = _weights_volume(model)
     volumes += store_volumes + weight_volumes
@@ -230,10 +235,26 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
 
 
 # ----------------------------------------------------------- verification
+def _sigstore_trust(model: HardenedModel) -> dict | None:
+    """The volume of signing.keyless.trustConfig (a private Sigstore's ClientTrustConfig), if any."""
+    s = model.spec.signing
+    ref = s.keyless.trust_config if s.method == "keyless" and s.keyless else None
+    if ref is None:
+        return None
+    items = [{"key": ref.key, "path": "trust_config.json"}]
+    return {"name": "sigstore-trust", **({"secret": {"secretName": ref.name, "items": items}} if ref.kind == "Secret"
+                                         else {"configMap": {"name": ref.name, "items": items}})}
+
+
 def _trust_args(model: HardenedModel) -> tuple[list[str], list[dict], list[dict]]:
     s = model.spec.signing
     if s.method == "keyless":
-        return ["--identity", s.keyless.identity, "--oidc-issuer", s.keyless.oidc_issuer], [], []
+        args = ["--identity", s.keyless.identity, "--oidc-issuer", s.keyless.oidc_issuer]
+        volume = _sigstore_trust(model)
+        if volume is None:  # Sigstore's public-good root, bundled with sigstore-python, used offline
+            return args, [], []
+        return (args + ["--trust-config", f"{SIGSTORE_TRUST_MOUNT}/trust_config.json"], [volume],
+                [{"name": "sigstore-trust", "mountPath": SIGSTORE_TRUST_MOUNT, "readOnly": True}])
     ref = s.public_key_secret
     key = ref.key if ref else "public.pem"
     secret = ref.name if ref else names(model)["signing-secret"]
@@ -327,7 +348,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
         {"name": "serving-config", "configMap": {"name": n["serving-config"]}}]
     edge_volumes, edge_mounts, edge_args = _edge(model)
     volumes += edge_volumes
-    model_mounts = ([m for m in init["volumeMounts"] if m["name"] in ("artifacts", "trust", "tmp")]
+    model_mounts = ([m for m in init["volumeMounts"] if m["name"] in ("artifacts", "trust", "sigstore-trust", "tmp")]
                     + ([{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}] if not local else []))
     cfg_mount = {"name": "serving-config", "mountPath": SERVING_CONFIG_MOUNT, "readOnly": True}
 
