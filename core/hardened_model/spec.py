@@ -317,6 +317,11 @@ class Privacy(_Base):
                                        description="delta; should be well below 1/number of training examples.")
     max_grad_norm: float = Field(default=1.0, gt=0.0, le=100.0, description="Per-sample gradient clipping norm.")
     accountant: Literal["rdp", "prv", "gdp"] = Field(default="prv", description="Opacus privacy accountant.")
+    clipping: Literal["fast", "ghost", "hooks"] | None = Field(
+        default=None, description="How per-sample gradients are clipped (the same update, at different cost): fast "
+                                  "(one backward pass, book-keeping), ghost (Opacus ghost clipping, two passes) or "
+                                  "hooks (Opacus per-sample gradients). Absent: fast when every trainable layer "
+                                  "supports it, else ghost.")
 
     cel_rules = (
         CelRule("!self.enabled || has(self.targetEpsilon)",

@@ -14,8 +14,8 @@ from helpers import SBOM_PATH, pinned_versions
 
 KEY_PACKAGES = {"trainer": ["torch", "opacus", "adversarial-robustness-toolbox", "model-signing"],
                 "server": ["torch", "model-signing", "limits", "prometheus-client"],
-                "operator": ["kopf", "kubernetes", "model-signing"]}
-NOT_IN = {"server": ["opacus", "adversarial-robustness-toolbox"], "operator": ["torch", "opacus"]}
+                "operator": ["kopf", "kubernetes", "prometheus-client", "cryptography"]}
+NOT_IN = {"server": ["opacus", "adversarial-robustness-toolbox"], "operator": ["torch", "opacus", "model-signing"]}
 
 
 def file_in_oci_archive(archive: str, path: str) -> bytes:

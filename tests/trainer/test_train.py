@@ -31,8 +31,10 @@ def test_adversarial_plus_dp_trains_within_budget(data):
     res = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=lambda e, **kw: events.append(kw))
     assert 0 < res.epsilon <= 8.0
     assert res.noise_multiplier > 0
-    assert [e["epoch"] for e in events] == [1, 2]
-    assert all({"loss", "accuracy", "epsilon"} <= set(e) for e in events)
+    epochs = [e for e in events if "epoch" in e]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all({"loss", "accuracy", "epsilon"} <= set(e) for e in epochs)
+    assert res.clipping == "fast"  # the default for the built-in networks
     assert type(res.model).__name__ == "Sequential"  # unwrapped: no Opacus GradSampleModule
 
 
@@ -132,3 +134,50 @@ def test_ghost_clipping_computes_the_same_clipped_update_as_hooks():
         grads[mode] = [p.grad.clone() for p in model.parameters()]
     for a, b in zip(grads["hooks"], grads["ghost"]):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["cnn-8x8", "mlp"])
+def test_fast_ghost_and_hooks_clipping_train_the_same_model(data, arch):
+    """Issue 19: the three clippers give one update: with Opacus' sampler, noise and accountant the same, two
+    epochs of adversarial + DP-SGD end at the same weights and the same epsilon."""
+    results = {}
+    for mode in ("fast", "ghost", "hooks"):
+        spec = spec_with({"model": {"architecture": arch}, "training": {"privacy": {"clipping": mode,
+                                                                                    "maxGradNorm": 0.5}}})
+        results[mode] = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=quiet)
+        assert results[mode].clipping == mode
+    ref = results["hooks"].model.state_dict()
+    for mode in ("fast", "ghost"):
+        assert results[mode].epsilon == results["hooks"].epsilon
+        got = results[mode].model.state_dict()
+        for k in ref:
+            assert torch.allclose(got[k], ref[k], atol=1e-4, rtol=1e-3), (mode, k, (got[k] - ref[k]).abs().max())
+
+
+def test_fast_clipping_steps_through_empty_poisson_batches(data):
+    """Batch size 1 over 40 examples: about e^-1 of Poisson batches are empty, and every one is a step."""
+    x, y = data.x_train[:40], data.y_train[:40]
+    spec = spec_with({"training": {"epochs": 1, "batchSize": 1, "adversarial": {"enabled": False}}})
+    res = train(spec, x, y, device=torch.device("cpu"), log=quiet)
+    assert res.clipping == "fast" and res.epsilon > 0
+    assert all(torch.isfinite(v).all() for v in res.model.state_dict().values())
+
+
+def test_clipping_choice():
+    from torch import nn
+
+    from hardened_trainer.train import choose_clipping
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.s
+
+    assert choose_clipping(None, nn.Sequential(nn.Linear(2, 2))) == "fast"
+    assert choose_clipping(None, nn.Sequential(nn.Linear(2, 2), Scale())) == "ghost"
+    assert choose_clipping("hooks", nn.Sequential(nn.Linear(2, 2))) == "hooks"
+    with pytest.raises(ValueError, match="clipping: fast does not support"):
+        choose_clipping("fast", nn.Sequential(Scale()))

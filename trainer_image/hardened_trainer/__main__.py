@@ -89,6 +89,7 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
            if ev.positive is not None else {}),
         "delta": spec.training.privacy.target_delta if spec.training.privacy.enabled else None,
         "noiseMultiplier": result.noise_multiplier,
+        "clipping": result.clipping,
         "attackAccuracy": ev.attack_accuracy,
         "attackEps": spec.evaluation.eps,
         "perClassAccuracy": ev.per_class_accuracy,
@@ -151,8 +152,16 @@ def run(cfg, *, log) -> tuple[int, dict]:
     if spec.model.architecture != "tabular-mlp":  # an uninstalled or DP-incompatible network: before the data
         from hardened_model.networks import build_model
 
-        build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes,
-                    options=spec.model.options, auto_fix=spec.model.auto_fix)
+        net = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes,
+                          options=spec.model.options, auto_fix=spec.model.auto_fix)
+        if spec.training.privacy.enabled and spec.training.privacy.clipping == "fast":
+            from hardened_model.architectures import ArchitectureError
+
+            from .clipping import unsupported_layers
+
+            if unsupported_layers(net):
+                raise ArchitectureError(f"spec.training.privacy.clipping: fast does not support layers "
+                                        f"{unsupported_layers(net)}: use ghost or hooks (or leave it out)")
     s3 = _s3(spec) if spec.data.source.startswith("s3://") else None
     table = None
     if spec.data.format == "tabular":
@@ -203,6 +212,7 @@ def run(cfg, *, log) -> tuple[int, dict]:
                                      if spec.training.adversarial.enabled else "off",
                                      "dpSgd": "on" if spec.training.privacy.enabled else "off",
                                      "noiseMultiplier": result.noise_multiplier,
+        "clipping": result.clipping,
                                      "maxGradNorm": spec.training.privacy.max_grad_norm,
                                      "device": str(device), "trainingSeconds": round(result.seconds, 2)})
     write_model_dir(model_dir, cfg=cfg, result=result, ev=ev, gates=gates, raw_scale=ds.raw_scale,

@@ -14,12 +14,12 @@ Adversarial + DP-SGD, done so the privacy accounting holds:
   per-sample state is untouched (attacking through the hooked model fails with
   ``pop from empty list``).
 
-DP-SGD uses Opacus' ghost clipping (``grad_sample_mode="ghost"``): per-sample
-gradient *norms* without materialising per-sample gradients, at the price of a
-second backward pass. Measured on cnn-28x28, batch 256, 2 CPU cores: 1.69x the
-non-private epoch time, against 2.34x for the default hooks and 2.57x for
-functorch (docs/benchmarks.md). tests/trainer/test_train.py checks that it
-computes the same clipped update as the hooks mode.
+Per-sample clipping (``training.privacy.clipping``) computes one and the same clipped update three ways:
+``fast`` (hardened_trainer.clipping: one backward pass, the default wherever every trainable layer supports
+it), Opacus' ``ghost`` clipping (a second backward pass), or Opacus' per-sample ``hooks``. Opacus always
+does the sampling, the noise and the accounting (its DPOptimizerFastGradientClipping adds noise to the clipped
+sum the fast clipper leaves in ``p.grad``, as after ghost clipping). docs/benchmarks.md has the cost of each;
+tests/trainer/test_clipping.py and test_train.py check that they compute the same update.
 """
 from __future__ import annotations
 
@@ -41,7 +41,31 @@ from . import attacks
 from hardened_model.networks import build_model
 
 
-GRAD_SAMPLE_MODE = "ghost"
+def choose_clipping(requested: str | None, module: nn.Module) -> str:
+    """training.privacy.clipping, or absent: fast when every trainable layer supports it, else ghost."""
+    from .clipping import unsupported_layers
+
+    if requested is not None:
+        if requested == "fast" and unsupported_layers(module):
+            raise ValueError("spec.training.privacy.clipping: fast does not support layers "
+                             f"{unsupported_layers(module)}: use ghost or hooks")
+        return requested
+    return "ghost" if unsupported_layers(module) else "fast"
+
+
+class _Hooks:
+    """Switches the per-sample hooks (Opacus' and the fast clipper's) off while an attack runs."""
+
+    def __init__(self, *owners):
+        self.owners = [o for o in owners if o is not None]
+
+    def __enter__(self):
+        for o in self.owners:
+            o.disable_hooks()
+
+    def __exit__(self, *exc):
+        for o in self.owners:
+            o.enable_hooks()
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -73,6 +97,7 @@ class TrainResult:
     noise_multiplier: float | None
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    clipping: str | None = None      # how per-sample gradients were clipped (DP-SGD): fast | ghost | hooks
 
 
 def eps_step_for(eps: float, eps_step: float | None, max_iter: int) -> float:
@@ -147,22 +172,35 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
     engine = None
     noise_multiplier = None
     attack_view = model
+    clipping = fast = None
     if t.privacy.enabled:
         from opacus import PrivacyEngine
 
+        clipping = choose_clipping(t.privacy.clipping, model)
         engine = PrivacyEngine(accountant=t.privacy.accountant, secure_mode=False)
         noise_gen = torch.Generator(device=device)
         noise_gen.manual_seed(t.seed + 1)
+        # fast clipping takes Opacus' ghost-clipping optimizer (noise on p.grad, then scaling), loader and
+        # accountant, and replaces only the two backward passes
         private = engine.make_private_with_epsilon(
             module=model, optimizer=optimizer, data_loader=loader, criterion=criterion, epochs=t.epochs,
             target_epsilon=t.privacy.target_epsilon, target_delta=t.privacy.target_delta,
-            max_grad_norm=t.privacy.max_grad_norm, noise_generator=noise_gen, grad_sample_mode=GRAD_SAMPLE_MODE)
-        if GRAD_SAMPLE_MODE == "ghost":  # ghost clipping also wraps the loss (it runs the second backward)
-            model, optimizer, criterion, loader = private
-        else:
+            max_grad_norm=t.privacy.max_grad_norm, noise_generator=noise_gen,
+            grad_sample_mode="hooks" if clipping == "hooks" else "ghost")
+        if clipping == "hooks":
             model, optimizer, loader = private
+        else:  # ghost clipping also wraps the loss (it runs the second backward)
+            model, optimizer, criterion, loader = private
         noise_multiplier = float(optimizer.noise_multiplier)
         attack_view = model._module  # the plain module inside the GradSampleModule
+        if clipping == "fast":
+            from .clipping import FastClipping
+
+            model.disable_hooks()  # Opacus' ghost hooks never run: the fast clipper's do
+            fast = FastClipping(model._module, t.privacy.max_grad_norm)
+            criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None,
+                                            reduction="none")
+        log("privacy", clipping=clipping, noiseMultiplier=noise_multiplier, maxGradNorm=t.privacy.max_grad_norm)
 
     adv = t.adversarial
     step = eps_step_for(adv.eps, adv.eps_step, adv.max_iter)
@@ -187,23 +225,23 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             n_adv = int(round(adv.ratio * len(xb))) if adv.enabled else 0
             if n_adv:
-                if engine is not None:
-                    model.disable_hooks()
-                try:
+                with _Hooks(model if engine is not None and fast is None else None, fast):
                     if adv.attack == "fgsm":
                         x_adv = attacks.fgsm(attack_view, xb[:n_adv], yb[:n_adv], eps=eps_a, clip=clip,
                                              integer=integer)
                     else:
                         x_adv = attacks.pgd(attack_view, xb[:n_adv], yb[:n_adv], eps=eps_a, eps_step=step_a,
                                             max_iter=adv.max_iter, generator=gen, clip=clip, integer=integer)
-                finally:
-                    if engine is not None:
-                        model.enable_hooks()
                 xb = torch.cat([x_adv, xb[n_adv:]])  # replace, never append: one gradient per example
             optimizer.zero_grad(set_to_none=True)
             out = model(xb)
-            loss = criterion(out, yb)
-            loss.backward()  # ghost clipping: both backward passes happen here
+            if fast is not None:
+                losses = criterion(out, yb)
+                fast.backward(losses)  # the clipped sum in p.grad, in one backward pass
+                loss = losses.mean() if len(losses) else losses.sum()
+            else:
+                loss = criterion(out, yb)
+                loss.backward()  # ghost clipping: both backward passes happen here
             optimizer.step()  # also for an empty Poisson batch: the accountant counts every step
             seen += len(xb)
             if len(xb):
@@ -218,10 +256,12 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
         history.append(record)
         log("epoch", **record)
 
+    if fast is not None:
+        fast.remove()
     plain = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes, **margs)
     source = model._module if engine is not None else model
     plain.load_state_dict({k: v.detach().cpu() for k, v in source.state_dict().items()})
     plain.eval()
     return TrainResult(model=plain, epsilon=history[-1]["epsilon"] if history else None,
                        noise_multiplier=noise_multiplier, history=history,
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start, clipping=clipping)
