@@ -331,6 +331,19 @@ class Privacy(_Base):
     )
 
 
+class Augmentation(_Base):
+    """Random label-preserving changes of the training images (De et al. 2022, "Unlocking high-accuracy
+    differentially private image classification through scale")."""
+
+    multiplicity: int = Field(
+        default=1, ge=1, le=32, description="DP-SGD: K augmented copies of every sampled example; their gradients "
+                                            "are averaged inside the example's one clipped gradient, so the "
+                                            "privacy cost is unchanged (augmentation multiplicity).")
+    shift: int = Field(default=2, ge=0, le=8, description="Random translation by up to this many pixels each way, "
+                                                         "zero-filled.")
+    flip: bool = Field(default=False, description="Random horizontal flips: for photos, never for digits or text.")
+
+
 class TrainingSection(_Base):
     """How the training Job runs."""
 
@@ -349,6 +362,11 @@ class TrainingSection(_Base):
     backoff_limit: int = Field(default=1, ge=0, le=10, description="Retries of a failed training pod.")
     adversarial: Adversarial = _obj(Adversarial)
     privacy: Privacy = _obj(Privacy)
+    augmentation: Augmentation | None = Field(default=None, description="Images: augment training batches.")
+    ema_decay: float | None = Field(
+        default=None, ge=0.9, lt=1.0,
+        description="Evaluate and export an exponential moving average of the weights with this decay per step "
+                    "(warmed up as min(decay, (1 + t) / (10 + t))); post-processing of DP-SGD: no privacy cost.")
     # absent, not "none", by default: see DataSection
     class_weights: Literal["none", "balanced", "manual"] | None = Field(
         default=None, description="Loss weight per class for imbalanced data: none (absent means none), balanced "
@@ -361,6 +379,11 @@ class TrainingSection(_Base):
     cel_rules = (
         CelRule("(has(self.classWeights) && self.classWeights == 'manual') == has(self.classWeightValues)",
                 "classWeightValues goes with classWeights manual, and only with it", "classWeightValues"),
+        CelRule("!has(self.augmentation) || self.augmentation.multiplicity == 1 || (self.privacy.enabled "
+                "&& (!has(self.privacy.clipping) || self.privacy.clipping == 'fast'))",
+                "augmentation.multiplicity > 1 averages an example's copies inside its clipped DP-SGD gradient: it "
+                "needs privacy.enabled and the fast clipper (privacy.clipping fast or absent)",
+                "augmentation.multiplicity"),
     )
 
 
@@ -726,6 +749,8 @@ class HardenedModelSpec(_Base):
                 "model.architecture"),
         CelRule("!has(self.data.features) || self.model.inputShape == [size(self.data.features)]",
                 "tabular: model.inputShape is [number of data.features]", "model.inputShape"),
+        CelRule("!has(self.training.augmentation) || !has(self.data.format) || self.data.format != 'tabular'",
+                "training.augmentation shifts and flips images: not for tabular data", "training.augmentation"),
         CelRule("!has(self.data.format) || self.data.format != 'tabular' || self.model.numClasses == 2",
                 "tabular models are binary: numClasses 2 (class 1 is data.positiveClass)", "model.numClasses"),
         CelRule("!has(self.artifacts.kmsKeyId) || !self.artifacts.store.startsWith('s3://') "

@@ -181,3 +181,61 @@ def test_clipping_choice():
     assert choose_clipping("hooks", nn.Sequential(nn.Linear(2, 2))) == "hooks"
     with pytest.raises(ValueError, match="clipping: fast does not support"):
         choose_clipping("fast", nn.Sequential(Scale()))
+
+
+def test_augment_shifts_whole_pixels_and_flips():
+    from hardened_trainer.train import augment
+
+    x = torch.zeros(200, 1, 7, 7)
+    x[:, 0, 3, 3] = 1.0  # one bright pixel in the middle
+    out = augment(x, shift=2, flip=False, generator=torch.Generator().manual_seed(0))
+    where = out[:, 0].flatten(1).argmax(1)
+    rows, cols = where // 7 - 3, where % 7 - 3
+    assert out.sum() == 200 and rows.abs().max() == 2 and cols.abs().max() == 2  # moved by up to 2, never lost
+    assert len({(int(r), int(c)) for r, c in zip(rows, cols)}) == 25            # every shift occurs
+    same = augment(x, shift=2, flip=False, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, same)
+    y = torch.arange(12.0).view(1, 1, 3, 4).repeat(100, 1, 1, 1)
+    flipped = augment(y, shift=0, flip=True, generator=torch.Generator().manual_seed(1))
+    is_flipped = (flipped == y.flip(-1)).flatten(1).all(1)
+    assert ((flipped == y).flatten(1).all(1) | is_flipped).all() and 20 < int(is_flipped.sum()) < 80
+
+
+def test_weight_average_warms_up_and_tracks():
+    from torch import nn
+
+    from hardened_trainer.train import WeightAverage
+
+    m = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(0.0)
+    avg = WeightAverage(m, 0.99)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    avg.update(m)  # step 1: decay min(0.99, 2/11)
+    assert abs(float(avg.params["weight"]) - (1 - 2 / 11)) < 1e-6
+
+
+def test_augmentation_multiplicity_and_weight_averaging_train_at_the_same_privacy_cost(data):
+    plain = train(spec_with(), data.x_train, data.y_train, device=torch.device("cpu"), log=quiet)
+    spec = spec_with({"training": {"augmentation": {"multiplicity": 3, "shift": 1}, "emaDecay": 0.95}})
+    events = []
+    res = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=lambda e, **kw: events.append(
+        (e, kw)))
+    assert res.epsilon == plain.epsilon and res.noise_multiplier == plain.noise_multiplier
+    assert ("privacy", {"clipping": "fast", "noiseMultiplier": res.noise_multiplier, "maxGradNorm": 1.0,
+                        "augmentationMultiplicity": 3}) in events
+    assert not all(torch.equal(a, b) for a, b in zip(res.model.state_dict().values(),
+                                                     plain.model.state_dict().values()))
+
+
+def test_augmentation_rules():
+    from hardened_model.spec import SpecError
+
+    with pytest.raises(SpecError, match="augmentation.multiplicity"):
+        spec_with({"training": {"privacy": {"enabled": False}, "augmentation": {"multiplicity": 4}},
+                   "gates": {"maxEpsilon": None}})
+    with pytest.raises(SpecError, match="augmentation.multiplicity"):
+        spec_with({"training": {"privacy": {"clipping": "ghost"}, "augmentation": {"multiplicity": 4}}})
+    assert spec_with({"training": {"privacy": {"enabled": False}, "augmentation": {"shift": 1}},
+                      "gates": {"maxEpsilon": None}}).training.augmentation.multiplicity == 1

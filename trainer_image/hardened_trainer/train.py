@@ -53,6 +53,44 @@ def choose_clipping(requested: str | None, module: nn.Module) -> str:
     return "ghost" if unsupported_layers(module) else "fast"
 
 
+def augment(x: torch.Tensor, *, shift: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random integer translations of up to ``shift`` pixels each way (zero-filled) and, with ``flip``, random
+    horizontal flips, one draw per image; [N, C, H, W] in, same shape out."""
+    n = x.shape[0]
+    if n == 0:
+        return x
+    out = x
+    if shift:
+        offsets = torch.randint(-shift, shift + 1, (n, 2), generator=generator)
+        padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))
+        out = torch.empty_like(x)
+        h, w = x.shape[2], x.shape[3]
+        for dy, dx in torch.unique(offsets, dim=0).tolist():
+            rows = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().flatten().to(x.device)
+            out[rows] = padded[rows, :, shift + dy:shift + dy + h, shift + dx:shift + dx + w]
+    if flip:
+        flips = (torch.rand(n, generator=generator) < 0.5).nonzero().flatten().to(x.device)
+        out = out.clone() if out is x else out  # never change the caller's batch
+        out[flips] = out[flips].flip(-1)
+    return out
+
+
+class WeightAverage:
+    """An exponential moving average of the parameters (De et al. 2022), warmed up as
+    min(decay, (1 + t) / (10 + t)) at step t; what is evaluated and exported."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay, self.steps = decay, 0
+        self.params = {n: p.detach().clone() for n, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for n, p in module.named_parameters():
+            self.params[n].mul_(d).add_(p.detach(), alpha=1 - d)
+
+
 class _Hooks:
     """Switches the per-sample hooks (Opacus' and the fast clipper's) off while an attack runs."""
 
@@ -173,6 +211,8 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
     noise_multiplier = None
     attack_view = model
     clipping = fast = None
+    aug = t.augmentation
+    copies = aug.multiplicity if aug is not None else 1   # augmentation multiplicity (the fast clipper only)
     if t.privacy.enabled:
         from opacus import PrivacyEngine
 
@@ -197,10 +237,12 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
             from .clipping import FastClipping
 
             model.disable_hooks()  # Opacus' ghost hooks never run: the fast clipper's do
-            fast = FastClipping(model._module, t.privacy.max_grad_norm)
+            fast = FastClipping(model._module, t.privacy.max_grad_norm, group=copies)
             criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None,
                                             reduction="none")
-        log("privacy", clipping=clipping, noiseMultiplier=noise_multiplier, maxGradNorm=t.privacy.max_grad_norm)
+        log("privacy", clipping=clipping, noiseMultiplier=noise_multiplier, maxGradNorm=t.privacy.max_grad_norm,
+            augmentationMultiplicity=copies)
+    average = WeightAverage(attack_view, t.ema_decay) if t.ema_decay else None
 
     adv = t.adversarial
     step = eps_step_for(adv.eps, adv.eps_step, adv.max_iter)
@@ -223,7 +265,12 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
         loss_sum = 0.0
         for xb, yb in loader:
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            n_adv = int(round(adv.ratio * len(xb))) if adv.enabled else 0
+            if aug is not None:  # K copies of each example side by side, each randomly shifted (and flipped)
+                if copies > 1:
+                    xb, yb = xb.repeat_interleave(copies, 0), yb.repeat_interleave(copies, 0)
+                xb = augment(xb, shift=aug.shift, flip=aug.flip, generator=gen)
+            # adversarial examples replace whole examples (all K copies of the first ones)
+            n_adv = int(round(adv.ratio * (len(xb) // copies))) * copies if adv.enabled else 0
             if n_adv:
                 with _Hooks(model if engine is not None and fast is None else None, fast):
                     if adv.attack == "fgsm":
@@ -243,6 +290,8 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
                 loss = criterion(out, yb)
                 loss.backward()  # ghost clipping: both backward passes happen here
             optimizer.step()  # also for an empty Poisson batch: the accountant counts every step
+            if average is not None:
+                average.update(attack_view)
             seen += len(xb)
             if len(xb):
                 loss_sum += float(loss.item()) * len(xb)
@@ -260,7 +309,10 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
         fast.remove()
     plain = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes, **margs)
     source = model._module if engine is not None else model
-    plain.load_state_dict({k: v.detach().cpu() for k, v in source.state_dict().items()})
+    state = {k: v.detach().cpu() for k, v in source.state_dict().items()}
+    if average is not None:  # the averaged weights are the model: evaluated, signed and served
+        state.update({k: v.cpu() for k, v in average.params.items()})
+    plain.load_state_dict(state)
     plain.eval()
     return TrainResult(model=plain, epsilon=history[-1]["epsilon"] if history else None,
                        noise_multiplier=noise_multiplier, history=history,
