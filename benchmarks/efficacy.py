@@ -33,11 +33,13 @@ ROWS = {
 }
 
 
-def run_row(name, split):
+def run_row(name, split, changes=None):
+    from helpers import merge_patch
+
     from hardened_trainer.evaluate import evaluate
     from hardened_trainer.train import train
 
-    training = ROWS[name]
+    training = merge_patch(ROWS[name], changes or {})
     spec = mnist_spec({"training": training, "evaluation": EVAL,
                        "gates": {"maxEpsilon": 3.0 if training["privacy"]["enabled"] else None,
                                  "minRobustAccuracy": None, "maxMembershipAUC": None, "minCleanAccuracy": 0.0},
@@ -50,12 +52,22 @@ def run_row(name, split):
             "epsilon": ev.epsilon, "seconds": round(time.perf_counter() - t, 1), "training": training}
 
 
-def main(rows):
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("rows", nargs="*", help=f"rows to run, of {', '.join(ROWS)} (default: all)")
+    p.add_argument("--set", default="{}", help="JSON merged into each row's training section, to try a setting "
+                                                "(default: none)")
+    args = p.parse_args(argv)
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; rows are {list(ROWS)}")
     split = mnist_split()
     print(f"machine: {machine()}", flush=True)
-    for name in rows:
-        print(json.dumps(run_row(name, split)), flush=True)
+    for name in args.rows or list(ROWS):
+        print(json.dumps(run_row(name, split, json.loads(args.set))), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(ROWS))
+    main()
