@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore")
 MODES = ("fast", "ghost", "hooks")
 
 
-def timed(spec, x, y):
+def timed(spec, x, y, device=torch.device("cpu")):
     """(steady-state training seconds per epoch, the accountant's seconds per epoch, seconds for the whole
     train() call). The trainer asks Opacus' accountant for epsilon after every epoch (a fixed ~0.2 s with
     PRV, whatever the model); its own epoch log says how long that took, and the training time excludes it."""
@@ -33,7 +33,7 @@ def timed(spec, x, y):
 
     marks = []
     t = time.perf_counter()
-    train(spec, x, y, device=torch.device("cpu"), log=lambda event, **kw: marks.append(
+    train(spec, x, y, device=device, log=lambda event, **kw: marks.append(
         (kw["seconds"], kw.get("accountantSeconds", 0.0))) if event == "epoch" else None)
     total = time.perf_counter() - t
     steady = min(range(1, len(marks)), key=lambda i: marks[i][0] - marks[i - 1][0] - marks[i][1])
@@ -76,24 +76,29 @@ def cases(only):
         yield "tabular-mlp", spec, s.x_train, s.y_train, 3
 
 
+def table(only=None, device=torch.device("cpu")):
+    """Print the table for each model on ``device``."""
+    for name, spec, x, y, epochs in cases(only):
+        common = {"epochs": epochs, "batchSize": 256, "adversarial": {"enabled": False}}
+        base = timed(spec({"training": {**common, "privacy": {"enabled": False}}}), x, y, device)
+        rows = [("non-private", base)]
+        for mode in MODES:
+            priv = {"enabled": True, "targetEpsilon": 3.0, "targetDelta": 1e-5, "clipping": mode}
+            rows.append((f"DP-SGD {mode}" + (" (default)" if mode == "fast" else ""),
+                         timed(spec({"training": {**common, "privacy": priv}}), x, y, device)))
+        print(f"\n{name}: {len(y)} examples, batch 256, {epochs} epochs, {device}")
+        print(f"{'':22s} {'epoch':>8s} {'ratio':>6s} {'+ accountant':>12s} {'total':>8s} {'ratio':>6s}")
+        for label, (epoch, accountant, total) in rows:
+            print(f"{label:22s} {epoch:7.3f}s {epoch / base[0]:5.2f}x {accountant:11.3f}s {total:7.2f}s "
+                  f"{total / base[2]:5.2f}x", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=["cnn-28x28", "cnn-8x8", "tabular-mlp"], help="one model (default: all)")
     args = p.parse_args()
     print(f"machine: {machine()}")
-    for name, spec, x, y, epochs in cases(args.only):
-        common = {"epochs": epochs, "batchSize": 256, "adversarial": {"enabled": False}}
-        base = timed(spec({"training": {**common, "privacy": {"enabled": False}}}), x, y)
-        rows = [("non-private", base)]
-        for mode in MODES:
-            priv = {"enabled": True, "targetEpsilon": 3.0, "targetDelta": 1e-5, "clipping": mode}
-            rows.append((f"DP-SGD {mode}" + (" (default)" if mode == "fast" else ""),
-                         timed(spec({"training": {**common, "privacy": priv}}), x, y)))
-        print(f"\n{name}: {len(y)} examples, batch 256, {epochs} epochs")
-        print(f"{'':22s} {'epoch':>8s} {'ratio':>6s} {'+ accountant':>12s} {'total':>8s} {'ratio':>6s}")
-        for label, (epoch, accountant, total) in rows:
-            print(f"{label:22s} {epoch:7.3f}s {epoch / base[0]:5.2f}x {accountant:11.3f}s {total:7.2f}s "
-                  f"{total / base[2]:5.2f}x")
+    table(args.only)
 
 
 if __name__ == "__main__":

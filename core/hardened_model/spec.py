@@ -363,6 +363,10 @@ class TrainingSection(_Base):
     adversarial: Adversarial = _obj(Adversarial)
     privacy: Privacy = _obj(Privacy)
     augmentation: Augmentation | None = Field(default=None, description="Images: augment training batches.")
+    weight_standardization: bool | None = Field(
+        default=None, description="Train every convolution with its weight standardized per output channel (Qiao "
+                                  "et al. 2019); the exported model holds the standardized weights in plain "
+                                  "convolutions. With DP-SGD it needs the fast clipper.")
     ema_decay: float | None = Field(
         default=None, ge=0.9, lt=1.0,
         description="Evaluate and export an exponential moving average of the weights with this decay per step "
@@ -384,6 +388,10 @@ class TrainingSection(_Base):
                 "augmentation.multiplicity > 1 averages an example's copies inside its clipped DP-SGD gradient: it "
                 "needs privacy.enabled and the fast clipper (privacy.clipping fast or absent)",
                 "augmentation.multiplicity"),
+        CelRule("!has(self.weightStandardization) || !self.weightStandardization || !self.privacy.enabled "
+                "|| !has(self.privacy.clipping) || self.privacy.clipping == 'fast'",
+                "weightStandardization under DP-SGD needs the fast clipper (privacy.clipping fast or absent): "
+                "Opacus' ghost and hooks modes have no per-sample gradient for it", "weightStandardization"),
     )
 
 

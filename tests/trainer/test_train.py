@@ -239,3 +239,20 @@ def test_augmentation_rules():
         spec_with({"training": {"privacy": {"clipping": "ghost"}, "augmentation": {"multiplicity": 4}}})
     assert spec_with({"training": {"privacy": {"enabled": False}, "augmentation": {"shift": 1}},
                       "gates": {"maxEpsilon": None}}).training.augmentation.multiplicity == 1
+
+
+def test_weight_standardization_trains_under_dp_and_exports_plain_convolutions(data):
+    spec = spec_with({"training": {"weightStandardization": True}})
+    events = []
+    res = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=lambda e, **kw: events.append(
+        (e, kw)))
+    assert ("weight-standardization", {"convolutions": ["1.0", "1.4"]}) in events and res.clipping == "fast"
+    convs = [m for m in res.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [type(m) for m in convs] == [torch.nn.Conv2d, torch.nn.Conv2d]  # the served architecture
+    for conv in convs:  # holding the standardized weights
+        flat = conv.weight.flatten(1)
+        assert flat.mean(1).abs().max() < 1e-5 and (flat.var(1, unbiased=False) - 1).abs().max() < 0.01  # var+eps
+    from hardened_model.spec import SpecError
+
+    with pytest.raises(SpecError, match="weightStandardization"):
+        spec_with({"training": {"weightStandardization": True, "privacy": {"clipping": "hooks"}}})

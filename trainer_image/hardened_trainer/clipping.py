@@ -14,6 +14,8 @@ layer's saved input A, per layer:
   positions), the "ghost" norm ``sum((A_i^T A_i) * (G_i^T G_i))`` on the unfolded input and the clipped sum
   ``sum_i c_i G_i A_i^T`` in one contraction;
 - GroupNorm and LayerNorm: per-sample gradients from the recomputed normalized input (C numbers each);
+- a weight-standardized Conv2d (hardened_trainer.standardize): the convolution's per-sample gradients
+  mapped through the standardization's backward, example by example;
 - any other layer Opacus has a grad sampler for (Embedding, InstanceNorm, RMSNorm, Conv1d/3d, grouped
   convolutions, ...): Opacus' own sampler, given the same A and G.
 
@@ -44,8 +46,12 @@ def _opacus_samplers() -> dict:
 
 def _own(layer: nn.Module) -> str | None:
     """The path this module computes itself for ``layer`` (None: Opacus' grad sampler)."""
+    from .standardize import StandardizedConv2d
+
     if type(layer) is nn.Linear:
         return "linear"
+    if type(layer) is StandardizedConv2d and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
+        return "conv2d-ws"
     if (type(layer) is nn.Conv2d and layer.groups == 1 and layer.padding_mode == "zeros"
             and not isinstance(layer.padding, str)):
         return "conv2d"
@@ -164,6 +170,8 @@ class FastClipping:
             return self._linear(layer, a, g)
         if kind == "conv2d":
             return self._conv2d(layer, a, g)
+        if kind == "conv2d-ws":  # per-sample gradients of the standardized weight, mapped back to the raw one
+            return self._conv2d(layer, a, g, weight_map=layer.raw_gradients)
         if kind == "norm":
             return self._norm(layer, a, g)
         return self._opacus(layer, a, g)
@@ -189,7 +197,7 @@ class FastClipping:
         return self._matmul(layer, a.reshape(b, -1, a.shape[-1]).transpose(1, 2),
                             g.reshape(b, -1, g.shape[-1]).transpose(1, 2))
 
-    def _conv2d(self, layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> dict:
+    def _conv2d(self, layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, weight_map=None) -> dict:
         """Per-sample gradients as one grouped convolution weight gradient (each example its own group: the
         backend's convolution kernels, 8x faster here than unfolding the input for a 16-to-32-channel 5x5
         layer on 14x14, benchmarks/dp_overhead.py), or the ghost norm from the unfolded input when the layer's
@@ -198,7 +206,7 @@ class FastClipping:
         b, length = a.shape[0] // k, g.shape[2] * g.shape[3] * k
         p, d = layer.weight.shape[0], layer.weight[0].numel()
         ghost = self.ghost if self.ghost is not None else 2 * length * length < p * d
-        if ghost:  # an example's K copies: its positions side by side, [B, d, K L]
+        if ghost and weight_map is None:  # an example's K copies: its positions side by side, [B, d, K L]
             unfolded = F.unfold(a, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
                                 stride=layer.stride)                      # [B K, d, L]
             return self._matmul(layer, self._positions(unfolded), self._positions(g.flatten(2)), ghost=True)
@@ -208,7 +216,7 @@ class FastClipping:
         per_sample = torch.nn.grad.conv2d_weight(
             inputs, (b * p, *layer.weight.shape[1:]), outputs, stride=layer.stride, padding=layer.padding,
             dilation=layer.dilation, groups=b).view(b, p, d)
-        grads = {layer.weight: per_sample}
+        grads = {layer.weight: weight_map(per_sample) if weight_map is not None else per_sample}
         if layer.bias is not None:
             grads[layer.bias] = self._by_example(g.sum((2, 3)))
         return self._explicit(grads)

@@ -51,18 +51,27 @@ class Evaluation:
 POSITIVE_METRICS = ("recall", "precision", "f1", "prAUC", "rocAUC", "balancedAccuracy", "robustRecall")
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's weights are (ART moves a model to the GPU when it has one)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     model.eval()
-    out = [model(torch.from_numpy(x[i:i + batch_size])).softmax(1) for i in range(0, len(x), batch_size)]
+    dev = _device(model)
+    out = [model(torch.from_numpy(x[i:i + batch_size]).to(dev)).softmax(1).cpu()
+           for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 @torch.no_grad()
 def per_example_loss(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> np.ndarray:
     model.eval()
-    parts = [F.cross_entropy(model(torch.from_numpy(x[i:i + batch_size])), torch.from_numpy(y[i:i + batch_size]),
-                             reduction="none") for i in range(0, len(x), batch_size)]
+    dev = _device(model)
+    parts = [F.cross_entropy(model(torch.from_numpy(x[i:i + batch_size]).to(dev)),
+                             torch.from_numpy(y[i:i + batch_size]).to(dev), reduction="none").cpu()
+             for i in range(0, len(x), batch_size)]
     return torch.cat(parts).numpy()
 
 

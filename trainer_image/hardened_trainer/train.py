@@ -197,9 +197,15 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
         loaded = apply(model, initial, spec.model.initial_weights.uri)
         log("initial-weights", uri=spec.model.initial_weights.uri, sha256=spec.model.initial_weights.sha256,
             tensors=loaded)
+    if t.weight_standardization:
+        from .standardize import standardize_convolutions
+
+        log("weight-standardization", convolutions=standardize_convolutions(model))
     model = model.to(device)
     dataset = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
-    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, generator=gen)
+    # pinned host memory: batches copy to the GPU asynchronously (non_blocking below)
+    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, generator=gen,
+                        pin_memory=device.type == "cuda")
     if t.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
     else:
@@ -315,6 +321,10 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
     state = {k: v.detach().cpu() for k, v in source.state_dict().items()}
     if average is not None:  # the averaged weights are the model: evaluated, signed and served
         state.update({k: v.cpu() for k, v in average.params.items()})
+    if t.weight_standardization:  # the weights the convolutions used, in the plain architecture
+        from .standardize import baked_state
+
+        state = baked_state(source, state)
     plain.load_state_dict(state)
     plain.eval()
     return TrainResult(model=plain, epsilon=history[-1]["epsilon"] if history else None,
