@@ -136,14 +136,15 @@ def test_ghost_clipping_computes_the_same_clipped_update_as_hooks():
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["cnn-8x8", "mlp"])
-def test_fast_ghost_and_hooks_clipping_train_the_same_model(data, arch):
+@pytest.mark.parametrize("arch, weights", [("cnn-8x8", None), ("mlp", {"0": 0.2, "7": 3.0})])
+def test_fast_ghost_and_hooks_clipping_train_the_same_model(data, arch, weights):
     """Issue 19: the three clippers give one update: with Opacus' sampler, noise and accountant the same, two
-    epochs of adversarial + DP-SGD end at the same weights and the same epsilon."""
+    epochs of adversarial + DP-SGD end at the same weights and the same epsilon (class weights included)."""
     results = {}
+    extra = {"classWeights": "manual", "classWeightValues": weights} if weights else {}
     for mode in ("fast", "ghost", "hooks"):
         spec = spec_with({"model": {"architecture": arch}, "training": {"privacy": {"clipping": mode,
-                                                                                    "maxGradNorm": 0.5}}})
+                                                                                    "maxGradNorm": 0.5}, **extra}})
         results[mode] = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=quiet)
         assert results[mode].clipping == mode
     ref = results["hooks"].model.state_dict()

@@ -235,6 +235,11 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
             grad_sample_mode="hooks" if clipping == "hooks" else "ghost")
         if clipping == "hooks":
             model, optimizer, loader = private
+            # each example's loss is w_y * l, as the other clippers take it (a weighted mean divides by the
+            # batch's weights, which Opacus' hooks would scale by the batch size instead)
+            per_example = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None,
+                                              reduction="none")
+            criterion = lambda out, target: per_example(out, target).mean()  # noqa: E731
         else:  # ghost clipping also wraps the loss (it runs the second backward)
             model, optimizer, criterion, loader = private
         noise_multiplier = float(optimizer.noise_multiplier)
