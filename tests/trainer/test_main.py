@@ -108,7 +108,7 @@ def test_gate_failure_exits_3_and_still_writes_the_signed_verdict(tmp_path, keys
 def test_json_log_lines(tmp_path, keys, capsys):
     _, lines = run_trainer(tmp_path, tiny_manifest(), keys[0], capsys)
     events = [line["event"] for line in lines]
-    assert events == ["start", "data-digest", "sanitized", "epoch", "epoch", "evaluated", "result"]
+    assert events == ["start", "data-digest", "sanitized", "privacy", "epoch", "epoch", "evaluated", "result"]
     assert all(set(line) >= {"loss", "accuracy", "epsilon"} for line in lines if line["event"] == "epoch")
 
 
