@@ -74,7 +74,7 @@ def _cmd_data_digest(args: argparse.Namespace) -> int:
     """Read the spec's data exactly as the trainer does and print the sha256 to pin (data.sha256)."""
     import json
 
-    from hardened_trainer.data import DataError, load_dataset
+    from hardened_trainer.data import DataError, data_digest, load_dataset
 
     model = _load_or_exit(args.spec)
     d = model.spec.data
@@ -94,8 +94,6 @@ def _cmd_data_digest(args: argparse.Namespace) -> int:
     except DataError as exc:
         print(f"hardened-model data-digest: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from hardened_trainer.data import data_digest
-
     digest = data_digest(files)
     if args.json:
         print(json.dumps({"source": d.source, "sha256": digest, "files": [

@@ -152,10 +152,15 @@ def is_subset(desired: Any, actual: Any) -> bool:
     return desired == actual
 
 
-def termination_message(kube: Kube, namespace: str, job_name: str) -> dict | None:
-    """The JSON the Job's newest finished pod wrote to /dev/termination-log, if any."""
+def job_pods(kube: Kube, namespace: str, job_name: str) -> list[dict]:
+    """The Job's pods, newest first."""
     pods = kube.list("Pod", namespace, {"job-name": job_name})
     pods.sort(key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True)
+    return pods
+
+
+def termination_message(pods: list[dict]) -> dict | None:
+    """The JSON the newest finished pod of a Job (``job_pods``) wrote to /dev/termination-log, if any."""
     for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = ((cs.get("state") or {}).get("terminated") or {})
@@ -167,10 +172,8 @@ def termination_message(kube: Kube, namespace: str, job_name: str) -> dict | Non
     return None
 
 
-def container_image_id(kube: Kube, namespace: str, job_name: str, container: str) -> str | None:
-    """The imageID the kubelet reported for ``container`` of the Job's newest pod (what actually ran)."""
-    pods = kube.list("Pod", namespace, {"job-name": job_name})
-    pods.sort(key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True)
+def container_image_id(pods: list[dict], container: str) -> str | None:
+    """The imageID the kubelet reported for ``container`` of the newest of a Job's pods (what actually ran)."""
     for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             if cs.get("name") == container and cs.get("imageID"):

@@ -259,7 +259,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
 
 # -------------------------------------------------------------------- I/O
 def observe(kube, model: HardenedModel) -> Observed:
-    from .kube import container_image_id, termination_message
+    from .kube import container_image_id, job_pods, termination_message
 
     ns, n = model.metadata.namespace, objects.names(model)
     obs = Observed(train_job=kube.get("Job", ns, n["train"]), verify_job=kube.get("Job", ns, n["verify"]),
@@ -268,10 +268,11 @@ def observe(kube, model: HardenedModel) -> Observed:
     if obs.deployment is not None:  # why pods are not ready: the Deployment alone only counts them
         obs.serving_pods = kube.list("Pod", ns, objects.serving_selector(model))
     if obs.train_job is not None and job_state(obs.train_job)[0] in ("succeeded", "failed"):
-        obs.train_message = termination_message(kube, ns, n["train"])
-        obs.train_image_id = container_image_id(kube, ns, n["train"], "trainer")
+        pods = job_pods(kube, ns, n["train"])  # one list for the trainer's message and its image
+        obs.train_message = termination_message(pods)
+        obs.train_image_id = container_image_id(pods, "trainer")
     if obs.verify_job is not None and job_state(obs.verify_job)[0] in ("succeeded", "failed"):
-        obs.verify_message = termination_message(kube, ns, n["verify"])
+        obs.verify_message = termination_message(job_pods(kube, ns, n["verify"]))
     return obs
 
 

@@ -100,6 +100,16 @@ def test_a_long_name_is_refused_by_both_with_the_same_line(api, tmp_path):
     assert line in server.stderr and f"{path}: {line}" in local.stderr, (server.stderr, local.stderr)
 
 
+def assert_admitted(api, objs: list[dict]) -> None:
+    """Every object through one server-side dry run, in the test namespace."""
+    for obj in objs:
+        obj["metadata"]["namespace"] = NS
+        obj["metadata"].pop("ownerReferences", None)  # the owner does not exist in a dry run
+    out = api.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objs), check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("(server dry run)") == len(objs)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_every_object_the_operator_builds_is_admitted(api, path):
     """The serving Deployment passed kmock and kubernetes-validate, and a real apiserver refused it (a volume
@@ -111,12 +121,7 @@ def test_every_object_the_operator_builds_is_admitted(api, path):
     # and the pods of a ReadWriteOnce pvc:// store, with their co-location affinity (reconcile.needs_colocation)
     objs += [build_training_job(model, colocate=True), build_verify_job(model, colocate=True),
              build_deployment(model, digest="ab" * 32, version="v", colocate=True)]
-    for obj in objs:
-        obj["metadata"]["namespace"] = NS
-        obj["metadata"].pop("ownerReferences", None)  # the owner does not exist in a dry run
-    out = api.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objs), check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.count("(server dry run)") == len(objs)
+    assert_admitted(api, objs)
 
 
 def test_the_edge_objects_are_admitted(api):
@@ -135,12 +140,7 @@ def test_the_edge_objects_are_admitted(api):
         "trustedProxies": ["10.0.0.0/8"], "failMode": "open"})
     model = parse_manifest(doc)
     objs = build_all(model, digest="ab" * 32, monitoring_crds=False)
-    for obj in objs:
-        obj["metadata"]["namespace"] = NS
-        obj["metadata"].pop("ownerReferences", None)
-    out = api.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objs), check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.count("(server dry run)") == len(objs)
+    assert_admitted(api, objs)
     # and the HardenedModel itself, with every new field, is admitted as parse_spec defaults it
     out = dry_run(api, doc)
     assert out.returncode == 0, out.stderr
@@ -161,12 +161,7 @@ def test_the_provenance_and_private_sigstore_objects_are_admitted(api):
     model = parse_manifest(doc)
     objs = build_all(model, digest="ab" * 32, monitoring_crds=False)
     objs += [build_training_job(model), build_verify_job(model)]
-    for obj in objs:
-        obj["metadata"]["namespace"] = NS
-        obj["metadata"].pop("ownerReferences", None)
-    out = api.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objs), check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.count("(server dry run)") == len(objs)
+    assert_admitted(api, objs)
     out = dry_run(api, doc)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["spec"]["signing"] == to_wire(model.spec)["signing"]

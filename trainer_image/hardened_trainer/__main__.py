@@ -159,9 +159,10 @@ def run(cfg, *, log) -> tuple[int, dict]:
 
             from .clipping import unsupported_layers
 
-            if unsupported_layers(net):
+            missing = unsupported_layers(net)
+            if missing:
                 raise ArchitectureError(f"spec.training.privacy.clipping: fast does not support layers "
-                                        f"{unsupported_layers(net)}: use ghost or hooks (or leave it out)")
+                                        f"{missing}: use ghost or hooks (or leave it out)")
     s3 = _s3(spec) if spec.data.source.startswith("s3://") else None
     table = None
     if spec.data.format == "tabular":

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .standardize import StandardizedConv2d
+
 
 class UnsupportedModel(ValueError):
     """A layer neither this clipper nor Opacus' grad samplers handle, or a layer called twice per forward."""
@@ -46,8 +48,6 @@ def _opacus_samplers() -> dict:
 
 def _own(layer: nn.Module) -> str | None:
     """The path this module computes itself for ``layer`` (None: Opacus' grad sampler)."""
-    from .standardize import StandardizedConv2d
-
     if type(layer) is nn.Linear:
         return "linear"
     if type(layer) is StandardizedConv2d and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):

@@ -45,12 +45,13 @@ def choose_clipping(requested: str | None, module: nn.Module) -> str:
     """training.privacy.clipping, or absent: fast when every trainable layer supports it, else ghost."""
     from .clipping import unsupported_layers
 
+    missing = unsupported_layers(module)
     if requested is not None:
-        if requested == "fast" and unsupported_layers(module):
-            raise ValueError("spec.training.privacy.clipping: fast does not support layers "
-                             f"{unsupported_layers(module)}: use ghost or hooks")
+        if requested == "fast" and missing:
+            raise ValueError(f"spec.training.privacy.clipping: fast does not support layers {missing}: use ghost "
+                             "or hooks")
         return requested
-    return "ghost" if unsupported_layers(module) else "fast"
+    return "ghost" if missing else "fast"
 
 
 def augment(x: torch.Tensor, *, shift: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
