@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import time
 
 import numpy as np
@@ -54,6 +55,17 @@ class Demo:
         port = svc["spec"]["ports"][0]
         scheme = "https" if port["name"] == "https" else "http"
         return f"{scheme}://{svc['spec']['clusterIP']}:{port['port']}/v2/models/{MODEL}/infer"
+
+    def routed(self, timeout: float = 60) -> float:
+        """Wait until the Service's ClusterIP accepts a connection; returns the seconds waited. Ready means the
+        pods are ready; kube-proxy programs the ClusterIP from the EndpointSlice a moment later (on a busy
+        node seconds), and until then a connection is refused. Every Kubernetes rollout has that window."""
+        svc = self.api.get("service", MODEL, NS)
+        address = (svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"])
+        t0 = time.monotonic()
+        wait(lambda: socket.create_connection(address, timeout=2).close() or True, timeout,
+             f"kube-proxy to route {address[0]}:{address[1]}", interval=0.2)
+        return time.monotonic() - t0
 
     def infer(self, body, key: str | None = "", **headers):
         key = self.key if key == "" else key
@@ -125,6 +137,7 @@ def test_apply_to_ready_with_the_operator_restarted_mid_training(demo: Demo):
 
     api.kubectl("-n", NS, "wait", "--for=condition=Ready", f"hm/{MODEL}", "--timeout=900s", timeout=960)
     FIGURES["apply_to_ready_s"] = time.monotonic() - t0
+    FIGURES["ready_to_routed_s"] = demo.routed()
     st = status(api)
     assert st["phase"] == "Serving" and st["observedGeneration"] == 1
     assert {c["type"]: c["status"] for c in st["conditions"]} == {
@@ -138,7 +151,8 @@ def test_apply_to_ready_with_the_operator_restarted_mid_training(demo: Demo):
     secret = api.get("secret", f"{MODEL}-api-keys", NS)
     import base64
     demo.key = base64.b64decode(secret["data"]["keys"]).decode().strip()
-    print(f"apply -> Job {FIGURES['apply_to_job_s']:.1f}s, apply -> Ready {FIGURES['apply_to_ready_s']:.1f}s")
+    print(f"apply -> Job {FIGURES['apply_to_job_s']:.1f}s, apply -> Ready {FIGURES['apply_to_ready_s']:.1f}s, "
+          f"Ready -> ClusterIP routed {FIGURES['ready_to_routed_s']:.1f}s")
 
 
 def test_real_requests_through_the_service(demo: Demo):
@@ -198,6 +212,7 @@ def test_a_serving_only_change_rolls_out_without_a_training_job(demo: Demo):
         config_before["hardened.dev/serving-config"]
     assert len(api.items("jobs", NS, TRAIN_SELECTOR)) == 1
     assert len(serving_pods(api, ready=True)) == 2
+    demo.routed()
     assert demo.infer(infer_body(digits(1)))[0] == 200
 
 
@@ -233,6 +248,7 @@ def test_tls_with_client_certificates_through_the_service(demo: Demo, tmp_path):
     assert svc["spec"]["ports"][0]["name"] == "https" and svc["spec"]["ports"][0]["port"] == 443
     assert len(api.items("jobs", NS, TRAIN_SELECTOR)) == 1  # serving-only: no new training
     assert status(api)["serving"]["url"] == f"https://{MODEL}.{NS}.svc"
+    demo.routed()  # the new port 443
     devcerts.write(tmp_path / "ca.crt", ca)
     devcerts.write(tmp_path / "client.crt", client_crt)
     devcerts.write(tmp_path / "client.key", client_key, private=True)
