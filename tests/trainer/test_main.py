@@ -53,6 +53,8 @@ class TestArtifact:
         assert m["gatesPassed"] is True and {g["gate"] for g in m["gates"]} == {
             "minCleanAccuracy", "minRobustAccuracy", "maxEpsilon", "maxMembershipAUC"}
         assert len(m["history"]) == 2 and len(m["perClassAccuracy"]) == 10
+        # how the model was made, as the model card shows it: the clipper, and no weight average unless asked
+        assert m["clipping"] == "fast" and m["weightAverageDecay"] is None
 
     def test_weights_are_safetensors_not_pickle(self, artifact):
         import safetensors

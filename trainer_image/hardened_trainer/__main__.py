@@ -90,6 +90,7 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
         "delta": spec.training.privacy.target_delta if spec.training.privacy.enabled else None,
         "noiseMultiplier": result.noise_multiplier,
         "clipping": result.clipping,
+        "weightAverageDecay": spec.training.ema_decay,
         "attackAccuracy": ev.attack_accuracy,
         "attackEps": spec.evaluation.eps,
         "perClassAccuracy": ev.per_class_accuracy,
@@ -212,8 +213,8 @@ def run(cfg, *, log) -> tuple[int, dict]:
                                      "adversarial": spec.training.adversarial.attack
                                      if spec.training.adversarial.enabled else "off",
                                      "dpSgd": "on" if spec.training.privacy.enabled else "off",
-                                     "noiseMultiplier": result.noise_multiplier,
-        "clipping": result.clipping,
+                                     "noiseMultiplier": result.noise_multiplier, "clipping": result.clipping,
+                                     "weightAverageDecay": spec.training.ema_decay,
                                      "maxGradNorm": spec.training.privacy.max_grad_norm,
                                      "device": str(device), "trainingSeconds": round(result.seconds, 2)})
     write_model_dir(model_dir, cfg=cfg, result=result, ev=ev, gates=gates, raw_scale=ds.raw_scale,
