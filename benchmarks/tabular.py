@@ -17,7 +17,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 import common  # noqa: F401  (puts tests/ on sys.path, for helpers)
@@ -33,6 +32,17 @@ def spec_with(overrides: dict, source: str):
     return parse_spec(spec)
 
 
+def transactions_split(data: str):
+    """The table, its 75% / 25% split (seed 0) and the attack constraints of the training part."""
+    from hardened_trainer.data import Dataset, split
+    from hardened_trainer.tabular import constraints, load_table
+
+    base = spec_with({}, data)
+    table = load_table(base.data)
+    parts = split(Dataset(x=table.x, y=table.y, raw_scale=1.0, source=table.source), test_fraction=0.25, seed=0)
+    return table, parts, constraints(base.data.features, parts.x_train)
+
+
 def recall_at_precision(y, score, floor=0.2) -> float:
     from sklearn.metrics import precision_recall_curve
 
@@ -45,19 +55,14 @@ def main() -> int:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.metrics import average_precision_score
 
-    from hardened_trainer.data import Dataset, split
     from hardened_trainer.evaluate import adversarial_examples, positive_class_metrics, predict
-    from hardened_trainer.tabular import constraints, load_table
     from hardened_trainer.train import train
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="/tmp/hardened-model-data/transactions-synthetic.csv",
                    help="the synthetic transactions (default: scripts/make-transactions' default output)")
     args = p.parse_args()
-    base = spec_with({}, args.data)
-    table = load_table(base.data)
-    parts = split(Dataset(x=table.x, y=table.y, raw_scale=1.0, source=table.source), test_fraction=0.25, seed=0)
-    cons = constraints(base.data.features, parts.x_train)
+    table, parts, cons = transactions_split(args.data)
     pos = parts.y_test == 1
     print(f"{len(table)} rows ({int(table.y.sum())} fraud); test split {len(parts.y_test)} rows, "
           f"{int(pos.sum())} fraud; torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -53,17 +53,12 @@ def digits_runs():
 
 
 def tabular_runs(data: str):
-    from tabular import recall_at_precision, spec_with
+    from tabular import recall_at_precision, spec_with, transactions_split
 
-    from hardened_trainer.data import Dataset, split
     from hardened_trainer.evaluate import positive_class_metrics, predict
-    from hardened_trainer.tabular import constraints, load_table
     from hardened_trainer.train import train
 
-    base = spec_with({}, data)
-    table = load_table(base.data)
-    parts = split(Dataset(x=table.x, y=table.y, raw_scale=1.0, source=table.source), test_fraction=0.25, seed=0)
-    cons = constraints(base.data.features, parts.x_train)
+    _, parts, cons = transactions_split(data)
     for name, adversarial in (("fraud MLP, DP-SGD", False), ("fraud MLP, adversarial + DP-SGD", True)):
         for decay in DECAYS:
             for seed in (0, 1):

@@ -142,6 +142,19 @@ def test_data_error_exits_2(tmp_path, keys, capsys):
                          "message": "file:///nonexistent/mnist: no such file or folder"}
 
 
+def test_clipping_fast_on_a_layer_without_a_fast_path_stops_before_the_data(tmp_path, keys, capsys, monkeypatch):
+    """The trainer asks choose_clipping before reading data: exit 2, stage model, the layers named."""
+    import hardened_trainer.clipping
+
+    monkeypatch.setattr(hardened_trainer.clipping, "unsupported_layers", lambda module: ["3 (Scale)"])
+    doc = tiny_manifest({"data": {"source": "file:///nonexistent/mnist"},
+                         "training": {"privacy": {"clipping": "fast"}}})
+    code, lines = run_trainer(tmp_path, doc, keys[0], capsys)
+    assert code == EXIT_BAD_CONFIG
+    assert lines[-1] == {"event": "error", "stage": "model", "message": "spec.training.privacy.clipping: fast "
+                         "does not support layers ['3 (Scale)']: use ghost or hooks (or leave it out)"}
+
+
 class TestConfigContract:
     @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
     def test_operator_config_for_every_example_parses_in_the_trainer(self, path):

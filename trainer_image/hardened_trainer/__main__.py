@@ -155,15 +155,10 @@ def run(cfg, *, log) -> tuple[int, dict]:
 
         net = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes,
                           options=spec.model.options, auto_fix=spec.model.auto_fix)
-        if spec.training.privacy.enabled and spec.training.privacy.clipping == "fast":
-            from hardened_model.architectures import ArchitectureError
+        if spec.training.privacy.enabled:  # clipping fast on a layer it has no path for
+            from .train import choose_clipping
 
-            from .clipping import unsupported_layers
-
-            missing = unsupported_layers(net)
-            if missing:
-                raise ArchitectureError(f"spec.training.privacy.clipping: fast does not support layers "
-                                        f"{missing}: use ghost or hooks (or leave it out)")
+            choose_clipping(spec.training.privacy.clipping, net)
     s3 = _s3(spec) if spec.data.source.startswith("s3://") else None
     table = None
     if spec.data.format == "tabular":

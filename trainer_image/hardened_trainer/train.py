@@ -42,15 +42,18 @@ from hardened_model.networks import build_model
 
 
 def choose_clipping(requested: str | None, module: nn.Module) -> str:
-    """training.privacy.clipping, or absent: fast when every trainable layer supports it, else ghost."""
+    """training.privacy.clipping, or absent: fast when every trainable layer supports it, else ghost.
+    ArchitectureError (stage model) when the spec asks for fast and a layer has no fast path."""
+    if requested in ("ghost", "hooks"):  # Opacus' own: every layer it can clip at all
+        return requested
+    from hardened_model.architectures import ArchitectureError
+
     from .clipping import unsupported_layers
 
     missing = unsupported_layers(module)
-    if requested is not None:
-        if requested == "fast" and missing:
-            raise ValueError(f"spec.training.privacy.clipping: fast does not support layers {missing}: use ghost "
-                             "or hooks")
-        return requested
+    if requested == "fast" and missing:
+        raise ArchitectureError(f"spec.training.privacy.clipping: fast does not support layers {missing}: use "
+                                "ghost or hooks (or leave it out)")
     return "ghost" if missing else "fast"
 
 
