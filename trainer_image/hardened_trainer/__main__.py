@@ -155,7 +155,7 @@ def run(cfg, *, log) -> tuple[int, dict]:
 
         net = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes,
                           options=spec.model.options, auto_fix=spec.model.auto_fix)
-        if spec.training.privacy.enabled:  # clipping fast on a layer it has no path for
+        if spec.training.privacy.enabled and spec.training.privacy.clipping == "fast":  # a layer without a path
             from .train import choose_clipping
 
             choose_clipping(spec.training.privacy.clipping, net)
