@@ -150,10 +150,10 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
 
     # ---------------------------------------------------------- conditions
     tm = obs.train_message or {}
-    train_cond = {"running": ("Unknown", "Training", f"training Job {n['train']} is running"),
-                  "succeeded": ("True", "Succeeded", f"training Job {n['train']} completed"),
+    train_cond = {"running": ("Unknown", "Training", f"training Job {n.train} is running"),
+                  "succeeded": ("True", "Succeeded", f"training Job {n.train} completed"),
                   "failed": ("False", "TrainingFailed" if t_reason in ("Failed", "BackoffLimitExceeded") else t_reason,
-                             f"training Job {n['train']} failed ({t_reason}): {tm.get('message') or t_msg}")}[t_state]
+                             f"training Job {n.train} failed ({t_reason}): {tm.get('message') or t_msg}")}[t_state]
     if v_state in ("pending", "running"):
         sig_cond = gate_cond = ("Unknown", "Pending", "waiting for the verification Job")
     elif verified:
@@ -193,7 +193,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
         # refused the artifact (changed after verification) or the server crashed. The rollout budget keeps the
         # previous pods serving; the operator says so and does not retry a version that cannot start.
         failed_stage, phase = "rollout", "Failed"
-        why = ("False", "RolloutStuck", f"Deployment {n['serving']} did not progress ({stuck}); the pods of the "
+        why = ("False", "RolloutStuck", f"Deployment {n.serving} did not progress ({stuck}); the pods of the "
                                         "previous version keep serving; kubectl describe pods shows why the new "
                                         "ones do not start")
     elif t_state == "failed":
@@ -231,7 +231,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
         previous, generation=gen, phase=phase, now=now,
         conditions={"TrainingSucceeded": train_cond, "SignatureVerified": sig_cond, "GatesPassed": gate_cond,
                     "ServingReady": serve_cond, "Ready": ready},
-        training={"jobName": n["train"], "configDigest": version,
+        training={"jobName": n.train, "configDigest": version,
                   "startTime": ((obs.train_job or {}).get("status") or {}).get("startTime"),
                   "completionTime": ((obs.train_job or {}).get("status") or {}).get("completionTime"),
                   "imageID": obs.train_image_id, "dataDigest": tm.get("dataDigest")},
@@ -262,17 +262,17 @@ def observe(kube, model: HardenedModel) -> Observed:
     from .kube import container_image_id, job_pods, termination_message
 
     ns, n = model.metadata.namespace, objects.names(model)
-    obs = Observed(train_job=kube.get("Job", ns, n["train"]), verify_job=kube.get("Job", ns, n["verify"]),
-                   deployment=kube.get("Deployment", ns, n["serving"]),
+    obs = Observed(train_job=kube.get("Job", ns, n.train), verify_job=kube.get("Job", ns, n.verify),
+                   deployment=kube.get("Deployment", ns, n.serving),
                    monitoring_crds=kube.crd_exists("prometheusrules.monitoring.coreos.com"))
     if obs.deployment is not None:  # why pods are not ready: the Deployment alone only counts them
         obs.serving_pods = kube.list("Pod", ns, objects.serving_selector(model))
     if obs.train_job is not None and job_state(obs.train_job)[0] in ("succeeded", "failed"):
-        pods = job_pods(kube, ns, n["train"])  # one list for the trainer's message and its image
+        pods = job_pods(kube, ns, n.train)  # one list for the trainer's message and its image
         obs.train_message = termination_message(pods)
         obs.train_image_id = container_image_id(pods, "trainer")
     if obs.verify_job is not None and job_state(obs.verify_job)[0] in ("succeeded", "failed"):
-        obs.verify_message = termination_message(job_pods(kube, ns, n["verify"]))
+        obs.verify_message = termination_message(job_pods(kube, ns, n.verify))
     return obs
 
 
@@ -333,10 +333,10 @@ def ensure_prerequisites(kube, model: HardenedModel) -> tuple[list[str], dict | 
                        "but the training, verify and serving pods all mount it: use ReadWriteMany, ReadWriteOnce "
                        "(the pods then share one node) or an s3:// store")
     if s.signing.method == "key" and s.signing.private_key_secret is None \
-            and kube.get("Secret", ns, n["signing-secret"]) is None:
+            and kube.get("Secret", ns, n.signing_secret) is None:
         kube.create(objects.build_signing_secret(model, *generate_key_pem()))
     if s.serving.auth.api_keys and s.serving.api_keys_secret is None \
-            and kube.get("Secret", ns, n["api-keys-secret"]) is None:
+            and kube.get("Secret", ns, n.api_keys_secret) is None:
         kube.create(objects.build_api_keys_secret(model, "hm_" + secrets.token_urlsafe(24)))
     return missing, pvc
 

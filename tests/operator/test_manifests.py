@@ -1,4 +1,5 @@
 """Pure builders: strict validation against the Kubernetes API schemas, restricted pods, stable names."""
+import dataclasses
 import json
 
 import kubernetes_validate
@@ -91,9 +92,9 @@ def test_the_restricted_check_catches_each_violation():
 def test_names_are_deterministic_and_follow_the_training_version():
     a, b = model(), model()
     assert names(a) == names(b)
-    assert names(a)["train"] == f"digits-demo-train-{training_version(a.spec)}"
+    assert names(a).train == f"digits-demo-train-{training_version(a.spec)}"
     longest = model(name="mnist-adv-dp")
-    assert all(len(v) <= 63 for v in names(longest).values())
+    assert all(len(v) <= 63 for v in dataclasses.astuple(names(longest)))
 
 
 def test_every_child_is_owned_by_the_model():

@@ -162,10 +162,10 @@ VERIFIED = {"verified": True, "reason": "signature and every file verified", "di
 
 async def to_serving(k8s, doc):
     n = job_names(doc)
-    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
-    await complete_job(k8s, n["train"], {"gatesPassed": True, "digest": DIGEST})
-    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
-    await complete_job(k8s, n["verify"], VERIFIED)
+    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.train)))
+    await complete_job(k8s, n.train, {"gatesPassed": True, "digest": DIGEST})
+    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.verify)))
+    await complete_job(k8s, n.verify, VERIFIED)
     assert await wait_for(lambda: alive(k8s.objects, ("apps/v1/deployments", NS, "digits-demo")))
     await deployment_ready(k8s)
     assert await wait_for(lambda: status(k8s).get("phase") == "Serving"), status(k8s)
@@ -179,13 +179,13 @@ async def test_create_to_ready_secret_missing_then_created(k8s):
         assert await wait_for(lambda: cond(k8s, "Ready").get("reason") == "PrerequisiteMissing"), status(k8s)
         assert "spec.signing.privateKeySecret: Secret default/digits-demo-signing" in cond(k8s, "Ready")["message"]
         assert "spec.artifacts.store: PersistentVolumeClaim default/hardened-models" in cond(k8s, "Ready")["message"]
-        assert not alive(k8s.objects, ("batch/v1/jobs", NS, n["train"]))
+        assert not alive(k8s.objects, ("batch/v1/jobs", NS, n.train))
         await create_signing_secret(k8s)
         assert await wait_for(lambda: status(k8s).get("phase") == "Training", 40), status(k8s)
-        job = get(k8s.objects, ("batch/v1/jobs", NS, n["train"]))
+        job = get(k8s.objects, ("batch/v1/jobs", NS, n.train))
         assert job["metadata"]["ownerReferences"][0]["uid"] == get(k8s.objects, HM)["metadata"]["uid"]
-        cm = get(k8s.objects, ("v1/configmaps", NS, n["train"]))
-        assert json.loads(cm["data"]["train.json"])["version"] == n["version"]
+        cm = get(k8s.objects, ("v1/configmaps", NS, n.train))
+        assert json.loads(cm["data"]["train.json"])["version"] == n.version
         assert alive(k8s.objects, ("v1/secrets", NS, "digits-demo-api-keys"))  # generated
         await to_serving(k8s, doc)
         dep = get(k8s.objects, ("apps/v1/deployments", NS, "digits-demo"))
@@ -241,10 +241,10 @@ async def train_new_version(k8s) -> dict:
     new = manifest(training={"epochs": 21})
     await update_spec(k8s, new)
     n2 = job_names(new)
-    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["train"])))
+    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2.train)))
     assert status(k8s)["serving"]["servedDigest"] == DIGEST  # the old version serves meanwhile
-    await complete_job(k8s, n2["train"], {"gatesPassed": True})
-    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["verify"])))
+    await complete_job(k8s, n2.train, {"gatesPassed": True})
+    assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2.verify)))
     return n2
 
 
@@ -255,7 +255,7 @@ async def test_tampered_version_never_replaces_the_serving_one(k8s):
         await create_model(k8s, doc)
         await to_serving(k8s, doc)
         n2 = await train_new_version(k8s)
-        await complete_job(k8s, n2["verify"], {"verified": False, "reason": "files changed after signing "
+        await complete_job(k8s, n2.verify, {"verified": False, "reason": "files changed after signing "
                                                                             "(sha256 mismatch): model.safetensors"},
                            failed=True)
         assert await wait_for(lambda: status(k8s).get("phase") == "Failed"), status(k8s)
@@ -274,10 +274,10 @@ async def test_gate_failure_is_not_rolled_out_and_invalid_spec_is_permanent(k8s)
     await create_signing_secret(k8s)
     async with runner() as r:
         await create_model(k8s, doc)
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
-        await complete_job(k8s, n["train"], None)
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
-        await complete_job(k8s, n["verify"], {**VERIFIED, "gatesPassed": False,
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.train)))
+        await complete_job(k8s, n.train, None)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.verify)))
+        await complete_job(k8s, n.verify, {**VERIFIED, "gatesPassed": False,
                                               "reason": "signature verified; gates failed: minRobustAccuracy"},
                            failed=True)
         assert await wait_for(lambda: status(k8s).get("phase") == "Failed")
@@ -298,7 +298,7 @@ async def test_serving_only_change_rolls_out_without_retraining_and_delete_is_no
         await to_serving(k8s, doc)
         jobs_before = job_creates(k8s)
         changed = manifest(serving={"replicas": 2})
-        assert job_names(changed)["version"] == job_names(doc)["version"]
+        assert job_names(changed).version == job_names(doc).version
         await update_spec(k8s, changed)
         dep_key = ("apps/v1/deployments", NS, "digits-demo")
         assert await wait_for(lambda: get(k8s.objects, dep_key)["spec"]["replicas"] == 2)
@@ -407,9 +407,9 @@ async def test_api_faults_409_500_and_dropped_watches_converge_to_one_job_and_se
     hit = {f.path: f.hits for f in faults}
     assert all(f.hits == f.times for f in faults), hit  # every fault was met
     created = [r for r in k8s[kmock.action.CREATE] if r.resource and "jobs" in str(r.resource)]
-    succeeded = {r.data["metadata"]["name"] for r in created} & {n["train"], n["verify"]}
-    assert succeeded == {n["train"], n["verify"]}
-    assert alive(k8s.objects, ("batch/v1/jobs", NS, n["train"]))
+    succeeded = {r.data["metadata"]["name"] for r in created} & {n.train, n.verify}
+    assert succeeded == {n.train, n.verify}
+    assert alive(k8s.objects, ("batch/v1/jobs", NS, n.train))
     st = status(k8s)
     assert st["phase"] == "Serving" and st["observedGeneration"] == 1
     assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "True"
@@ -422,7 +422,7 @@ async def roll_out_a_second_version(k8s) -> tuple:
     await create_model(k8s, doc)
     await to_serving(k8s, doc)
     n2 = await train_new_version(k8s)
-    await complete_job(k8s, n2["verify"], {**VERIFIED, "digest": "7e" * 32})
+    await complete_job(k8s, n2.verify, {**VERIFIED, "digest": "7e" * 32})
     dep_key = ("apps/v1/deployments", NS, "digits-demo")
     assert await wait_for(lambda: get(k8s.objects, dep_key)["metadata"]["annotations"]["hardened.dev/digest"]
                           == "7e" * 32)
@@ -475,10 +475,10 @@ async def test_a_child_the_api_server_refuses_fails_the_model_with_its_message_a
     refusal = k8s.inject("POST", rf"/apis/apps/v1/namespaces/{NS}/deployments$", 422, times=3)
     async with runner():
         await create_model(k8s, doc)
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
-        await complete_job(k8s, n["train"], {"gatesPassed": True, "digest": DIGEST})
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
-        await complete_job(k8s, n["verify"], VERIFIED)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.train)))
+        await complete_job(k8s, n.train, {"gatesPassed": True, "digest": DIGEST})
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.verify)))
+        await complete_job(k8s, n.verify, VERIFIED)
         assert await wait_for(lambda: cond(k8s, "Ready").get("reason") == "ChildRejected"), status(k8s)
         st = status(k8s)
         assert st["phase"] == "Failed" and st["lastFailure"]["stage"] == "apply"
@@ -506,15 +506,15 @@ async def test_the_tabular_example_is_rendered_and_reconciled_to_serving(k8s):
     await create_signing_secret(k8s)  # its PVC (the spec generates its own keys)
     async with runner():
         await create_model(k8s, doc)
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
-        cfg = json.loads(get(k8s.objects, ("v1/configmaps", NS, n["train"]))["data"]["train.json"])
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.train)))
+        cfg = json.loads(get(k8s.objects, ("v1/configmaps", NS, n.train))["data"]["train.json"])
         assert [f["name"] for f in cfg["spec"]["data"]["features"]][:3] == ["amt", "category", "hour"]
         assert cfg["spec"]["training"]["classWeights"] == "balanced"
-        await complete_job(k8s, n["train"], {"gatesPassed": True, "digest": DIGEST})
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
+        await complete_job(k8s, n.train, {"gatesPassed": True, "digest": DIGEST})
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.verify)))
         figures = {"cleanAccuracy": 0.98, "robustAccuracy": 0.97, "epsilon": 2.99, "membershipAUC": 0.5,
                    "recall": 0.84, "precision": 0.17, "prAUC": 0.4427, "balancedAccuracy": 0.91, "robustRecall": 0.75}
-        await complete_job(k8s, n["verify"], {**VERIFIED, "metrics": figures,
+        await complete_job(k8s, n.verify, {**VERIFIED, "metrics": figures,
                                               "name": "fraud-tabular"})
         dep_key = ("apps/v1/deployments", NS, "fraud-tabular")
         assert await wait_for(lambda: alive(k8s.objects, dep_key))
@@ -566,17 +566,17 @@ async def test_a_model_from_an_unlisted_trainer_image_is_refused_and_the_old_ver
     await create_signing_secret(k8s)
     async with runner():
         await create_model(k8s, doc)
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["train"])))
-        await complete_job(k8s, n["train"], {"gatesPassed": True})
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n["verify"])))
-        job = get(k8s.objects, ("batch/v1/jobs", NS, n["verify"]))
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.train)))
+        await complete_job(k8s, n.train, {"gatesPassed": True})
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.verify)))
+        job = get(k8s.objects, ("batch/v1/jobs", NS, n.verify))
         verify_container = job["spec"]["template"]["spec"]["containers"][0]
         policy = json.loads(verify_container["args"][verify_container["args"].index("--provenance-policy") + 1])
         assert policy == {"allowedTrainerImages": ["ghcr.io/hardened-model/"], "requireDataDigest": True,
                           "required": False}
         verdict = await run_verifier(verify_container, good, keys[1], logs)
         assert verdict.pop("exitCode") == 0, verdict
-        await complete_job(k8s, n["verify"], verdict)
+        await complete_job(k8s, n.verify, verdict)
         dep_key = ("apps/v1/deployments", NS, "digits-demo")
         assert await wait_for(lambda: alive(k8s.objects, dep_key))
         await deployment_ready(k8s)
@@ -597,13 +597,13 @@ async def test_a_model_from_an_unlisted_trainer_image_is_refused_and_the_old_ver
         new = manifest(training={"epochs": 21}, signing=doc["spec"]["signing"])
         await update_spec(k8s, new)
         n2 = job_names(new)
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["train"])))
-        await complete_job(k8s, n2["train"], {"gatesPassed": True})
-        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2["verify"])))
-        job = get(k8s.objects, ("batch/v1/jobs", NS, n2["verify"]))
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2.train)))
+        await complete_job(k8s, n2.train, {"gatesPassed": True})
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2.verify)))
+        job = get(k8s.objects, ("batch/v1/jobs", NS, n2.verify))
         verdict = await run_verifier(job["spec"]["template"]["spec"]["containers"][0], evil, keys[1], logs)
         assert verdict.pop("exitCode") == 3
-        await complete_job(k8s, n2["verify"], verdict, failed=True)
+        await complete_job(k8s, n2.verify, verdict, failed=True)
         assert await wait_for(lambda: status(k8s).get("phase") == "Failed"), status(k8s)
         message = cond(k8s, "SignatureVerified")["message"]
         assert "signing.provenance.allowedTrainerImages" in message and "ghcr.io/evil/trainer" in message

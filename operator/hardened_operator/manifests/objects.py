@@ -7,6 +7,7 @@ Every pod runs under the Kubernetes "restricted" Pod Security Standard.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from hardened_model.artifacts import StoreURI
 from hardened_model.signing import MODEL_DIR_NAME
@@ -39,17 +40,23 @@ PORTS = {"model": 8080, "validation": 8081, "ratelimit": 8443,
 
 
 # ------------------------------------------------------------------ names
-def names(model: HardenedModel) -> dict[str, str]:
+@dataclass(frozen=True)
+class Names:
+    """The names of one model's children; the Jobs' names carry the training version."""
+
+    train: str
+    verify: str
+    serving: str
+    serving_config: str
+    signing_secret: str
+    api_keys_secret: str
+    version: str
+
+
+def names(model: HardenedModel) -> Names:
     n, v = model.metadata.name, training_version(model.spec)
-    return {
-        "train": f"{n}-train-{v}",
-        "verify": f"{n}-verify-{v}",
-        "serving": n,
-        "serving-config": f"{n}-serving",
-        "signing-secret": f"{n}-signing",
-        "api-keys-secret": f"{n}-api-keys",
-        "version": v,
-    }
+    return Names(train=f"{n}-train-{v}", verify=f"{n}-verify-{v}", serving=n, serving_config=f"{n}-serving",
+                 signing_secret=f"{n}-signing", api_keys_secret=f"{n}-api-keys", version=v)
 
 
 def labels(model: HardenedModel, component: str) -> dict[str, str]:
@@ -148,7 +155,7 @@ def version_location(model: HardenedModel, version: str | None = None) -> tuple[
 
 def signing_secret_name(model: HardenedModel) -> str:
     ref = model.spec.signing.private_key_secret
-    return ref.name if ref else names(model)["signing-secret"]
+    return ref.name if ref else names(model).signing_secret
 
 
 # --------------------------------------------------------------- training
@@ -164,7 +171,7 @@ def build_training_configmap(model: HardenedModel) -> dict:
         trust_config_path=f"{SIGSTORE_TRUST_MOUNT}/trust_config.json" if _sigstore_trust(model) else None,
         volumes=_weights_volume(model)[2])
     n = names(model)
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(model, n["train"], "training"),
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(model, n.train, "training"),
             "data": {"train.json": json.dumps(config, indent=2, sort_keys=True)}}
 
 
@@ -172,7 +179,7 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
     """``colocate``: the pvc:// store is ReadWriteOnce (see _colocated)."""
     s, n = model.spec, names(model)
     t = s.training
-    volumes = [{"name": "config", "configMap": {"name": n["train"]}},
+    volumes = [{"name": "config", "configMap": {"name": n.train}},
                {"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
     mounts = [{"name": "config", "mountPath": TRAINER_CONFIG_MOUNT, "readOnly": True},
               {"name": "work", "mountPath": "/work"}, {"name": "tmp", "mountPath": "/tmp"}]
@@ -227,8 +234,8 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
     _colocated(model, pod, pod_labels, colocate)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": _meta(model, n["train"], "training",
-                          annotations={"hardened.dev/version": n["version"]}),
+        "metadata": _meta(model, n.train, "training",
+                          annotations={"hardened.dev/version": n.version}),
         "spec": {"backoffLimit": t.backoff_limit, "activeDeadlineSeconds": t.active_deadline_seconds,
                  "template": {"metadata": {"labels": pod_labels}, "spec": pod}},
     }
@@ -257,7 +264,7 @@ def _trust_args(model: HardenedModel) -> tuple[list[str], list[dict], list[dict]
                 [{"name": "sigstore-trust", "mountPath": SIGSTORE_TRUST_MOUNT, "readOnly": True}])
     ref = s.public_key_secret
     key = ref.key if ref else "public.pem"
-    secret = ref.name if ref else names(model)["signing-secret"]
+    secret = ref.name if ref else names(model).signing_secret
     volume = {"name": "trust", "secret": {"secretName": secret, "items": [{"key": key, "path": key}]}}
     return (["--public-key", f"{TRUST_MOUNT}/{key}"], [volume],
             [{"name": "trust", "mountPath": TRUST_MOUNT, "readOnly": True}])
@@ -315,7 +322,7 @@ def build_verify_job(model: HardenedModel, *, version_ids: dict[str, str] | None
     pod_labels = labels(model, "verification")
     _colocated(model, pod, pod_labels, colocate)
     return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": _meta(model, n["verify"], "verification", annotations={"hardened.dev/version": n["version"]}),
+            "metadata": _meta(model, n.verify, "verification", annotations={"hardened.dev/version": n.version}),
             "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600,
                      "template": {"metadata": {"labels": pod_labels}, "spec": pod}}}
 
@@ -323,7 +330,7 @@ def build_verify_job(model: HardenedModel, *, version_ids: dict[str, str] | None
 # ---------------------------------------------------------------- serving
 def build_serving_configmap(model: HardenedModel) -> dict:
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": _meta(model, names(model)["serving-config"], "serving"),
+            "metadata": _meta(model, names(model).serving_config, "serving"),
             "data": {"serving.json": json.dumps(build_serving_config(model), indent=2, sort_keys=True)}}
 
 
@@ -345,7 +352,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
     init = {**init, "name": "verify-model"}
     volumes = volumes + [
         {"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}},
-        {"name": "serving-config", "configMap": {"name": n["serving-config"]}}]
+        {"name": "serving-config", "configMap": {"name": n.serving_config}}]
     edge_volumes, edge_mounts, edge_args = _edge(model)
     volumes += edge_volumes
     model_mounts = ([m for m in init["volumeMounts"] if m["name"] in ("artifacts", "trust", "sigstore-trust", "tmp")]
@@ -409,7 +416,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
         pod["serviceAccountName"] = s.aws.service_account_name  # IRSA token: see build_training_job
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": _meta(model, n["serving"], "serving",
+        "metadata": _meta(model, n.serving, "serving",
                           annotations={"hardened.dev/digest": digest, "hardened.dev/version": version,
                                        **({VERSION_IDS_ANNOTATION: json.dumps(version_ids, sort_keys=True)}
                                           if version_ids else {}),
@@ -447,7 +454,7 @@ def _edge(model: HardenedModel) -> tuple[list[dict], list[dict], list[str]]:
     if s.auth.api_keys:
         keys = s.api_keys_secret
         mount("api-keys", API_KEYS_MOUNT, {"secret": {
-            "secretName": keys.name if keys else names(model)["api-keys-secret"],
+            "secretName": keys.name if keys else names(model).api_keys_secret,
             "items": [{"key": keys.key if keys else "keys", "path": "keys"}]}})
         args += ["--api-keys", f"{API_KEYS_MOUNT}/keys"]
     if s.auth.jwt:
@@ -561,12 +568,12 @@ def _kept_meta(model: HardenedModel, name: str, component: str) -> dict:
 def build_api_keys_secret(model: HardenedModel, key: str) -> dict:
     """Generated when spec.serving.apiKeysSecret is omitted (``key`` comes from the caller: builders have no RNG)."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": _kept_meta(model, names(model)["api-keys-secret"], "serving"),
+            "metadata": _kept_meta(model, names(model).api_keys_secret, "serving"),
             "stringData": {"keys": key + "\n"}}
 
 
 def build_signing_secret(model: HardenedModel, private_pem: str, public_pem: str) -> dict:
     """Generated when spec.signing names no key Secrets (the key pair comes from the caller)."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": _kept_meta(model, names(model)["signing-secret"], "signing"),
+            "metadata": _kept_meta(model, names(model).signing_secret, "signing"),
             "stringData": {"private.pem": private_pem, "public.pem": public_pem}}

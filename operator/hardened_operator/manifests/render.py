@@ -15,7 +15,7 @@ UNVERIFIED = "digest-of-the-verified-artifact"
 def build_all(model: HardenedModel, *, digest: str = UNVERIFIED, monitoring_crds: bool = True) -> list[dict]:
     objs = [build_jobs_network_policy(model), build_training_configmap(model), build_training_job(model),
             build_verify_job(model), build_serving_configmap(model),
-            build_deployment(model, digest=digest, version=names(model)["version"]),
+            build_deployment(model, digest=digest, version=names(model).version),
             build_service(model), build_metrics_service(model), build_network_policy(model), build_pdb(model)]
     m = model.spec.monitoring
     if monitoring_crds and m.service_monitor:
