@@ -1,5 +1,8 @@
-"""The three Dockerfiles, checked without a Docker engine.
+"""The three Dockerfiles and the build stage they share (scripts/image-build-stage), checked without a Docker
+engine.
 
+- each image is two stages: the build stage runs the shared script with the image's extra, and the final stage
+  copies the venv and the SBOM it made, and nothing else;
 - every command an image runs exists (the entry point and the subcommands the operator's pods call);
 - the extra each image installs resolves: every requirement of it (transitively, markers evaluated) is
   installed here at a version the constraints allow;
@@ -48,8 +51,25 @@ LAZY_NOT_REACHED = {
 }
 
 
+# The build stage's script, shared by the three Dockerfiles; what it leaves for the final stage to copy.
+BUILD_STAGE = "scripts/image-build-stage"
+BUILD_OUTPUTS = {"/opt/venv", "/opt/sbom/sbom.cdx.json"}
+PIP_SOURCES = {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_TRUSTED_HOST", "PIP_CERT"}
+
+
 def dockerfile(image: str) -> str:
     return (ROOT / IMAGES[image][0]).read_text()
+
+
+def build_stage_script() -> str:
+    return (ROOT / BUILD_STAGE).read_text()
+
+
+def script_commands(text: str) -> list[str]:
+    """The script's lines that run something (comments and blank lines left out, continuations joined)."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [line.split(" #")[0].strip() for line in joined.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -117,8 +137,38 @@ def test_image_is_multi_stage_non_root_and_pinned(image):
     user = [v for k, v in final if k == "USER"]
     assert user and not user[-1].startswith(("0", "root")), user
     assert not any(k == "RUN" for k, _ in final), "the final stage only copies the venv (no build tools)"
-    install = next(v for k, v in steps if k == "RUN" and "pip install" in v)
-    assert f".[{IMAGES[image][1]}]" in install and "-c requirements/constraints.txt" in install
+    copied = [v.split() for k, v in final if k == "COPY"]
+    assert all(c[0] == "--from=build" for c in copied) and {c[1] for c in copied} == BUILD_OUTPUTS, copied
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_the_build_stage_runs_the_shared_script_with_the_images_extra(image):
+    steps = instructions(dockerfile(image))
+    build = steps[:[i for i, (k, _) in enumerate(steps) if k == "FROM"][1]]
+    runs = [v for k, v in build if k == "RUN"]
+    assert runs == [f"sh {BUILD_STAGE} {IMAGES[image][1]}"], runs
+    assert next(v for k, v in build if k == "WORKDIR") == "/src"
+    # pip's sources reach the script as build arguments (a RUN's environment), declared before it runs
+    declared = {v.split("=")[0] for k, v in build[:build.index(("RUN", runs[0]))] if k == "ARG"}
+    assert PIP_SOURCES <= declared, PIP_SOURCES - declared
+
+
+def test_the_shared_build_stage_installs_the_extra_pinned_and_strips_the_venv():
+    text = build_stage_script()
+    subprocess.run(["sh", "-n", str(ROOT / BUILD_STAGE)], check=True)  # it parses, as the image's /bin/sh reads it
+    commands = script_commands(text)
+    assert commands[0] == "set -eu", "every step must fail the build, as the && chain it replaces did"
+    assert re.search(r"^\s*operator\|trainer\|server\)", text, re.M), "the extra is checked"
+    assert "python -m venv /opt/venv" in commands
+    assert '/opt/venv/bin/pip install --no-cache-dir -c requirements/constraints.txt ".[$extra]"' in commands
+    assert "/opt/venv/bin/pip uninstall -y pip setuptools wheel" in commands
+    # the operator's CLI stays in the operator image only
+    assert re.search(r'if \[ "\$extra" != operator \]; then\n\s*rm /opt/venv/bin/hardened-model\s', text), \
+        "the trainer and server images drop the `hardened-model` script (hardened_operator is not in them)"
+    # every path it names is one of the two the final stage copies, or the throw-away generator's under /tmp
+    paths = set(re.findall(r"(?<![\w.$\]])(/[\w./-]+)", "\n".join(commands)))
+    assert all(p.startswith(("/opt/venv", "/opt/sbom", "/tmp/sbom-tool")) for p in paths), paths
+    assert "PIP_" not in "\n".join(commands), "pip's sources are left to pip: the script sets and prints no PIP_*"
 
 
 @pytest.mark.parametrize("image", IMAGES)
@@ -153,4 +203,4 @@ def test_each_image_copies_the_core_and_its_own_package_only(image):
     """Issue 17: the serving image carries no operator or trainer code, and so on."""
     own = {"operator": "operator/", "trainer": "trainer_image/", "server": "server_image/"}[image]
     copied = {v.split()[0] for k, v in instructions(dockerfile(image)) if k == "COPY" and not v.startswith("--from")}
-    assert copied == {"pyproject.toml", "requirements/", "core/", own}, copied
+    assert copied == {"pyproject.toml", "requirements/", "core/", own, BUILD_STAGE}, copied
