@@ -1,6 +1,6 @@
 """What the apiserver does to a custom resource on create, from the CRD alone.
 
-Used by the tests to prove the generated CRD and ``spec.py`` agree. Follows the
+Used by the tests to prove the generated CRD and the spec model (``hardened_model.spec``) agree. Follows the
 apiserver's order: strict field validation (kubectl's default since 1.27:
 unknown fields are errors), pruning of nulls in non-nullable fields,
 structural defaulting (recursing into defaulted objects), OpenAPI v3

@@ -30,6 +30,8 @@ import json
 import pathlib
 from dataclasses import dataclass
 
+from .spec import to_wire
+
 PROVENANCE_NAME = "provenance.json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -275,8 +277,7 @@ def explain(statement: dict) -> str:
 
 def policy_for(spec) -> dict | None:
     """The verifier's --provenance-policy for a spec: signing.provenance plus data.sha256 (None: nothing to check)."""
-    policy = spec.signing.provenance.model_dump(mode="json", by_alias=True, exclude_none=True) \
-        if spec.signing.provenance is not None else {}
+    policy = to_wire(spec.signing.provenance) if spec.signing.provenance is not None else {}
     if spec.data.sha256:
         policy["dataSha256"] = spec.data.sha256
     return policy or None

@@ -2,7 +2,7 @@
 import json
 
 from hardened_operator.reconcile import Observed, decide
-from hardened_model.spec import parse_manifest
+from hardened_model.spec import parse_manifest, to_wire
 from helpers import example
 
 DIGEST = "ab" * 32
@@ -290,7 +290,7 @@ def test_prerequisites_name_a_missing_tls_secret_client_ca_and_jwks_and_no_key_i
     doc["spec"]["signing"] = {"method": "keyless", "keyless": {
         "identity": "t@acme.test", "oidcIssuer": "https://oidc.acme.test",
         "trustConfig": {"kind": "ConfigMap", "name": "private-sigstore", "key": "trust.json"}}}
-    doc["spec"]["serving"]["auth"] = m.spec.serving.auth.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["spec"]["serving"]["auth"] = to_wire(m.spec.serving.auth)
     assert ensure_prerequisites(kube, parse_manifest(doc))[0] == [
         "missing spec.signing.keyless.trustConfig: ConfigMap default/private-sigstore with 'trust.json'"]
 

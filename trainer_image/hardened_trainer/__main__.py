@@ -36,8 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _config_digest(cfg) -> str:
-    canonical = json.dumps(cfg.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True,
-                           separators=(",", ":"))
+    from hardened_model.spec import to_wire
+
+    canonical = json.dumps(to_wire(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

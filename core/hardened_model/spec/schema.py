@@ -1,9 +1,9 @@
 """pydantic models -> Kubernetes structural OpenAPI schema (pure), as controller-gen does from Go types.
 
-The spec model in ``spec.py`` is the one definition of the API; this module turns pydantic's JSON Schema into a
+The sections are the one definition of the API; this module turns pydantic's JSON Schema into a
 Kubernetes *structural* schema (no $ref, no nullable unions, boolean exclusiveMinimum, int-or-string),
 attaches each model's CEL rules as ``x-kubernetes-validations`` and every default (a section defaults to its
-fully defaulted value). ``hardened_operator.crd`` wraps it into the CustomResourceDefinition; ``spec.py``
+fully defaulted value). ``hardened_operator.crd`` wraps it into the CustomResourceDefinition; the parser
 reads it to phrase errors as the apiserver does.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import spec as s
+from .cel import submodels
+from .sections import MAX_NAME_LENGTH, HardenedModelSpec, to_wire
 
 _KEEP = {"type", "description", "properties", "required", "items", "enum", "minimum", "maximum",
          "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems",
@@ -27,7 +28,7 @@ def _models_by_name(*roots: type[BaseModel]) -> dict[str, type[BaseModel]]:
             return
         out[cls.__name__] = cls
         for field in cls.model_fields.values():
-            for sub in s.submodels(field.annotation):
+            for sub in submodels(field.annotation):
                 walk(sub)
 
     for root in roots:
@@ -48,7 +49,7 @@ def _field_defaults(cls: type[BaseModel]) -> dict[str, Any]:
             # defaulting would recurse into {}), but the apiserver checks a default against the section's CEL
             # rules as written, without nested defaults, and `{}` fails every rule that reads a field
             # ("no such key: enabled"; issue 14, found on a real v1.36 apiserver).
-            out[key] = value.model_dump(mode="json", by_alias=True, exclude_none=True)
+            out[key] = to_wire(value)
         else:
             out[key] = value
     return out
@@ -110,3 +111,27 @@ def build_schema(model: type[BaseModel]) -> dict:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     return _convert({**raw, "title": model.__name__}, defs, _models_by_name(model))
+
+
+def openapi_schema(status: dict | None = None) -> dict:
+    """The resource's openAPIV3Schema (hardened_operator.crd adds the status schema)."""
+    root = {
+        "type": "object",
+        "description": "A model trained with adversarial training and/or DP-SGD, gated on robustness and "
+                       "privacy, signed, verified and served behind validation and rate-limit sidecars.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            # The one restriction a CRD may put on metadata (besides generateName); the apiserver answers
+            # "metadata.name: Too long: may not be more than 40 bytes". A CEL rule at the root cannot name this
+            # field (its fieldPath must be in the schema) and would report the error at "<nil>".
+            "metadata": {"type": "object", "properties": {"name": {
+                "type": "string", "maxLength": MAX_NAME_LENGTH,
+                "description": "At most 40 characters: child object names (Jobs, Pods) derive from it."}}},
+            "spec": build_schema(HardenedModelSpec),
+        },
+    }
+    if status is not None:
+        root["properties"]["status"] = status
+    return root

@@ -1,23 +1,21 @@
-"""The HardenedModel spec: parse, default, validate (pure).
+"""The sections of the HardenedModel spec: the one definition of the API.
 
-This module is the single source of the API. ``crd.py`` generates the CRD's
-openAPIV3Schema from these models (as controller-gen does from Go types), so
-field types, enums, bounds, patterns and defaults cannot drift apart.
+``hardened_model.spec.schema`` generates the CRD's openAPIV3Schema from these models (as controller-gen does
+from Go types), so field types, enums, bounds, patterns, defaults and CEL rules cannot drift apart.
 
-Rules that span fields are written once, in CEL (`CelRule`). The apiserver
-evaluates them from the CRD's ``x-kubernetes-validations``; ``parse_spec``
-evaluates the very same expressions with cel-python, so ``kubectl apply`` and
-``hardened-model up`` reject the same spec with the same message.
+This module is over 600 lines because it is the API reference: every section with its fields, bounds and
+rules, in the order of the CRD, so that a change to the API is read and reviewed in one file, as
+Kubernetes keeps an API group's types in one types.go.
 """
 from __future__ import annotations
 
-import functools
 import re
-from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from .cel import CelRule
 
 API_GROUP = "hardened.dev"
 API_VERSION = "v1alpha1"
@@ -36,38 +34,6 @@ QUANTITY = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
             r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 IMAGE = r"^[a-z0-9]+([._/:@-][a-zA-Z0-9_.-]+)*$"
 FEATURE_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
-
-
-class SpecError(ValueError):
-    """An invalid HardenedModel: every problem, each naming its field path and value."""
-
-    def __init__(self, problems: list[tuple[str, str]]):
-        self.problems = problems  # [(field path, message)]
-        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
-
-    @property
-    def fields(self) -> list[str]:
-        return [path for path, _ in self.problems]
-
-
-@dataclass(frozen=True)
-class CelRule:
-    """One ``x-kubernetes-validations`` entry, checked by the apiserver and by ``parse_spec``.
-
-    ``field`` is the offending field relative to the rule's object (used as the
-    rule's ``fieldPath`` and to name the value in the error). There is no
-    messageExpression: a real apiserver estimates ``'a (' + string(self.a) + ')'``
-    at over 100x the CEL cost budget and refuses the whole CRD (issue 14), so
-    the message is static and the error names the value instead.
-    """
-
-    rule: str
-    message: str
-    field: str
-
-    def to_crd(self) -> dict:
-        return {"rule": self.rule, "message": self.message, "fieldPath": "." + self.field,
-                "reason": "FieldValueInvalid"}
 
 
 class _Base(BaseModel):
@@ -791,287 +757,9 @@ class HardenedModel(_Envelope):
     spec: HardenedModelSpec
 
 
-# ---------------------------------------------------------------- CEL engine
-def submodels(annotation) -> list[type[BaseModel]]:
-    """The pydantic models inside a field annotation (X, X | None, list[X], ...)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in getattr(annotation, "__args__", ()) for m in submodels(arg)]
-
-
-@functools.cache
-def _cel_program(expr: str):
-    import celpy  # cel-python: a pure-Python CEL implementation
-
-    env = celpy.Environment()
-    return env.program(env.compile(expr))
-
-
-def cel_eval(expr: str, obj: Any) -> Any:
-    """Evaluate a CEL expression with ``self`` bound to ``obj`` (plain JSON data)."""
-    import celpy
-
-    return _cel_program(expr).evaluate({"self": celpy.json_to_cel(obj)})
-
-
-def _lookup(obj: Mapping, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(obj, Mapping) or part not in obj:
-            return None
-        obj = obj[part]
-    return obj
-
-
-def check_cel(cls: type[_Base], data: Mapping, path: str) -> list[tuple[str, str]]:
-    """Apply ``cls.cel_rules`` to defaulted wire data (camelCase, None fields dropped)."""
-    problems = []
-    for rule in cls.cel_rules:
-        if not bool(cel_eval(rule.rule, data)):
-            msg = rule.message
-            value = _lookup(data, rule.field)
-            problems.append((f"{path}.{rule.field}", f"Invalid value: {go_value(value)}: {msg}"))
-    return problems
-
-
-def _walk_cel(cls: type[_Base], data: Any, path: str) -> list[tuple[str, str]]:
-    if not isinstance(data, Mapping):
-        return []
-    problems = check_cel(cls, data, path)
-    for name, field in cls.model_fields.items():
-        key = field.alias or name
-        if key not in data:
-            continue
-        for sub in submodels(field.annotation):
-            value = data[key]
-            if isinstance(value, list):
-                for i, item in enumerate(value):
-                    problems += _walk_cel(sub, item, f"{path}.{key}[{i}]")
-            else:
-                problems += _walk_cel(sub, value, f"{path}.{key}")
-    return problems
-
-
-# ------------------------------------------------------------------- parsing
-def _loc(loc: tuple, prefix: str) -> str:
-    out = prefix
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
-def go_value(value: Any) -> str:
-    """A value as the apiserver prints it in field errors (Go: strings quoted, 1.0 as 1, 1e-05)."""
-    import json
-
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
-    if isinstance(value, (str, list, dict)):
-        return json.dumps(value)
-    return str(value)
-
-
-def _json_type(value: Any) -> str:
-    """The OpenAPI type name of a JSON value, as the apiserver names it in a type error."""
-    if isinstance(value, bool):
-        return "boolean"
-    return {int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
-        type(value), "object" if isinstance(value, Mapping) else "null" if value is None else "array")
-
-
-def openapi_schema(status: dict | None = None) -> dict:
-    """The resource's openAPIV3Schema (hardened_operator.crd adds the status schema)."""
-    from .schema import build_schema
-
-    root = {
-        "type": "object",
-        "description": "A model trained with adversarial training and/or DP-SGD, gated on robustness and "
-                       "privacy, signed, verified and served behind validation and rate-limit sidecars.",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            # The one restriction a CRD may put on metadata (besides generateName); the apiserver answers
-            # "metadata.name: Too long: may not be more than 40 bytes". A CEL rule at the root cannot name this
-            # field (its fieldPath must be in the schema) and would report the error at "<nil>".
-            "metadata": {"type": "object", "properties": {"name": {
-                "type": "string", "maxLength": MAX_NAME_LENGTH,
-                "description": "At most 40 characters: child object names (Jobs, Pods) derive from it."}}},
-            "spec": build_schema(HardenedModelSpec),
-        },
-    }
-    if status is not None:
-        root["properties"]["status"] = status
-    return root
-
-
-@functools.cache
-def _crd_schema() -> dict:
-    return openapi_schema()  # the CRD's own schema: the bounds and enums the apiserver checks
-
-
-def _schema_at(loc: tuple) -> dict:
-    node = _crd_schema()
-    for part in loc:
-        if isinstance(part, int):
-            node = node.get("items", {})
-        else:
-            node = node.get("properties", {}).get(part) or (node.get("additionalProperties") or {})
-    return node
-
-
-def _apiserver_message(e: dict, loc: tuple, path: str) -> str:
-    """One pydantic error in the apiserver's words (k8s.io/kube-openapi validation + field.Error), so that
-    `hardened-model validate` and `kubectl apply` print the same line (tests/e2e/test_apiserver.py checks it
-    on a real apiserver). ``loc`` is the path from the manifest's root."""
-    node, value, kind = _schema_at(loc), e["input"], e["type"]
-    body = f"{path} in body"
-    if kind == "missing":
-        return "Required value"
-    if kind == "literal_error" and "enum" in node:
-        return (f"Unsupported value: {go_value(value)}: supported values: "
-                + ", ".join(go_value(v) for v in node["enum"]))
-    bounds = {"greater_than_equal": ("minimum", "greater than or equal to"),
-              "greater_than": ("minimum", "greater than"),
-              "less_than_equal": ("maximum", "less than or equal to"), "less_than": ("maximum", "less than")}
-    if kind in bounds and bounds[kind][0] in node:
-        return f"Invalid value: {go_value(value)}: {body} should be {bounds[kind][1]} {go_value(node[bounds[kind][0]])}"
-    if kind == "too_short" and "minItems" in node:
-        return f"Invalid value: {len(value)}: {body} should have at least {node['minItems']} items"
-    if kind == "too_long" and "maxItems" in node:
-        return f"Too many: {len(value)}: must have at most {node['maxItems']} items"
-    if kind == "string_too_short" and "minLength" in node:
-        return f"Invalid value: {go_value(value)}: {body} should be at least {node['minLength']} chars long"
-    if kind == "string_too_long" and "maxLength" in node:
-        return f"Too long: may not be more than {node['maxLength']} bytes"
-    if (kind == "string_pattern_mismatch" or kind == "value_error" and isinstance(value, str)) and "pattern" in node:
-        return f"Invalid value: {go_value(value)}: {body} should match '{node['pattern']}'"
-    want = node.get("type") or ("integer or string" if node.get("x-kubernetes-int-or-string") else None)
-    if kind.endswith("_type") or kind in ("int_from_float", "model_attributes_type"):
-        if want and want != _json_type(value):
-            return f'Invalid value: "{_json_type(value)}": {body} must be of type {want}: "{_json_type(value)}"'
-    return f"Invalid value: {go_value(value)}: {e['msg']}"
-
-
-def _problems(err: ValidationError, prefix: str) -> list[tuple[str, str]]:
-    problems = []
-    for e in err.errors(include_url=False):
-        # leave out pydantic's own steps: validator functions, literal and union branches (int | str)
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and (
-            p.startswith(("function-", "literal[")) or p in ("int", "str", "float", "bool"))))
-        path = _loc(loc, prefix)
-        if e["type"] == "extra_forbidden":
-            problems.append((path, f'unknown field "{path}"'))
-        else:  # prefix "spec" or "" (the envelope)
-            problems.append((path, _apiserver_message(e, (prefix,) * bool(prefix) + loc, path)))
-    return problems
-
-
-def to_wire(spec: HardenedModelSpec) -> dict:
-    """The defaulted spec as the apiserver stores it: camelCase keys, unset optionals absent."""
-    return spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def prune_nulls(data: Any) -> Any:
-    """Drop null values, as the apiserver prunes nulls of non-nullable fields before defaulting."""
-    if isinstance(data, Mapping):
-        return {k: prune_nulls(v) for k, v in data.items() if v is not None}
-    if isinstance(data, list):
-        return [prune_nulls(v) for v in data]
-    return data
-
-
-def parse_spec(data: Any, *, path: str = "spec") -> HardenedModelSpec:
-    """Parse and default a spec mapping; raise SpecError naming every bad field and its value."""
-    if not isinstance(data, Mapping):
-        raise SpecError([(path, f"Invalid value: {type(data).__name__}: must be an object")])
-    try:
-        spec = HardenedModelSpec.model_validate(prune_nulls(data))
-    except ValidationError as err:
-        raise SpecError(_problems(err, path)) from None
-    wire = to_wire(spec)
-    problems = _duplicate_keys(wire, path) or _walk_cel(HardenedModelSpec, wire, path)
-    if problems:
-        raise SpecError(problems)
-    return spec
-
-
-LIST_MAPS = (("data", "features"), ("serving", "rateLimit", "plans"))  # x-kubernetes-list-type map, key name
-
-
-def _duplicate_keys(wire: dict, path: str) -> list[tuple[str, str]]:
-    """Lists the CRD declares x-kubernetes-list-type map (keyed by name): the apiserver refuses a repeated key
-    with this line before it evaluates any CEL rule."""
-    problems = []
-    for where in LIST_MAPS:
-        items, seen = wire, set()
-        for part in where:
-            items = items.get(part) or {} if isinstance(items, dict) else {}
-        for i, item in enumerate(items or []):
-            if item["name"] in seen:
-                problems.append((f"{path}.{'.'.join(where)}[{i}]", f'Duplicate value: {{"name":"{item["name"]}"}}'))
-            seen.add(item["name"])
-    return problems
-
-
-def parse_manifest(data: Any) -> HardenedModel:
-    """Parse a whole HardenedModel manifest (apiVersion, kind, metadata, spec)."""
-    if not isinstance(data, Mapping):
-        raise SpecError([("manifest", f"Invalid value: {type(data).__name__}: must be an object")])
-    problems: list[tuple[str, str]] = []
-    try:
-        _Envelope.model_validate({k: v for k, v in data.items() if k != "spec"})
-    except ValidationError as err:
-        problems += [(p.lstrip("."), m) for p, m in _problems(err, "")]
-    spec = None
-    try:
-        spec = parse_spec(data.get("spec"), path="spec")
-    except SpecError as err:
-        problems += err.problems
-    if problems:
-        raise SpecError(problems)
-    return HardenedModel.model_validate({**data, "spec": spec})
-
-
-def yaml_loader():
-    """A safe YAML loader that reads floats as YAML 1.2 (and kubectl) do.
-
-    PyYAML follows YAML 1.1, where ``1e-5`` (no dot) is a *string*; kubectl reads it
-    as a number, so ``targetDelta: 1e-5`` must parse here too.
-    """
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    # kubectl's YAML reader (go-yaml) also reads y, Y, n and N as booleans: `label: y` is `true` to the
-    # apiserver, so it must be here too, or validate would pass what kubectl apply refuses
-    Loader.bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
-    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?"
-                   r"|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
-                   r"|\.[0-9_]+(?:[eE][-+][0-9]+)?"
-                   r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-        list("-+0123456789."))
-    return Loader
-
-
-def load_yaml_documents(text: str) -> list[Any]:
-    import yaml
-
-    return [d for d in yaml.load_all(text, Loader=yaml_loader()) if d is not None]  # noqa: S506 - SafeLoader subclass
-
-
-def load_manifest(path: str) -> HardenedModel:
-    """Read one HardenedModel from a YAML file."""
-    with open(path, encoding="utf-8") as fh:
-        docs = load_yaml_documents(fh.read())
-    if len(docs) != 1:
-        raise SpecError([("manifest", f"Invalid value: {path}: expected one YAML document, found {len(docs)}")])
-    return parse_manifest(docs[0])
+def to_wire(section: BaseModel) -> dict:
+    """A spec or any of its sections as the apiserver stores it: camelCase keys, unset optionals absent."""
+    return section.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def spec_digest(spec: HardenedModelSpec, *sections: str) -> str:
@@ -1082,7 +770,3 @@ def spec_digest(spec: HardenedModelSpec, *sections: str) -> str:
     wire = to_wire(spec)
     picked = {k: wire[k] for k in sections} if sections else wire
     return hashlib.sha256(json.dumps(picked, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-__all__ = ["HardenedModel", "HardenedModelSpec", "SpecError", "CelRule", "parse_spec", "parse_manifest",
-           "load_manifest", "load_yaml_documents", "to_wire", "spec_digest", "cel_eval", "prune_nulls"]
