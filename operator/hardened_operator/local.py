@@ -1,12 +1,14 @@
 """`hardened-model up`: the operator's stages as local processes, no cluster.
 
-Same programs as in a cluster, no second implementation of any stage:
-train = ``python -m hardened_trainer`` with the config ``build_trainer_config``
-writes (the Job's command); verify = ``hardened-model verify`` with the spec's
-trust policy and gates (the verification Job's and init container's command);
-serve = ``serve`` / ``validate-proxy`` / ``ratelimit-proxy`` with the
-``serving.json`` that ``build_serving_config`` renders (the Deployment's
-containers).
+Same programs as in a cluster, no second implementation of any stage, and
+the same command lines: ``manifests.commands`` builds them for the pods and
+for these processes alike; only the ``Layout`` differs (files under the state
+folder and free ports on 127.0.0.1 here, mount paths and container ports
+there). train = ``python -m hardened_trainer`` with the config
+``build_trainer_config`` writes; verify = ``hardened-model verify`` with the
+spec's trust policy and gates; serve = ``serve`` / ``validate-proxy`` /
+``ratelimit-proxy`` with the ``serving.json`` that ``build_serving_config``
+renders.
 
 State lives in a project-local folder (default ``.hardened/``)::
 
@@ -32,8 +34,10 @@ from hardened_model.artifacts import StoreURI
 from hardened_model.contracts import build_serving_config
 from hardened_model.contracts import build_trainer_config, training_version
 from hardened_model.signing import MODEL_DIR_NAME, SIGNATURE_NAME, generate_key_pair
-from hardened_model.provenance import policy_for as provenance_policy
 from hardened_model.spec import HardenedModel
+from .manifests import commands
+from .manifests.commands import Layout
+from .manifests.objects import names
 
 
 class StageFailed(RuntimeError):
@@ -92,8 +96,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hardened_operator.cli", *args]
+PORT_FIELDS = ("model_port", "model_metrics_port", "validation_port", "validation_metrics_port", "ratelimit_port",
+               "ratelimit_metrics_port")
+
+
+def local_layout(model: HardenedModel, paths: Paths, ports: dict[str, int] | None = None) -> Layout:
+    """Where `up`'s processes find things: the stand-ins for the spec's Secrets (``secrets/NAME/KEY``), the
+    version folder, and ``ports`` (``PORT_FIELDS``; 0 until serving starts). Everything listens on 127.0.0.1:
+    a laptop's endpoint is not the network's. The verifier's verdict is read from its stdout, the trainer's
+    from its termination file; keyless signing has no files here (`up` refuses it)."""
+    s, home, n = model.spec, paths.home, names(model)
+    public, keys = s.signing.public_key_secret, s.serving.api_keys_secret
+    jwt, tls = s.serving.auth.jwt, s.serving.tls
+    return Layout(
+        server=(sys.executable, "-m", "hardened_operator.cli"), trainer=(sys.executable, "-m", "hardened_trainer"),
+        trainer_config=str(home / "train.json"), serving_config=str(home / "serving.json"),
+        artifact=str(paths.version_dir()), artifact_uri=None,  # an s3:// version is trained here, then uploaded
+        public_key=str(paths.secret(public.name, public.key) if public else paths.secret(n.signing_secret,
+                                                                                          "public.pem")),
+        trust_config=None,
+        api_keys=str(paths.secret(keys.name, keys.key) if keys else home / "api-keys"),
+        jwks=str(paths.secret(jwt.jwks.name, jwt.jwks.key)) if jwt else None,
+        tls_cert=str(paths.secret(tls.secret_name, "tls.crt")) if tls else None,
+        tls_key=str(paths.secret(tls.secret_name, "tls.key")) if tls else None,
+        client_ca=str(paths.secret(tls.client_ca_secret, "ca.crt")) if tls and tls.client_ca_secret else None,
+        trainer_termination_log=str(home / "train.result.json"), verify_termination_log=None, cpu_threads=None,
+        host="127.0.0.1", public_host="127.0.0.1", metrics_host="127.0.0.1",
+        **{f: (ports or {}).get(f, 0) for f in PORT_FIELDS})
 
 
 class LocalRunner:
@@ -112,12 +141,10 @@ class LocalRunner:
         if s.method == "keyless":
             raise StageFailed("sign", "signing.method keyless needs Sigstore (Fulcio, Rekor) and an OIDC identity; "
                                       "`up` signs with keys only: use method key", code=2)
-        if s.private_key_secret is not None:
-            priv = self.paths.secret(s.private_key_secret.name, s.private_key_secret.key)
-            pub = self.paths.secret(s.public_key_secret.name, s.public_key_secret.key)
-        else:
-            priv = self.paths.secret(f"{self.model.metadata.name}-signing", "private.pem")
-            pub = self.paths.secret(f"{self.model.metadata.name}-signing", "public.pem")
+        ref = s.private_key_secret
+        priv = (self.paths.secret(ref.name, ref.key) if ref
+                else self.paths.secret(names(self.model).signing_secret, "private.pem"))
+        pub = pathlib.Path(self.layout().public_key)
         if priv.exists() != pub.exists():
             raise StageFailed("sign", f"found only one of {priv} and {pub}; provide both or neither", code=2)
         if not priv.exists():
@@ -133,9 +160,11 @@ class LocalRunner:
             self.say("warning", message=msg)
         return priv, pub
 
+    def layout(self, ports: dict[str, int] | None = None) -> Layout:
+        return local_layout(self.model, self.paths, ports)
+
     def api_key_file(self) -> pathlib.Path:
-        ref = self.model.spec.serving.api_keys_secret
-        path = self.paths.secret(ref.name, ref.key) if ref else self.paths.home / "api-keys"
+        path = pathlib.Path(self.layout().api_keys)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch(mode=0o600)
@@ -143,27 +172,24 @@ class LocalRunner:
             self.say("info", message=f"generated an API key in {path}")
         return path
 
-    def edge_args(self) -> tuple[list[str], dict]:
-        """The rate-limit sidecar's credentials: API keys, JWKS, TLS certificate and client CA, from the local
-        stand-ins of the spec's Secrets (``secrets/NAME/KEY`` under the state folder). A missing TLS Secret gets
-        a development CA and a localhost certificate, a missing client CA a development one and a client
+    def edge_files(self) -> dict:
+        """The rate-limit sidecar's credentials (API keys, JWKS, TLS certificate and client CA) at the layout's
+        local stand-ins of the spec's Secrets (``secrets/NAME/KEY`` under the state folder). A missing TLS Secret
+        gets a development CA and a localhost certificate, a missing client CA a development one and a client
         certificate to call with; a missing JWKS is an error (`up` cannot invent your identity provider)."""
         from . import devcerts
 
-        s, args, extra = self.model.spec.serving, [], {}
+        s, layout, extra = self.model.spec.serving, self.layout(), {}
         if s.auth.api_keys:
-            keys = self.api_key_file()
-            args += ["--api-keys", str(keys)]
-            extra["api_key_file"] = keys
+            extra["api_key_file"] = self.api_key_file()
         if s.auth.jwt:
             ref = s.auth.jwt.jwks
-            jwks = self.paths.secret(ref.name, ref.key)
+            jwks = pathlib.Path(layout.jwks)
             if not jwks.exists():
                 raise StageFailed("serve", f"spec.serving.auth.jwt.jwks: {ref.kind} {ref.name} key {ref.key}: put the "
                                            f"JWKS document in {jwks}", code=2)
-            args += ["--jwks", str(jwks)]
         if s.tls:
-            cert, key = self.paths.secret(s.tls.secret_name, "tls.crt"), self.paths.secret(s.tls.secret_name, "tls.key")
+            cert, key = pathlib.Path(layout.tls_cert), pathlib.Path(layout.tls_key)
             ca = self.paths.home / "dev-ca.crt"
             if not cert.exists():
                 ca_pem, ca_key = devcerts.make_ca(f"hardened-model dev CA ({self.model.metadata.name})")
@@ -176,9 +202,8 @@ class LocalRunner:
                 self.warnings.append(msg)
                 self.say("warning", message=msg)
             extra["ca_file"] = ca if ca.exists() else None
-            args += ["--tls-cert", str(cert), "--tls-key", str(key)]
             if s.tls.client_ca_secret:
-                client_ca = self.paths.secret(s.tls.client_ca_secret, "ca.crt")
+                client_ca = pathlib.Path(layout.client_ca)
                 client_cert, client_key = self.paths.home / "client.crt", self.paths.home / "client.key"
                 if not client_ca.exists():
                     ca_pem, ca_key = devcerts.make_ca(f"hardened-model dev client CA ({self.model.metadata.name})")
@@ -190,19 +215,22 @@ class LocalRunner:
                                              f"({client_cert})")
                 if client_cert.exists():
                     extra.update(client_cert=client_cert, client_key=client_key)
-                args += ["--client-ca", str(client_ca)]
-        return args, extra
+        return extra
 
     # -------------------------------------------------------------- stages
-    def verify(self, version_dir: pathlib.Path, public_key: pathlib.Path, *, expect_digest: str | None = None) -> dict:
-        gates = json.dumps(self.model.spec.gates.model_dump(mode="json", by_alias=True, exclude_none=True))
-        args = ["verify", "--artifact", str(version_dir), "--public-key", str(public_key), "--gates", gates]
-        if expect_digest:
-            args += ["--expect-digest", expect_digest]
-        policy = provenance_policy(self.model.spec)
-        if policy:
-            args += ["--provenance-policy", json.dumps(policy, sort_keys=True)]
-        proc = subprocess.run(_cli(*args), capture_output=True, text=True, env=self.env)
+    def verify_argv(self, *, expect_digest: str | None = None) -> list[str]:
+        """The verification Job's check (signature, gates, provenance), and the pinned digest once trained."""
+        return commands.verify(self.model, self.layout(), digest=expect_digest)
+
+    def train_argv(self) -> list[str]:
+        return commands.trainer(self.layout())
+
+    def serving_argvs(self, digest: str, ports: dict[str, int]) -> dict[str, list[str]]:
+        return commands.serving(self.model, self.layout(ports), digest=digest)
+
+    def verify(self, *, expect_digest: str | None = None) -> dict:
+        proc = subprocess.run(self.verify_argv(expect_digest=expect_digest), capture_output=True, text=True,
+                              env=self.env)
         try:
             result = json.loads(proc.stdout.splitlines()[0])
         except (IndexError, ValueError):
@@ -219,14 +247,12 @@ class LocalRunner:
             volumes[claim] = str(self.paths.root / "volumes" / claim)
         config = build_trainer_config(self.model, output_dir=str(version_dir), private_key_path=str(private_key),
                                       volumes=volumes)
-        (home / "train.json").write_text(json.dumps(config, indent=2))
+        (home / "train.json").write_text(json.dumps(config, indent=2, sort_keys=True))  # as the ConfigMap's
         log_path = home / "logs" / "train.log"
         result, last_error = None, None
         self.say("train-begin", epochs=self.model.spec.training.epochs, version=config["version"])
         with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "hardened_trainer", "--config", str(home / "train.json"),
-                                     "--termination-log", str(home / "train.result.json")],
-                                    stdout=subprocess.PIPE, stderr=log, text=True, env=self.env)
+            proc = subprocess.Popen(self.train_argv(), stdout=subprocess.PIPE, stderr=log, text=True, env=self.env)
             try:
                 for line in proc.stdout:
                     log.write(line)
@@ -259,33 +285,23 @@ class LocalRunner:
         metrics = json.loads((version_dir / MODEL_DIR_NAME / "metrics.json").read_text())
         return [f"{g['gate']} {g['value']} vs {g['threshold']}" for g in metrics.get("gates", []) if not g["passed"]]
 
-    def start_serving(self, version_dir: pathlib.Path, public_key: pathlib.Path, digest: str, *,
-                      port: int | None = None) -> tuple[str, dict]:
+    def start_serving(self, digest: str, *, port: int | None = None) -> tuple[str, dict]:
         home = self.paths.home
-        (home / "serving.json").write_text(json.dumps(build_serving_config(self.model), indent=2))
-        edge, extra = self.edge_args()
-        ports = {n: _free_port() for n in ("model", "model_metrics", "validation", "validation_metrics",
-                                           "ratelimit_metrics")}
-        ports["ratelimit"] = port or _free_port()
-        specs = [
-            ("model", ["serve", "--artifact", str(version_dir), "--public-key", str(public_key), "--expect-digest",
-                       digest, "--port", str(ports["model"]), "--metrics-port", str(ports["model_metrics"])]),
-            ("validation", ["validate-proxy", "--config", str(home / "serving.json"), "--upstream",
-                            f"http://127.0.0.1:{ports['model']}", "--model-dir", str(version_dir / MODEL_DIR_NAME),
-                            "--port", str(ports["validation"]), "--metrics-port", str(ports["validation_metrics"])]),
-            ("ratelimit", ["ratelimit-proxy", "--config", str(home / "serving.json"), *edge,
-                           "--upstream", f"http://127.0.0.1:{ports['validation']}", "--port",
-                           str(ports["ratelimit"]), "--metrics-port", str(ports["ratelimit_metrics"])]),
-        ]
-        for name, args in specs:
+        (home / "serving.json").write_text(json.dumps(build_serving_config(self.model), indent=2, sort_keys=True))
+        extra = self.edge_files()
+        ports = {f: _free_port() for f in PORT_FIELDS}
+        ports["ratelimit_port"] = port or ports["ratelimit_port"]
+        layout = self.layout(ports)
+        for name, argv in self.serving_argvs(digest, ports).items():
             log = open(home / "logs" / f"{name}.log", "wb")
-            self.procs[name] = subprocess.Popen(_cli(*args), stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                                 start_new_session=True)
             # the rate-limit sidecar's admin /readyz asks the chain (its public port may want TLS client certs)
-            self._wait_ready(name, f"http://127.0.0.1:{ports['ratelimit_metrics']}/readyz" if name == "ratelimit"
-                             else f"http://127.0.0.1:{ports[name]}/v2/health/ready")
-        url = f"{'https' if self.model.spec.serving.tls else 'http'}://127.0.0.1:{ports['ratelimit']}"
-        self._write_state(url=url, ports=ports, digest=digest, version_dir=str(version_dir))
+            self._wait_ready(name, f"http://{layout.metrics_host}:{layout.ratelimit_metrics_port}/readyz"
+                             if name == "ratelimit" else f"http://{layout.host}:{ports[f'{name}_port']}/v2/health/ready")
+        url = f"{'https' if self.model.spec.serving.tls else 'http'}://{layout.public_host}:{layout.ratelimit_port}"
+        self._write_state(url=url, ports={f.removesuffix("_port"): p for f, p in ports.items()}, digest=digest,
+                          version_dir=layout.artifact)
         return url, extra
 
     def _wait_ready(self, name: str, url: str, timeout: float = 60.0) -> None:
@@ -330,10 +346,10 @@ class LocalRunner:
         (home / "logs").mkdir(parents=True, exist_ok=True)
         if (home / "state.json").exists():
             stop_from_state(home / "state.json")  # a second `up` replaces the first
-        priv, pub = self.signing_keys()
+        priv, _ = self.signing_keys()
         version_dir = self.paths.version_dir()
         version = training_version(self.model.spec)
-        existing = self.verify(version_dir, pub) if (version_dir / SIGNATURE_NAME).exists() else None
+        existing = self.verify() if (version_dir / SIGNATURE_NAME).exists() else None
         trained = False
         if existing and existing["exitCode"] == 0:
             self.say("info", message=f"version {version} exists and verifies: not training again")
@@ -344,7 +360,7 @@ class LocalRunner:
             result = self.train(version_dir, priv)
             digest, trained = result["digest"], True
             self.say("verify-start")
-            verdict = self.verify(version_dir, pub, expect_digest=digest)
+            verdict = self.verify(expect_digest=digest)
         self.say("verify-done", **verdict)
         if verdict["exitCode"] != 0:
             if self.model.spec.signing.mode == "Enforce" or not verdict.get("verified"):
@@ -353,7 +369,7 @@ class LocalRunner:
             self.warnings.append(msg)
             self.say("warning", message=msg)
         self.say("serve-start")
-        url, extra = self.start_serving(version_dir, pub, digest, port=port)
+        url, extra = self.start_serving(digest, port=port)
         return UpResult(url=url, api_key_file=extra.get("api_key_file"), ca_file=extra.get("ca_file"),
                         client_cert=extra.get("client_cert"), client_key=extra.get("client_key"), report=version_dir / MODEL_DIR_NAME / "report.html",
                         metrics=verdict.get("metrics", {}), digest=digest, version=version, trained=trained,

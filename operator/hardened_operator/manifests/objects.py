@@ -10,11 +10,11 @@ import json
 from dataclasses import dataclass
 
 from hardened_model.artifacts import StoreURI
-from hardened_model.signing import MODEL_DIR_NAME
-from hardened_model.provenance import policy_for as provenance_policy
-from hardened_model.spec import API_GROUP, API_VERSION, KIND, HardenedModel
+from hardened_model.spec import API_GROUP, API_VERSION, KIND, HardenedModel, to_wire
 from hardened_model.contracts import build_serving_config
 from hardened_model.contracts import build_trainer_config, training_version
+from . import commands
+from .commands import Layout
 
 MANAGED_BY = "hardened-model-operator"
 TRAINER_CONFIG_MOUNT = "/etc/hardened/train"
@@ -26,6 +26,7 @@ API_KEYS_MOUNT = "/var/run/secrets/hardened/api-keys"
 TLS_MOUNT = "/var/run/secrets/hardened/tls"
 # The serving image holds the core and hardened_server only (no hardened-model CLI): its pods run this
 SERVER_COMMAND = ["python", "-m", "hardened_server"]
+TRAINER_COMMAND = ["python", "-m", "hardened_trainer"]
 CLIENT_CA_MOUNT = "/var/run/secrets/hardened/client-ca"
 JWKS_MOUNT = "/var/run/secrets/hardened/jwks"
 ARTIFACTS_MOUNT = "/artifacts"
@@ -153,6 +154,41 @@ def version_location(model: HardenedModel, version: str | None = None) -> tuple[
     return uri, None
 
 
+def cluster_layout(model: HardenedModel, version: str | None = None) -> Layout:
+    """Where the pods' processes find things (the mounts below) and listen (PORTS), for one version (default:
+    the spec's training version). A pvc:// version is read in place; an s3:// one is downloaded into the
+    ``models`` emptyDir by the verifier first."""
+    uri, local = version_location(model, version)
+    public = model.spec.signing.public_key_secret
+    return Layout(
+        server=tuple(SERVER_COMMAND), trainer=tuple(TRAINER_COMMAND),
+        trainer_config=f"{TRAINER_CONFIG_MOUNT}/train.json", serving_config=f"{SERVING_CONFIG_MOUNT}/serving.json",
+        artifact=local or MODELS_MOUNT, artifact_uri=None if local else uri,
+        public_key=f"{TRUST_MOUNT}/{public.key if public else 'public.pem'}",
+        trust_config=f"{SIGSTORE_TRUST_MOUNT}/trust_config.json",
+        api_keys=f"{API_KEYS_MOUNT}/keys", jwks=f"{JWKS_MOUNT}/jwks.json",
+        tls_cert=f"{TLS_MOUNT}/tls.crt", tls_key=f"{TLS_MOUNT}/tls.key", client_ca=f"{CLIENT_CA_MOUNT}/ca.crt",
+        trainer_termination_log=None, verify_termination_log="/dev/termination-log",
+        # torch's CPU threads follow the container's CPU request (the Downward API rounds it up to whole cores)
+        cpu_threads="$(CPU_REQUEST)",
+        # Only the rate-limit sidecar takes traffic from outside the pod; the validation sidecar and the model
+        # server listen on 127.0.0.1, so nothing reaches them around the key check. The kubelet probes the pod
+        # IP, so every container's admin port (metrics, /healthz, /readyz) listens on all addresses; the
+        # NetworkPolicy admits it for scraping only.
+        host="127.0.0.1", public_host="0.0.0.0", metrics_host="0.0.0.0",
+        model_port=PORTS["model"], model_metrics_port=PORTS["model-metrics"],
+        validation_port=PORTS["validation"], validation_metrics_port=PORTS["validation-metrics"],
+        ratelimit_port=PORTS["ratelimit"], ratelimit_metrics_port=PORTS["ratelimit-metrics"])
+
+
+def _program(argv: list[str], program: list[str]) -> dict:
+    """A container's command (the image's program) and args, from one argv. The server's program is the one
+    list SERVER_COMMAND in every container: `render` prints it once, as a YAML anchor."""
+    if argv[:len(program)] != program:
+        raise ValueError(f"{argv[:len(program)]} is not the image's program {program}")
+    return {"command": program, "args": argv[len(program):]}
+
+
 def signing_secret_name(model: HardenedModel) -> str:
     ref = model.spec.signing.private_key_secret
     return ref.name if ref else names(model).signing_secret
@@ -168,7 +204,7 @@ def build_training_configmap(model: HardenedModel) -> dict:
         private_key_path=f"{SIGNING_MOUNT}/{key_ref.key if key_ref else 'private.pem'}"
         if s.signing.method == "key" else None,
         identity_token_path="/var/run/secrets/sigstore/token" if s.signing.method == "keyless" else None,
-        trust_config_path=f"{SIGSTORE_TRUST_MOUNT}/trust_config.json" if _sigstore_trust(model) else None,
+        trust_config_path=cluster_layout(model).trust_config if _sigstore_trust(model) else None,
         volumes=_weights_volume(model)[2])
     n = names(model)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(model, n.train, "training"),
@@ -200,6 +236,7 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
     weight_volumes, weight_mounts, _ = _weights_volume(model)
     volumes += store_volumes + weight_volumes
     mounts += store_mounts + weight_mounts
+    layout = cluster_layout(model)
     pod = {
         "restartPolicy": "Never",
         "securityContext": POD_SECURITY,
@@ -207,8 +244,7 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
         "containers": [{
             "name": "trainer",
             "image": t.image,
-            "command": ["python", "-m", "hardened_trainer"],
-            "args": ["--config", f"{TRAINER_CONFIG_MOUNT}/train.json"],
+            **_program(commands.trainer(layout), list(TRAINER_COMMAND)),
             # the image reference and the pod name go into the signed provenance (the Downward API cannot
             # expose the image's digest: give the image by digest, repo@sha256:..., to have it recorded)
             "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MPLCONFIGDIR", "value": "/tmp"},
@@ -225,7 +261,7 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
     if t.node_selector:
         pod["nodeSelector"] = dict(t.node_selector)
     if t.tolerations:
-        pod["tolerations"] = [tol.model_dump(mode="json", by_alias=True, exclude_none=True) for tol in t.tolerations]
+        pod["tolerations"] = [to_wire(tol) for tol in t.tolerations]
     if s.aws.service_account_name:
         # IRSA: the EKS pod identity webhook injects its own projected token (audience sts.amazonaws.com), so
         # the API-server token stays unmounted: a compromised trainer cannot call the Kubernetes API.
@@ -253,53 +289,33 @@ def _sigstore_trust(model: HardenedModel) -> dict | None:
                                          else {"configMap": {"name": ref.name, "items": items}})}
 
 
-def _trust_args(model: HardenedModel) -> tuple[list[str], list[dict], list[dict]]:
+def _trust_volumes(model: HardenedModel) -> tuple[list[dict], list[dict]]:
+    """(volumes, mounts) of what the verifiers trust: the public key, or a private Sigstore's trust config."""
     s = model.spec.signing
     if s.method == "keyless":
-        args = ["--identity", s.keyless.identity, "--oidc-issuer", s.keyless.oidc_issuer]
         volume = _sigstore_trust(model)
         if volume is None:  # Sigstore's public-good root, bundled with sigstore-python, used offline
-            return args, [], []
-        return (args + ["--trust-config", f"{SIGSTORE_TRUST_MOUNT}/trust_config.json"], [volume],
-                [{"name": "sigstore-trust", "mountPath": SIGSTORE_TRUST_MOUNT, "readOnly": True}])
+            return [], []
+        return [volume], [{"name": "sigstore-trust", "mountPath": SIGSTORE_TRUST_MOUNT, "readOnly": True}]
     ref = s.public_key_secret
     key = ref.key if ref else "public.pem"
     secret = ref.name if ref else names(model).signing_secret
     volume = {"name": "trust", "secret": {"secretName": secret, "items": [{"key": key, "path": key}]}}
-    return (["--public-key", f"{TRUST_MOUNT}/{key}"], [volume],
-            [{"name": "trust", "mountPath": TRUST_MOUNT, "readOnly": True}])
+    return [volume], [{"name": "trust", "mountPath": TRUST_MOUNT, "readOnly": True}]
 
 
-def _verify_container(model: HardenedModel, *, digest: str | None, target: str, version: str | None = None,
+def _verify_container(model: HardenedModel, *, digest: str | None, version: str | None = None,
                       gates: bool = True, version_ids: dict[str, str] | None = None) -> tuple[dict, list[dict]]:
-    """The verify command: the verification Job checks the gates; the serving pod's init container checks
-    signature and pinned digest only (the gates held at rollout; a tightened gate stops the next rollout,
-    not a running one)."""
+    """The verification Job's container (``gates``) or the serving pod's init container (``digest``); see
+    commands.verify. An s3:// version is downloaded into the ``models`` emptyDir."""
     s = model.spec
-    uri, local = version_location(model, version)
-    trust_args, volumes, mounts = _trust_args(model)
-    args = ["verify", *trust_args, "--termination-log", "/dev/termination-log"]
-    if gates:
-        args += ["--gates", json.dumps(s.gates.model_dump(mode="json", by_alias=True, exclude_none=True),
-                                       sort_keys=True)]
-    if digest:
-        args += ["--expect-digest", digest]
-    policy = provenance_policy(s)
-    if policy:  # both the verification Job and the serving pods' init container enforce it
-        args += ["--provenance-policy", json.dumps(policy, sort_keys=True, separators=(",", ":"))]
-    if local:
-        args += ["--artifact", local]
-    else:
-        args += ["--artifact", target, "--uri", uri]
-        if s.artifacts.region or s.aws.region:
-            args += ["--region", s.artifacts.region or s.aws.region]
-        if s.artifacts.endpoint:
-            args += ["--endpoint", s.artifacts.endpoint]
-        if version_ids:  # download exactly the object versions the trainer uploaded
-            args += ["--version-ids", json.dumps(version_ids, sort_keys=True, separators=(",", ":"))]
+    layout = cluster_layout(model, version)
+    volumes, mounts = _trust_volumes(model)
+    if layout.artifact_uri:
         mounts = mounts + [{"name": "models", "mountPath": MODELS_MOUNT}]
     store_volumes, store_mounts = _store_volume(model, read_only=True)
-    container = {"name": "verify", "image": s.serving.image, "command": SERVER_COMMAND, "args": args,
+    argv = commands.verify(model, layout, digest=digest, gates=gates, version_ids=version_ids)
+    container = {"name": "verify", "image": s.serving.image, **_program(argv, SERVER_COMMAND),
                  "env": [{"name": "HOME", "value": "/tmp"}, *_aws_env(model)],
                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
                  "securityContext": CONTAINER_SECURITY, "volumeMounts": mounts + store_mounts + [
@@ -313,7 +329,7 @@ def build_verify_job(model: HardenedModel, *, version_ids: dict[str, str] | None
     """``version_ids``: the S3 object versions the trainer reported (s3:// stores), to pin the download;
     ``colocate``: the pvc:// store is ReadWriteOnce (see _colocated)."""
     n = names(model)
-    container, volumes = _verify_container(model, digest=None, target=MODELS_MOUNT, version_ids=version_ids)
+    container, volumes = _verify_container(model, digest=None, version_ids=version_ids)
     volumes = volumes + [{"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}}]
     pod = {"restartPolicy": "Never", "securityContext": POD_SECURITY, "automountServiceAccountToken": False,
            "containers": [container], "volumes": volumes}
@@ -344,37 +360,31 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
     stores the object ``version_ids`` pinned in the init container's download and kept in an annotation;
     ``colocate``: the pvc:// store is ReadWriteOnce, see _colocated)."""
     s, n = model.spec, names(model)
-    _, local = version_location(model, version)
-    artifact = local if local else MODELS_MOUNT
-    init, volumes = _verify_container(model, digest=digest, target=MODELS_MOUNT, version=version, gates=False,
-                                      version_ids=version_ids)
-    trust_args, _, _ = _trust_args(model)  # the trust volume's mount is among the init container's, below
+    layout = cluster_layout(model, version)
+    local = layout.artifact_uri is None  # a pvc:// version, read in place
+    init, volumes = _verify_container(model, digest=digest, version=version, gates=False, version_ids=version_ids)
     init = {**init, "name": "verify-model"}
     volumes = volumes + [
         {"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}},
         {"name": "serving-config", "configMap": {"name": n.serving_config}}]
-    edge_volumes, edge_mounts, edge_args = _edge(model)
+    edge_volumes, edge_mounts = _edge(model)
     volumes += edge_volumes
+    # the trust volume's mount is among the init container's
     model_mounts = ([m for m in init["volumeMounts"] if m["name"] in ("artifacts", "trust", "sigstore-trust", "tmp")]
                     + ([{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}] if not local else []))
     cfg_mount = {"name": "serving-config", "mountPath": SERVING_CONFIG_MOUNT, "readOnly": True}
+    argv = commands.serving(model, layout, digest=digest)
 
     def probe(port: int, path: str, period: int = 5, failures: int = 3) -> dict:
         return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 2,
                 "failureThreshold": failures}
 
-    def container(name: str, args: list[str], port: int, metrics: int, mounts: list[dict], resources: dict,
+    def container(name: str, port: int, metrics: int, mounts: list[dict], resources: dict,
                   env: tuple = (), startup_seconds: int = 0) -> dict:
-        # Only the rate-limit sidecar takes traffic from outside the pod; the validation sidecar and the model
-        # server listen on 127.0.0.1, so nothing reaches them around the key check. The kubelet probes the pod
-        # IP, so every container's admin port (metrics, /healthz, /readyz) listens on all addresses; the
-        # NetworkPolicy admits it for scraping only. Readiness of the rate-limit sidecar is the whole chain's
-        # (/v2/health/ready goes through to the model); liveness is always the process's own, so a model that
-        # is down does not get its sidecars restarted.
+        # Readiness of the rate-limit sidecar is the whole chain's (/v2/health/ready goes through to the model);
+        # liveness is always the process's own, so a model that is down does not get its sidecars restarted.
         public = name == "ratelimit"
-        out = {"name": name, "image": s.serving.image, "command": SERVER_COMMAND,
-               "args": args + ["--host", "0.0.0.0" if public else "127.0.0.1", "--port", str(port),
-                               "--metrics-host", "0.0.0.0", "--metrics-port", str(metrics)],
+        out = {"name": name, "image": s.serving.image, **_program(argv[name], SERVER_COMMAND),
                "ports": [{"name": name[:9] if not public else public_port_name(model), "containerPort": port},
                          {"name": f"{name[:5]}-metrics", "containerPort": metrics}],
                "env": [{"name": "HOME", "value": "/tmp"}, *env],
@@ -389,22 +399,16 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
 
     sidecar_resources = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
     containers = [
-        # torch's CPU threads follow the container's CPU request (the Downward API rounds it up to whole cores)
-        container("model", ["serve", "--artifact", artifact, *trust_args, "--expect-digest", digest,
-                            "--cpu-threads", "$(CPU_REQUEST)"],
-                  PORTS["model"], PORTS["model-metrics"], model_mounts,
+        container("model", layout.model_port, layout.model_metrics_port, model_mounts,
                   _resources(s.serving.resources, gpu=True),
+                  # layout.cpu_threads reads it (the Downward API rounds the request up to whole cores)
                   env=({"name": "CPU_REQUEST", "valueFrom": {"resourceFieldRef": {
                       "containerName": "model", "resource": "requests.cpu", "divisor": "1"}}},),
                   startup_seconds=MODEL_STARTUP_SECONDS),
-        container("validation", ["validate-proxy", "--config", f"{SERVING_CONFIG_MOUNT}/serving.json", "--upstream",
-                                 f"http://127.0.0.1:{PORTS['model']}", "--model-dir", f"{artifact}/{MODEL_DIR_NAME}"],
-                  PORTS["validation"], PORTS["validation-metrics"],
+        container("validation", layout.validation_port, layout.validation_metrics_port,
                   [cfg_mount, {"name": "tmp", "mountPath": "/tmp"}] + [m for m in model_mounts if m["name"] != "tmp"],
                   sidecar_resources),
-        container("ratelimit", ["ratelimit-proxy", "--config", f"{SERVING_CONFIG_MOUNT}/serving.json", *edge_args,
-                                "--upstream", f"http://127.0.0.1:{PORTS['validation']}"],
-                  PORTS["ratelimit"], PORTS["ratelimit-metrics"],
+        container("ratelimit", layout.ratelimit_port, layout.ratelimit_metrics_port,
                   [cfg_mount, *edge_mounts, {"name": "tmp", "mountPath": "/tmp"}], sidecar_resources),
     ]
     pod_labels = {**labels(model, "serving"), "hardened.dev/version": version}
@@ -440,12 +444,12 @@ def public_port_name(model: HardenedModel) -> str:
     return "https" if model.spec.serving.tls else "http"
 
 
-def _edge(model: HardenedModel) -> tuple[list[dict], list[dict], list[str]]:
-    """Volumes, mounts and flags of the rate-limit sidecar: API keys, JWKS, TLS certificate and client CA.
-    Secrets and ConfigMaps are mounted whole-file (no subPath), so the kubelet's updates reach the sidecar,
-    which re-reads them: a renewed certificate or rotated key needs no restart."""
+def _edge(model: HardenedModel) -> tuple[list[dict], list[dict]]:
+    """Volumes and mounts of the rate-limit sidecar's files (API keys, JWKS, TLS certificate and client CA) at
+    cluster_layout's paths. Secrets and ConfigMaps are mounted whole-file (no subPath), so the kubelet's updates
+    reach the sidecar, which re-reads them: a renewed certificate or rotated key needs no restart."""
     s = model.spec.serving
-    volumes, mounts, args = [], [], []
+    volumes, mounts = [], []
 
     def mount(name: str, path: str, source: dict) -> None:
         volumes.append({"name": name, **source})
@@ -456,23 +460,19 @@ def _edge(model: HardenedModel) -> tuple[list[dict], list[dict], list[str]]:
         mount("api-keys", API_KEYS_MOUNT, {"secret": {
             "secretName": keys.name if keys else names(model).api_keys_secret,
             "items": [{"key": keys.key if keys else "keys", "path": "keys"}]}})
-        args += ["--api-keys", f"{API_KEYS_MOUNT}/keys"]
     if s.auth.jwt:
         ref = s.auth.jwt.jwks
         source = ({"secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "jwks.json"}]}}
                   if ref.kind == "Secret" else
                   {"configMap": {"name": ref.name, "items": [{"key": ref.key, "path": "jwks.json"}]}})
         mount("jwks", JWKS_MOUNT, source)
-        args += ["--jwks", f"{JWKS_MOUNT}/jwks.json"]
     if s.tls:
         mount("tls", TLS_MOUNT, {"secret": {"secretName": s.tls.secret_name, "items": [
             {"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}})
-        args += ["--tls-cert", f"{TLS_MOUNT}/tls.crt", "--tls-key", f"{TLS_MOUNT}/tls.key"]
         if s.tls.client_ca_secret:
             mount("client-ca", CLIENT_CA_MOUNT, {"secret": {"secretName": s.tls.client_ca_secret,
                                                             "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
-            args += ["--client-ca", f"{CLIENT_CA_MOUNT}/ca.crt"]
-    return volumes, mounts, args
+    return volumes, mounts
 
 
 def rollout_budget(replicas: int) -> dict:

@@ -1,0 +1,149 @@
+"""The command line of every process a model runs, for the cluster and for `hardened-model up` alike.
+
+The flags were built twice, once for the pods and once for the local processes, and drifted apart (issue 26):
+the local verifier got the gates with unsorted keys and the provenance policy with other separators. Here
+the spec decides which flags a process gets and a ``Layout`` says where things are: the cluster's Layout
+holds mount paths and container ports (``objects.cluster_layout``), the local one files under the state
+folder and free ports on 127.0.0.1 (``local.local_layout``). Nothing else may differ between the two.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from hardened_model.provenance import policy_for as provenance_policy
+from hardened_model.signing import MODEL_DIR_NAME
+from hardened_model.spec import HardenedModel, to_wire
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one deployment of a model keeps its files and listens. A path is ``None`` where this layout has
+    no such file; a flag the spec needs from a ``None`` path is an error (see ``_need``)."""
+
+    server: tuple[str, ...]          # runs verify, serve, validate-proxy and ratelimit-proxy
+    trainer: tuple[str, ...]
+    trainer_config: str              # train.json
+    serving_config: str              # serving.json
+    artifact: str                    # the version folder (model/ and model.sig) as the processes see it
+    artifact_uri: str | None         # verify downloads the version from here into ``artifact`` first
+    public_key: str | None           # signing.method key
+    trust_config: str | None         # signing.keyless.trustConfig
+    api_keys: str | None
+    jwks: str | None
+    tls_cert: str | None
+    tls_key: str | None
+    client_ca: str | None
+    # the kubelet reads a pod's verdict from its termination log; `up` reads the verifier's stdout and the
+    # trainer's file: None leaves the flag out (the trainer's default is the kubelet's file)
+    trainer_termination_log: str | None
+    verify_termination_log: str | None
+    cpu_threads: str | None          # the model server's torch threads; None: the server's default
+    host: str                        # the model server and validation sidecar listen here, and are called here
+    public_host: str                 # the rate-limit sidecar, the only door
+    metrics_host: str                # every admin port (/metrics, /healthz, /readyz)
+    model_port: int
+    model_metrics_port: int
+    validation_port: int
+    validation_metrics_port: int
+    ratelimit_port: int
+    ratelimit_metrics_port: int
+
+
+def json_arg(value, *, spaced: bool = False) -> str:
+    """The one form of a JSON flag: sorted keys, so equal values give equal pod specs (and no rollout).
+    ``spaced``: json's default separators, which the verification Job's ``--gates`` has always carried;
+    compact everywhere else."""
+    return json.dumps(value, sort_keys=True, separators=None if spaced else (",", ":"))
+
+
+def _need(layout: Layout, field: str) -> str:
+    value = getattr(layout, field)
+    if value is None:
+        raise ValueError(f"the spec needs a {field} file, which this layout does not have (Layout.{field})")
+    return value
+
+
+def _trust(model: HardenedModel, layout: Layout) -> list[str]:
+    s = model.spec.signing
+    if s.method == "keyless":
+        args = ["--identity", s.keyless.identity, "--oidc-issuer", s.keyless.oidc_issuer]
+        if s.keyless.trust_config is not None:  # else Sigstore's public-good root, bundled with sigstore-python
+            args += ["--trust-config", _need(layout, "trust_config")]
+        return args
+    return ["--public-key", _need(layout, "public_key")]
+
+
+def _listen(layout: Layout, host: str, port: int, metrics_port: int) -> list[str]:
+    return ["--host", host, "--port", str(port), "--metrics-host", layout.metrics_host,
+            "--metrics-port", str(metrics_port)]
+
+
+def trainer(layout: Layout) -> list[str]:
+    args = [*layout.trainer, "--config", layout.trainer_config]
+    if layout.trainer_termination_log:
+        args += ["--termination-log", layout.trainer_termination_log]
+    return args
+
+
+def verify(model: HardenedModel, layout: Layout, *, digest: str | None = None, gates: bool = True,
+           version_ids: dict[str, str] | None = None) -> list[str]:
+    """The verification Job and `up` check the gates; the serving pod's init container checks signature and
+    pinned digest only (the gates held at rollout; a tightened gate stops the next rollout, not a running one).
+    ``version_ids``: the S3 object versions the trainer uploaded, to download exactly those."""
+    s = model.spec
+    args = [*layout.server, "verify", *_trust(model, layout)]
+    if layout.verify_termination_log:
+        args += ["--termination-log", layout.verify_termination_log]
+    if gates:
+        args += ["--gates", json_arg(to_wire(s.gates), spaced=True)]
+    if digest:
+        args += ["--expect-digest", digest]
+    policy = provenance_policy(s)
+    if policy:  # every verifier enforces it
+        args += ["--provenance-policy", json_arg(policy)]
+    args += ["--artifact", layout.artifact]
+    if layout.artifact_uri:
+        args += ["--uri", layout.artifact_uri]
+        if s.artifacts.region or s.aws.region:
+            args += ["--region", s.artifacts.region or s.aws.region]
+        if s.artifacts.endpoint:
+            args += ["--endpoint", s.artifacts.endpoint]
+        if version_ids:
+            args += ["--version-ids", json_arg(version_ids)]
+    return args
+
+
+def serve(model: HardenedModel, layout: Layout, *, digest: str) -> list[str]:
+    args = [*layout.server, "serve", "--artifact", layout.artifact, *_trust(model, layout), "--expect-digest", digest]
+    if layout.cpu_threads:
+        args += ["--cpu-threads", layout.cpu_threads]
+    return args + _listen(layout, layout.host, layout.model_port, layout.model_metrics_port)
+
+
+def validate_proxy(layout: Layout) -> list[str]:
+    return [*layout.server, "validate-proxy", "--config", layout.serving_config,
+            "--upstream", f"http://{layout.host}:{layout.model_port}",
+            "--model-dir", f"{layout.artifact}/{MODEL_DIR_NAME}",
+            *_listen(layout, layout.host, layout.validation_port, layout.validation_metrics_port)]
+
+
+def ratelimit_proxy(model: HardenedModel, layout: Layout) -> list[str]:
+    s = model.spec.serving
+    args = [*layout.server, "ratelimit-proxy", "--config", layout.serving_config]
+    if s.auth.api_keys:
+        args += ["--api-keys", _need(layout, "api_keys")]
+    if s.auth.jwt:
+        args += ["--jwks", _need(layout, "jwks")]
+    if s.tls:
+        args += ["--tls-cert", _need(layout, "tls_cert"), "--tls-key", _need(layout, "tls_key")]
+        if s.tls.client_ca_secret:
+            args += ["--client-ca", _need(layout, "client_ca")]
+    return args + ["--upstream", f"http://{layout.host}:{layout.validation_port}",
+                   *_listen(layout, layout.public_host, layout.ratelimit_port, layout.ratelimit_metrics_port)]
+
+
+def serving(model: HardenedModel, layout: Layout, *, digest: str) -> dict[str, list[str]]:
+    """The serving chain, in start order: model server, validation sidecar, rate-limit sidecar."""
+    return {"model": serve(model, layout, digest=digest), "validation": validate_proxy(layout),
+            "ratelimit": ratelimit_proxy(model, layout)}
