@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 
-from hardened_model.gates import STATUS_METRICS
 from .manifests import monitoring, objects
 from hardened_model.contracts import training_version
-from hardened_model.signing import SIGNATURE_NAME, generate_key_pem
+from hardened_model.signing import generate_key_pem
 from hardened_model.spec import HardenedModel, SpecError, parse_manifest
-from .status import PHASES, build_status, job_state, pod_problems
+from .status import (PHASES, Cond, JobState, ServingTarget, artifact_status, build_status, current_phase,
+                     is_verified, job_state, last_failure, metrics_status, pod_problems, ready_condition,
+                     serving_condition, serving_status, training_condition, training_status,
+                     verification_conditions)
 
 
 @dataclass
@@ -81,11 +83,6 @@ def _json_or_none(text: str | None):
         return None
 
 
-def _signature_version_id(version_ids: dict[str, str] | None) -> str | None:
-    """status.artifact.versionId: the S3 version of the signature bundle, which pins all the rest."""
-    return next((v for k, v in (version_ids or {}).items() if k.endswith("/" + SIGNATURE_NAME)), None)
-
-
 def _rollout_stuck(dep: dict | None, digest: str | None) -> str | None:
     """The Deployment controller's verdict that the rollout of ``digest`` stopped progressing, if it gave one."""
     if dep is None or digest is None or (dep["metadata"].get("annotations") or {}).get("hardened.dev/digest") != digest:
@@ -96,165 +93,143 @@ def _rollout_stuck(dep: dict | None, digest: str | None) -> str | None:
     return None
 
 
-def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> Decision:
-    spec, n = model.spec, objects.names(model)
-    gen = model.metadata.generation or 0
-    version = training_version(spec)
-    ensure: list[dict] = []
-    events: list[tuple[str, str, str]] = []
+_CREATED_NOW = JobState("running", "Running", "running")
+_WAITING_FOR_TRAINING = JobState("pending", "Pending", "waiting for training")
 
-    if obs.train_job is None:
+
+def job_states(obs: Observed) -> tuple[JobState, JobState]:
+    """The training and verification Jobs' states. A Job this pass creates counts as running, so the next pass,
+    which sees it, reports the same; verification waits for training to succeed."""
+    training = job_state(obs.train_job) if obs.train_job else _CREATED_NOW
+    if training.state != "succeeded":
+        return training, _WAITING_FOR_TRAINING
+    return training, job_state(obs.verify_job) if obs.verify_job else _CREATED_NOW
+
+
+def release(verification: JobState, report: dict, *, warn_mode: bool) -> tuple[bool, bool]:
+    """(the verified version may roll out, it does so past a failed gate). Gates may fail under signing.mode Warn
+    (with a Warning); the signature never may: an unverified artifact has no digest to pin."""
+    if not is_verified(verification, report):
+        return False, False
+    warned = warn_mode and verification.state == "failed" and report.get("gatesPassed") is False
+    return warned or (verification.state == "succeeded" and report.get("gatesPassed") is True), warned
+
+
+def uploaded_version_ids(train_message: dict | None) -> dict[str, str] | None:
+    """The S3 object versions of what the trainer uploaded (s3:// stores): every later download is pinned to them."""
+    return {k: v for k, v in ((train_message or {}).get("versionIds") or {}).items() if v} or None
+
+
+def serving_target(deployment: dict | None, version: str, released: dict | None,
+                   uploaded_ids: dict[str, str] | None) -> ServingTarget | None:
+    """The version to serve: the one just verified (``released``: its verifier's report, None unless it may roll
+    out), else the one the Deployment pins already (a failed or unverified version never replaces it), else None.
+    A released version's object versions are the trainer's report or, its pod gone, what the Deployment already
+    pins for this version."""
+    ann = (deployment or {}).get("metadata", {}).get("annotations") or {}
+    pinned_ids = _json_or_none(ann.get(objects.VERSION_IDS_ANNOTATION))
+    if released is not None:
+        return ServingTarget(released["digest"], version,
+                             uploaded_ids or (pinned_ids if ann.get("hardened.dev/version") == version else None),
+                             released.get("provenance") or None)
+    if deployment is not None and ann.get("hardened.dev/digest"):
+        return ServingTarget(ann["hardened.dev/digest"], ann.get("hardened.dev/version", version), pinned_ids,
+                             _json_or_none(ann.get(objects.PROVENANCE_ANNOTATION)))
+    return None
+
+
+def desired_children(model: HardenedModel, obs: Observed, training: JobState, target: ServingTarget | None,
+                     uploaded_ids: dict[str, str] | None) -> tuple[list[dict], dict | None]:
+    """The children to ensure, in order, and the Deployment among them (None until a version is verified).
+    Each Job is created once, when missing (their names carry the training version); the serving children are
+    ensured on every pass, so drift is put back."""
+    ensure: list[dict] = []
+    if obs.train_job is None:  # the NetworkPolicy first: the Job's pods are fenced in before they start
         ensure += [objects.build_jobs_network_policy(model), objects.build_training_configmap(model),
                    objects.build_training_job(model, colocate=obs.colocate)]
-    # A Job created in this pass counts as running, so the next pass reports the same.
-    t_state, t_reason, t_msg = job_state(obs.train_job) if obs.train_job else ("running", "Running", "running")
-    v_state, v_reason, v_msg = "pending", "Pending", "waiting for training"
-    # S3 object versions of what the trainer uploaded (s3:// stores): every later download is pinned to them
-    uploaded_ids = {k: v for k, v in ((obs.train_message or {}).get("versionIds") or {}).items() if v} or None
-    if t_state == "succeeded":
-        if obs.verify_job is None:
-            ensure.append(objects.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate))
-        v_state, v_reason, v_msg = job_state(obs.verify_job) if obs.verify_job else ("running", "Running", "running")
-    vm = obs.verify_message or {}
-    verified = v_state in ("succeeded", "failed") and vm.get("verified") is True
-    gates_passed = vm.get("gatesPassed") if verified else None
-    rollout = v_state == "succeeded" and verified and gates_passed is True
-    warn_rollout = (spec.signing.mode == "Warn" and v_state == "failed" and verified and gates_passed is False)
-
-    dep = obs.deployment
-    dep_ann = (dep or {}).get("metadata", {}).get("annotations") or {}
-    dep_ids = _json_or_none(dep_ann.get(objects.VERSION_IDS_ANNOTATION))
-    dep_prov = _json_or_none(dep_ann.get(objects.PROVENANCE_ANNOTATION))
-    if rollout or warn_rollout:
-        # the trainer's report, or (its pod gone) what the Deployment already pins for this version
-        target = (vm["digest"], version, uploaded_ids or (dep_ids if dep_ann.get("hardened.dev/version") == version
-                                                          else None), vm.get("provenance") or None)
-    elif dep is not None and dep_ann.get("hardened.dev/digest"):
-        target = (dep_ann["hardened.dev/digest"], dep_ann.get("hardened.dev/version", version), dep_ids, dep_prov)
-    else:
-        target = None
-    desired_dep = None
-    if target:
-        desired_dep = objects.build_deployment(model, digest=target[0], version=target[1], version_ids=target[2],
-                                               colocate=obs.colocate, provenance=target[3])
-        ensure += [objects.build_serving_configmap(model), desired_dep,
-                   objects.build_service(model), objects.build_metrics_service(model),
-                   objects.build_network_policy(model), objects.build_pdb(model)]
-        if obs.monitoring_crds and spec.monitoring.service_monitor:
-            ensure.append(monitoring.build_service_monitor(model))
-        if obs.monitoring_crds and spec.monitoring.prometheus_rule:
-            ensure.append(monitoring.build_prometheus_rule(model))
-    if warn_rollout:
-        events.append(("Warning", "GatesFailedWarnMode", f"serving version {version} although it missed a gate "
-                                                         f"(signing.mode Warn): {vm.get('reason')}"))
-
-    # ---------------------------------------------------------- conditions
-    tm = obs.train_message or {}
-    train_cond = {"running": ("Unknown", "Training", f"training Job {n.train} is running"),
-                  "succeeded": ("True", "Succeeded", f"training Job {n.train} completed"),
-                  "failed": ("False", "TrainingFailed" if t_reason in ("Failed", "BackoffLimitExceeded") else t_reason,
-                             f"training Job {n.train} failed ({t_reason}): {tm.get('message') or t_msg}")}[t_state]
-    if v_state in ("pending", "running"):
-        sig_cond = gate_cond = ("Unknown", "Pending", "waiting for the verification Job")
-    elif verified:
-        sig_cond = ("True", "Verified", f"signed by {vm.get('signer')}; digest {vm.get('digest')}")
-        gate_cond = ("True", "Passed", "; ".join(vm.get("gates") or []) or "no gates configured") if gates_passed \
-            else ("False", "GatesFailed", vm.get("reason") or "a gate failed")
-    else:
-        sig_cond = ("False", "VerificationFailed", vm.get("reason") or f"verification Job failed: {v_msg}")
-        gate_cond = ("Unknown", "NotChecked", "signature did not verify")
-    serving_digest = target[0] if target else None
-    ready_dep, ready_replicas = rollout_complete(dep, desired_dep, spec.serving.replicas)
-    serving_current = target is not None and target[1] == version
-    problems = pod_problems(obs.serving_pods) if target and not ready_dep else []
-    keeps = f"; {ready_replicas} ready pod(s) of the previous rollout keep serving" if ready_replicas else ""
+    if training.state == "succeeded" and obs.verify_job is None:
+        ensure.append(objects.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate))
     if target is None:
-        serve_cond = ("False", "NotDeployed", "no verified version yet")
-    elif ready_dep:
-        serve_cond = ("True", "Ready", f"{ready_replicas}/{spec.serving.replicas} replicas serving version "
-                                       f"{target[1]} (digest {target[0][:16]})")
-    elif problems:
-        serve_cond = ("False", problems[0][0], f"{ready_replicas}/{spec.serving.replicas} replicas ready; "
-                                               f"{problems[0][1]}" + keeps)
-    else:
-        serve_cond = ("False", "RollingOut", f"{ready_replicas}/{spec.serving.replicas} replicas ready")
-    prev_serving = next((c for c in (previous or {}).get("conditions") or [] if c.get("type") == "ServingReady"), {})
-    if problems and prev_serving.get("reason") != serve_cond[1]:
-        events.append(("Warning", serve_cond[1], serve_cond[2]))
+        return ensure, None
+    deployment = objects.build_deployment(model, digest=target.digest, version=target.version,
+                                          version_ids=target.version_ids, colocate=obs.colocate,
+                                          provenance=target.provenance)
+    ensure += [objects.build_serving_configmap(model), deployment,
+               objects.build_service(model), objects.build_metrics_service(model),
+               objects.build_network_policy(model), objects.build_pdb(model)]
+    if obs.monitoring_crds and model.spec.monitoring.service_monitor:
+        ensure.append(monitoring.build_service_monitor(model))
+    if obs.monitoring_crds and model.spec.monitoring.prometheus_rule:
+        ensure.append(monitoring.build_prometheus_rule(model))
+    return ensure, deployment
 
-    stuck = _rollout_stuck(dep, serving_digest) if not ready_dep else None
-    failed_stage = None
-    if problems and problems[0][0] == "ArtifactRefused":
-        # The new pods' init container refuses the bytes it would load (changed after verification, or signed by
-        # someone else): waiting cannot help. The rollout budget keeps the previous pods serving meanwhile.
-        failed_stage, phase, why = "rollout", "Failed", serve_cond
-    elif stuck:
-        # The new pods never became ready before the Deployment's progress deadline: the init container
-        # refused the artifact (changed after verification) or the server crashed. The rollout budget keeps the
-        # previous pods serving; the operator says so and does not retry a version that cannot start.
-        failed_stage, phase = "rollout", "Failed"
-        why = ("False", "RolloutStuck", f"Deployment {n.serving} did not progress ({stuck}); the pods of the "
-                                        "previous version keep serving; kubectl describe pods shows why the new "
-                                        "ones do not start")
-    elif t_state == "failed":
-        failed_stage, phase, why = "training", "Failed", train_cond
-    elif v_state in ("succeeded", "failed") and not (rollout or warn_rollout):
-        failed_stage, phase = "verification", "Failed"
-        why = sig_cond if sig_cond[0] == "False" else gate_cond
-    elif t_state == "running":
-        phase, why = "Training", train_cond
-    elif v_state in ("pending", "running"):
-        phase, why = "Verifying", sig_cond
-    elif not ready_dep:
-        phase, why = "RollingOut", serve_cond
-    else:
-        phase, why = "Serving", serve_cond
-    if failed_stage and target is not None and not serving_current:
-        why = (why[0], why[1], why[2] + f"; version {target[1]} keeps serving")
-    ready = ("True", "Ready", serve_cond[2]) if ready_dep and serving_current else ("False", why[1], why[2])
-    if warn_rollout and ready[0] == "True":
-        ready = ("True", "ReadyWithWarnings", f"{serve_cond[2]}; gates failed (signing.mode Warn)")
 
-    prev_fail = (previous or {}).get("lastFailure") or {}
-    last_failure = None
-    if failed_stage:
-        last_failure = {"stage": failed_stage, "reason": why[1], "message": why[2],
-                        "time": prev_fail.get("time") if prev_fail.get("reason") == why[1]
-                        and prev_fail.get("stage") == failed_stage else now}
-    elif prev_fail and not (phase == "Serving" and serving_current):
-        last_failure = prev_fail  # kept until a later version succeeds
-    # rounded for display (`kubectl get hm` prints status as stored); the signed metrics.json keeps every digit
-    metrics = {k: round(vm["metrics"][k], 4) for k in STATUS_METRICS
-               if vm.get("metrics", {}).get(k) is not None} if verified and vm.get("metrics") else None
-    uri, _ = objects.version_location(model)
+def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> Decision:
+    """One pass's children, status and Events, from what it observed (pure, the clock injected: a test
+    replays any world, a restarted operator reaches the same answer).
+
+    The steps: where the Jobs stand; whether the verified version may roll out; the version to serve (the
+    one just released, else the one the Deployment pins); the children that takes; the conditions, phase
+    and last failure, computed in status.py from the observed state alone; the Events for what changed
+    since ``previous``.
+    """
+    spec, n, previous = model.spec, objects.names(model), previous or {}
+    version = training_version(spec)
+    training, verification = job_states(obs)
+    report = obs.verify_message or {}
+    released, warned = release(verification, report, warn_mode=spec.signing.mode == "Warn")
+    verified_report = report if is_verified(verification, report) else None
+    uploaded_ids = uploaded_version_ids(obs.train_message)
+    target = serving_target(obs.deployment, version, report if released else None, uploaded_ids)
+    ensure, desired_dep = desired_children(model, obs, training, target, uploaded_ids)
+    complete, ready_replicas = rollout_complete(obs.deployment, desired_dep, spec.serving.replicas)
+    problems = pod_problems(obs.serving_pods) if target and not complete else []
+    current = target is not None and target.version == version
+
+    conditions = {"TrainingSucceeded": training_condition(training, job_name=n.train, report=obs.train_message)}
+    conditions["SignatureVerified"], conditions["GatesPassed"] = verification_conditions(verification, report)
+    conditions["ServingReady"] = serving_condition(target, complete=complete, ready_replicas=ready_replicas,
+                                                   replicas=spec.serving.replicas, problems=problems)
+    phase, failed, why = current_phase(
+        conditions, training=training, verification=verification, released=released, complete=complete,
+        stuck=None if complete or target is None else _rollout_stuck(obs.deployment, target.digest),
+        deployment=n.serving, kept_version=target.version if target and not current else None)
+    conditions["Ready"] = ready_condition(why, serving=conditions["ServingReady"], rolled_out=complete and current,
+                                          warned=warned)
+    prev_fail = previous.get("lastFailure") or {}
     status = build_status(
-        previous, generation=gen, phase=phase, now=now,
-        conditions={"TrainingSucceeded": train_cond, "SignatureVerified": sig_cond, "GatesPassed": gate_cond,
-                    "ServingReady": serve_cond, "Ready": ready},
-        training={"jobName": n.train, "configDigest": version,
-                  "startTime": ((obs.train_job or {}).get("status") or {}).get("startTime"),
-                  "completionTime": ((obs.train_job or {}).get("status") or {}).get("completionTime"),
-                  "imageID": obs.train_image_id, "dataDigest": tm.get("dataDigest")},
-        metrics=metrics or None,
-        artifact={k: v for k, v in {"uri": uri, "digest": vm.get("digest") if verified else None,
-                                    "signer": vm.get("signer") if verified else None,
-                                    "versionId": _signature_version_id(uploaded_ids) if verified else None,
-                                    **((vm.get("provenance") or {}) if verified else {})}.items()
-                  if v},
-        serving={k: v for k, v in {"url": f"{'https' if model.spec.serving.tls else 'http'}://"
-                                          f"{model.metadata.name}.{model.metadata.namespace}.svc",
-                                   "readyReplicas": ready_replicas, "servedDigest": serving_digest,
-                                   "dataDigest": (target[3] or {}).get("dataDigest"),
-                                   "trainerImageDigest": (target[3] or {}).get("trainerImageDigest")
-                                   or (target[3] or {}).get("trainerImage")}.items()
-                 if v is not None} if target else None,
-        lastFailure=last_failure)
-    if phase != (previous or {}).get("phase"):
-        kind = "Warning" if phase == "Failed" else "Normal"
-        events.append((kind, phase, why[2]))
-    newly_failed = failed_stage if failed_stage and (prev_fail.get("stage"), prev_fail.get("reason")) != (
-        failed_stage, why[1]) else None
+        previous, generation=model.metadata.generation or 0, phase=phase, now=now, conditions=conditions,
+        training=training_status(obs.train_job, job_name=n.train, config_digest=version,
+                                 image_id=obs.train_image_id, report=obs.train_message),
+        metrics=metrics_status(verified_report),
+        artifact=artifact_status(objects.version_location(model)[0], verified_report, version_ids=uploaded_ids),
+        serving=serving_status(target, url=_service_url(model), ready_replicas=ready_replicas),
+        lastFailure=last_failure(prev_fail, failed, why, settled=phase == "Serving" and current, now=now))
+    events = _events(previous, warned=warned, version=version, report=report, problems=bool(problems),
+                     serving=conditions["ServingReady"], phase=phase, why=why)
+    newly_failed = failed if failed and (prev_fail.get("stage"), prev_fail.get("reason")) != (failed, why.reason) \
+        else None
     return Decision(ensure=ensure, status=status, events=events, failure=newly_failed)
+
+
+def _service_url(model: HardenedModel) -> str:
+    return f"{'https' if model.spec.serving.tls else 'http'}://{model.metadata.name}.{model.metadata.namespace}.svc"
+
+
+def _events(previous: dict, *, warned: bool, version: str, report: dict, problems: bool, serving: Cond, phase: str,
+            why: Cond) -> list[tuple[str, str, str]]:
+    """The Events of a pass: each pass that serves past a failed gate; a pod problem, and the phase, when they
+    change (not every pass that sees them)."""
+    events = []
+    if warned:
+        events.append(("Warning", "GatesFailedWarnMode", f"serving version {version} although it missed a gate "
+                                                         f"(signing.mode Warn): {report.get('reason')}"))
+    prev_serving = next((c for c in previous.get("conditions") or [] if c.get("type") == "ServingReady"), {})
+    if problems and prev_serving.get("reason") != serving.reason:
+        events.append(("Warning", serving.reason, serving.message))
+    if phase != previous.get("phase"):
+        events.append(("Warning" if phase == "Failed" else "Normal", phase, why.message))
+    return events
 
 
 # -------------------------------------------------------------------- I/O

@@ -6,10 +6,14 @@ and Argo CD health checks work; every condition and the status itself carry
 """
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from hardened_model.gates import STATUS_METRICS
+from hardened_model.signing import SIGNATURE_NAME
 
 PHASES = ("Pending", "Training", "Verifying", "RollingOut", "Serving", "Failed")
 CONDITION_TYPES = ("TrainingSucceeded", "GatesPassed", "SignatureVerified", "ServingReady", "Ready")
@@ -105,6 +109,34 @@ class HardenedModelStatus(_Status):
 
 
 # ----------------------------------------------------------- computation
+class Cond(NamedTuple):
+    """A condition as decided; build_status adds lastTransitionTime and observedGeneration."""
+
+    status: str
+    reason: str
+    message: str
+
+
+class JobState(NamedTuple):
+    """Where a Job stands: ``state`` is pending | running | succeeded | failed; reason and message are its own."""
+
+    state: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    """The version the Deployment is to serve and what its pods pin: the digest they verify before loading, the
+    S3 object versions they download (s3:// stores), the signed provenance summary. It is carried in the
+    Deployment's annotations, so a later pass knows what is served after the Jobs and their messages are gone."""
+
+    digest: str
+    version: str
+    version_ids: dict[str, str] | None = None
+    provenance: dict | None = None
+
+
 def condition(previous: list[dict], type_: str, status: str, reason: str, message: str, *, generation: int,
               now: str) -> dict:
     """A condition; ``lastTransitionTime`` moves only when ``status`` changes (metav1.Condition semantics)."""
@@ -134,20 +166,20 @@ def build_status(previous: dict, *, generation: int, phase: str, conditions: dic
     return out
 
 
-def job_state(job: dict | None) -> tuple[str, str, str]:
+def job_state(job: dict | None) -> JobState:
     """(state, reason, message) of a Job: pending | running | succeeded | failed."""
     if job is None:
-        return "pending", "NotCreated", "not created yet"
+        return JobState("pending", "NotCreated", "not created yet")
     for c in (job.get("status") or {}).get("conditions") or []:
         if c.get("status") != "True":
             continue
         if c.get("type") in ("Complete", "SuccessCriteriaMet"):
-            return "succeeded", "Completed", c.get("message") or "completed"
+            return JobState("succeeded", "Completed", c.get("message") or "completed")
         if c.get("type") in ("Failed", "FailureTarget"):
-            return "failed", c.get("reason") or "Failed", c.get("message") or "failed"
+            return JobState("failed", c.get("reason") or "Failed", c.get("message") or "failed")
     if (job.get("status") or {}).get("succeeded"):
-        return "succeeded", "Completed", "completed"
-    return "running", "Running", "running"
+        return JobState("succeeded", "Completed", "completed")
+    return JobState("running", "Running", "running")
 
 
 def _terminated(cs: dict) -> dict:
@@ -201,3 +233,155 @@ def pod_problems(pods: list[dict]) -> list[tuple[str, str]]:
                                                      f"(exit code {term.get('exitCode')}): {_refusal(term)}"))
     found.sort(key=lambda f: f[0])
     return [(reason, message) for _, reason, message in found]
+
+
+# ------------------------------------------- one pass: conditions, phase, fields
+def is_verified(verification: JobState, report: dict) -> bool:
+    """The verifier's word on the signature counts once its Job finished; a failed Job may still have verified
+    the signature (and failed a gate)."""
+    return verification.state in ("succeeded", "failed") and report.get("verified") is True
+
+
+def training_condition(training: JobState, *, job_name: str, report: dict | None) -> Cond:
+    """TrainingSucceeded. A failed trainer's termination message (``report``) says why, where the Job only
+    says that its pod failed."""
+    if training.state == "succeeded":
+        return Cond("True", "Succeeded", f"training Job {job_name} completed")
+    if training.state == "failed":
+        reason = "TrainingFailed" if training.reason in ("Failed", "BackoffLimitExceeded") else training.reason
+        return Cond("False", reason, f"training Job {job_name} failed ({training.reason}): "
+                                     f"{(report or {}).get('message') or training.message}")
+    return Cond("Unknown", "Training", f"training Job {job_name} is running")
+
+
+def verification_conditions(verification: JobState, report: dict) -> tuple[Cond, Cond]:
+    """SignatureVerified and GatesPassed. Gates are judged on a verified artifact only: metrics in bytes that
+    nobody vouches for prove nothing."""
+    if verification.state in ("pending", "running"):
+        waiting = Cond("Unknown", "Pending", "waiting for the verification Job")
+        return waiting, waiting
+    if is_verified(verification, report):
+        signature = Cond("True", "Verified", f"signed by {report.get('signer')}; digest {report.get('digest')}")
+        if report.get("gatesPassed"):
+            return signature, Cond("True", "Passed", "; ".join(report.get("gates") or []) or "no gates configured")
+        return signature, Cond("False", "GatesFailed", report.get("reason") or "a gate failed")
+    return (Cond("False", "VerificationFailed",
+                 report.get("reason") or f"verification Job failed: {verification.message}"),
+            Cond("Unknown", "NotChecked", "signature did not verify"))
+
+
+def serving_condition(target: ServingTarget | None, *, complete: bool, ready_replicas: int, replicas: int,
+                      problems: list[tuple[str, str]]) -> Cond:
+    """ServingReady for the target version. An incomplete rollout names its worst pod problem (pod_problems):
+    the Deployment only counts pods (issue 14), and the previous rollout's pods may still serve meanwhile."""
+    if target is None:
+        return Cond("False", "NotDeployed", "no verified version yet")
+    if complete:
+        return Cond("True", "Ready", f"{ready_replicas}/{replicas} replicas serving version {target.version} "
+                                     f"(digest {target.digest[:16]})")
+    if problems:
+        keeps = f"; {ready_replicas} ready pod(s) of the previous rollout keep serving" if ready_replicas else ""
+        return Cond("False", problems[0][0], f"{ready_replicas}/{replicas} replicas ready; {problems[0][1]}" + keeps)
+    return Cond("False", "RollingOut", f"{ready_replicas}/{replicas} replicas ready")
+
+
+def current_phase(conditions: dict[str, Cond], *, training: JobState, verification: JobState, released: bool,
+                  complete: bool, stuck: str | None, deployment: str,
+                  kept_version: str | None) -> tuple[str, str | None, Cond]:
+    """(phase, the stage that failed or None, the condition that explains the phase: Ready's reason and message).
+
+    A failure outranks work in progress, and a failed rollout every other failure: a version that cannot start
+    needs the user even while the next version trains. ``released``: the verified version may roll out (gates
+    passed, or failed under signing.mode Warn). ``stuck``: the Deployment controller's verdict on the target's
+    rollout. ``kept_version``: the version that keeps serving when it is not the spec's, said on a failure.
+    """
+    serving = conditions["ServingReady"]
+    if serving.reason == "ArtifactRefused":
+        # The new pods' init container refuses the bytes it would load (changed after verification, or signed by
+        # someone else): waiting cannot help. The rollout budget keeps the previous pods serving meanwhile.
+        failed, phase, why = "rollout", "Failed", serving
+    elif stuck:
+        # The new pods never became ready before the Deployment's progress deadline: the init container
+        # refused the artifact (changed after verification) or the server crashed. The rollout budget keeps the
+        # previous pods serving; the operator says so and does not retry a version that cannot start.
+        failed, phase = "rollout", "Failed"
+        why = Cond("False", "RolloutStuck", f"Deployment {deployment} did not progress ({stuck}); the pods of the "
+                                            "previous version keep serving; kubectl describe pods shows why the new "
+                                            "ones do not start")
+    elif training.state == "failed":
+        failed, phase, why = "training", "Failed", conditions["TrainingSucceeded"]
+    elif verification.state in ("succeeded", "failed") and not released:
+        failed, phase = "verification", "Failed"
+        signature = conditions["SignatureVerified"]
+        why = signature if signature.status == "False" else conditions["GatesPassed"]
+    elif training.state == "running":
+        failed, phase, why = None, "Training", conditions["TrainingSucceeded"]
+    elif verification.state in ("pending", "running"):
+        failed, phase, why = None, "Verifying", conditions["SignatureVerified"]
+    else:
+        failed, phase, why = None, "Serving" if complete else "RollingOut", serving
+    if failed and kept_version is not None:
+        why = Cond(why.status, why.reason, why.message + f"; version {kept_version} keeps serving")
+    return phase, failed, why
+
+
+def ready_condition(why: Cond, *, serving: Cond, rolled_out: bool, warned: bool) -> Cond:
+    """Ready: True once the spec's own version is rolled out completely (``rolled_out``; an older version serving
+    is not this spec ready), else the phase's cause. A version served past a failed gate (signing.mode Warn,
+    ``warned``) says so."""
+    if not rolled_out:
+        return Cond("False", why.reason, why.message)
+    if warned:
+        return Cond("True", "ReadyWithWarnings", f"{serving.message}; gates failed (signing.mode Warn)")
+    return Cond("True", "Ready", serving.message)
+
+
+def last_failure(previous: dict, failed: str | None, why: Cond, *, settled: bool, now: str) -> dict | None:
+    """status.lastFailure: this pass's failure, timed when it first appeared (the same stage and reason keep
+    their time), else the previous one until ``settled`` (the spec's own version serves): the failure stays on
+    record while an older version serves in its place or the next one is on its way."""
+    if failed:
+        same = previous.get("reason") == why.reason and previous.get("stage") == failed
+        return {"stage": failed, "reason": why.reason, "message": why.message,
+                "time": previous.get("time") if same else now}
+    return None if settled else previous or None
+
+
+def training_status(job: dict | None, *, job_name: str, config_digest: str, image_id: str | None,
+                    report: dict | None) -> dict:
+    """status.training, from the Job and the trainer's termination message (``report``)."""
+    times = (job or {}).get("status") or {}
+    return {"jobName": job_name, "configDigest": config_digest, "startTime": times.get("startTime"),
+            "completionTime": times.get("completionTime"), "imageID": image_id,
+            "dataDigest": (report or {}).get("dataDigest")}
+
+
+def metrics_status(report: dict | None) -> dict | None:
+    """status.metrics from the verified report (None before one), rounded for display (`kubectl get hm` prints
+    status as stored); the signed metrics.json keeps every digit."""
+    figures = (report or {}).get("metrics")
+    if not figures:
+        return None
+    return {k: round(figures[k], 4) for k in STATUS_METRICS if figures.get(k) is not None} or None
+
+
+def artifact_status(uri: str, report: dict | None, *, version_ids: dict[str, str] | None) -> dict:
+    """status.artifact: where the version lies and, once verified (``report``, else None), what vouches for it.
+    versionId is the S3 version of the signature bundle, which pins all the rest."""
+    if report is None:
+        return {"uri": uri} if uri else {}
+    version_id = next((v for k, v in (version_ids or {}).items() if k.endswith("/" + SIGNATURE_NAME)), None)
+    return {k: v for k, v in {"uri": uri, "digest": report.get("digest"), "signer": report.get("signer"),
+                              "versionId": version_id, **(report.get("provenance") or {})}.items() if v}
+
+
+def serving_status(target: ServingTarget | None, *, url: str, ready_replicas: int) -> dict | None:
+    """status.serving: what the Deployment serves, from the target (its provenance is the signed summary the
+    Deployment's annotation carries, so it outlives the Jobs)."""
+    if target is None:
+        return None
+    prov = target.provenance or {}
+    return {k: v for k, v in {"url": url, "readyReplicas": ready_replicas, "servedDigest": target.digest,
+                              "dataDigest": prov.get("dataDigest"),
+                              "trainerImageDigest": prov.get("trainerImageDigest") or prov.get("trainerImage")
+                              }.items() if v is not None}

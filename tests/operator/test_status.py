@@ -1,0 +1,199 @@
+"""status.py: each condition, the phase and the status fields from a small observed state, without decide()."""
+from hardened_operator.status import (Cond, JobState, ServingTarget, artifact_status, current_phase, job_state,
+                                      last_failure, metrics_status, ready_condition, serving_condition,
+                                      serving_status, training_condition, verification_conditions)
+
+DIGEST = "ab" * 32
+NOW, LATER = "2026-11-22T05:00:00Z", "2026-11-22T06:00:00Z"
+RUNNING = JobState("running", "Running", "running")
+SUCCEEDED = JobState("succeeded", "Completed", "completed")
+FAILED = JobState("failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+PENDING = JobState("pending", "Pending", "waiting for training")
+VERIFIED = {"verified": True, "digest": DIGEST, "signer": "ci@acme.test", "gatesPassed": True,
+            "gates": ["minCleanAccuracy 0.95 >= 0.9", "maxEpsilon 7.9 <= 8"]}
+
+
+def test_job_state_counts_the_early_terminal_conditions():
+    """The Job controller may set SuccessCriteriaMet / FailureTarget before the terminal Complete / Failed."""
+    assert job_state({"status": {"conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]}}).state == \
+        "succeeded"
+    failing = job_state({"status": {"conditions": [{"type": "FailureTarget", "status": "True",
+                                                    "reason": "DeadlineExceeded", "message": "too slow"}]}})
+    assert failing == JobState("failed", "DeadlineExceeded", "too slow")
+    assert job_state({"status": {"conditions": [{"type": "Failed", "status": "False"}]}}).state == "running"
+
+
+class TestTrainingCondition:
+    def test_running_and_succeeded(self):
+        assert training_condition(RUNNING, job_name="m-train-v1", report=None) == (
+            "Unknown", "Training", "training Job m-train-v1 is running")
+        assert training_condition(SUCCEEDED, job_name="m-train-v1", report=None) == (
+            "True", "Succeeded", "training Job m-train-v1 completed")
+
+    def test_a_failure_quotes_the_trainers_message_over_the_jobs(self):
+        cond = training_condition(FAILED, job_name="m-train-v1", report={"message": "CUDA out of memory"})
+        assert cond == ("False", "TrainingFailed", "training Job m-train-v1 failed (BackoffLimitExceeded): "
+                                                   "CUDA out of memory")
+        assert training_condition(FAILED, job_name="j", report=None).message.endswith("specified backoff limit")
+
+    def test_a_deadline_keeps_the_jobs_own_reason(self):
+        cond = training_condition(JobState("failed", "DeadlineExceeded", "active too long"), job_name="j", report={})
+        assert cond.reason == "DeadlineExceeded" and cond.message == "training Job j failed (DeadlineExceeded): " \
+                                                                     "active too long"
+
+
+class TestVerificationConditions:
+    def test_both_wait_while_the_job_has_not_finished(self):
+        for state in (PENDING, RUNNING):
+            assert verification_conditions(state, VERIFIED) == (("Unknown", "Pending",
+                                                                 "waiting for the verification Job"),) * 2
+
+    def test_verified_with_gates_passed(self):
+        signature, gates = verification_conditions(SUCCEEDED, VERIFIED)
+        assert signature == ("True", "Verified", f"signed by ci@acme.test; digest {DIGEST}")
+        assert gates == ("True", "Passed", "minCleanAccuracy 0.95 >= 0.9; maxEpsilon 7.9 <= 8")
+        assert verification_conditions(SUCCEEDED, {**VERIFIED, "gates": []})[1].message == "no gates configured"
+
+    def test_a_failed_job_that_verified_the_signature_failed_a_gate(self):
+        signature, gates = verification_conditions(FAILED, {**VERIFIED, "gatesPassed": False,
+                                                            "reason": "gates failed: minRobustAccuracy"})
+        assert signature.status == "True"
+        assert gates == ("False", "GatesFailed", "gates failed: minRobustAccuracy")
+
+    def test_gates_are_not_judged_on_an_unverified_artifact(self):
+        signature, gates = verification_conditions(FAILED, {"verified": False, "reason": "Key mismatch",
+                                                            "gatesPassed": True})
+        assert signature == ("False", "VerificationFailed", "Key mismatch")
+        assert gates == ("Unknown", "NotChecked", "signature did not verify")
+        # the verifier crashed before it wrote a report: the Job's message
+        assert verification_conditions(FAILED, {})[0].message == "verification Job failed: " + FAILED.message
+
+
+class TestServingCondition:
+    TARGET = ServingTarget(DIGEST, "v1")
+
+    def test_nothing_verified_yet(self):
+        assert serving_condition(None, complete=False, ready_replicas=0, replicas=2, problems=[]) == (
+            "False", "NotDeployed", "no verified version yet")
+
+    def test_complete_names_the_version_and_the_digest_prefix(self):
+        assert serving_condition(self.TARGET, complete=True, ready_replicas=2, replicas=2, problems=[]) == (
+            "True", "Ready", "2/2 replicas serving version v1 (digest abababababababab)")
+
+    def test_the_worst_pod_problem_names_the_cause_and_the_old_pods_that_keep_serving(self):
+        problems = [("ArtifactRefused", "pod new: refused"), ("Unschedulable", "pod other: no cpu")]
+        assert serving_condition(self.TARGET, complete=False, ready_replicas=1, replicas=2, problems=problems) == (
+            "False", "ArtifactRefused", "1/2 replicas ready; pod new: refused; 1 ready pod(s) of the previous "
+                                        "rollout keep serving")
+        assert serving_condition(self.TARGET, complete=False, ready_replicas=0, replicas=2,
+                                 problems=problems).message == "0/2 replicas ready; pod new: refused"
+
+    def test_rolling_out_without_a_problem(self):
+        assert serving_condition(self.TARGET, complete=False, ready_replicas=1, replicas=2, problems=[]) == (
+            "False", "RollingOut", "1/2 replicas ready")
+
+
+def conditions(serving=Cond("False", "RollingOut", "0/1 replicas ready"), **others) -> dict[str, Cond]:
+    return {"TrainingSucceeded": others.get("training", Cond("True", "Succeeded", "training Job j completed")),
+            "SignatureVerified": others.get("signature", Cond("True", "Verified", "signed by s")),
+            "GatesPassed": others.get("gates", Cond("True", "Passed", "all gates passed")),
+            "ServingReady": serving}
+
+
+def phase(conds=None, **kw):
+    args = {"training": SUCCEEDED, "verification": SUCCEEDED, "released": True, "complete": False, "stuck": None,
+            "deployment": "m", "kept_version": None, **kw}
+    return current_phase(conds or conditions(), **args)
+
+
+class TestCurrentPhase:
+    def test_the_stage_in_progress(self):
+        training = Cond("Unknown", "Training", "training Job j is running")
+        assert phase(conditions(training=training), training=RUNNING, verification=PENDING) == (
+            "Training", None, training)
+        pending = Cond("Unknown", "Pending", "waiting for the verification Job")
+        assert phase(conditions(signature=pending, gates=pending), verification=RUNNING, released=False) == (
+            "Verifying", None, pending)
+        assert phase()[:2] == ("RollingOut", None)
+        serving = Cond("True", "Ready", "1/1 replicas serving version v1 (digest abab)")
+        assert phase(conditions(serving), complete=True) == ("Serving", None, serving)
+
+    def test_a_refused_artifact_fails_the_rollout_even_while_the_next_version_trains(self):
+        refused = Cond("False", "ArtifactRefused", "1/2 replicas ready; pod new: refused")
+        assert phase(conditions(refused), training=RUNNING, verification=PENDING) == ("Failed", "rollout", refused)
+
+    def test_a_stuck_rollout_says_the_previous_pods_keep_serving(self):
+        name, stage, why = phase(stuck="ProgressDeadlineExceeded: timed out")
+        assert (name, stage, why.reason) == ("Failed", "rollout", "RolloutStuck")
+        assert why.message == ("Deployment m did not progress (ProgressDeadlineExceeded: timed out); the pods of "
+                               "the previous version keep serving; kubectl describe pods shows why the new ones do "
+                               "not start")
+
+    def test_a_failure_says_which_older_version_keeps_serving(self):
+        failed = Cond("False", "TrainingFailed", "training Job j failed (BackoffLimitExceeded): OOM")
+        name, stage, why = phase(conditions(training=failed), training=FAILED, verification=PENDING,
+                                 kept_version="v0")
+        assert (name, stage) == ("Failed", "training")
+        assert why == ("False", "TrainingFailed", failed.message + "; version v0 keeps serving")
+
+    def test_a_verification_failure_is_explained_by_the_signature_first_then_the_gates(self):
+        bad = Cond("False", "VerificationFailed", "Key mismatch")
+        not_checked = Cond("Unknown", "NotChecked", "signature did not verify")
+        assert phase(conditions(signature=bad, gates=not_checked), verification=FAILED, released=False) == (
+            "Failed", "verification", bad)
+        gates = Cond("False", "GatesFailed", "gates failed: minRobustAccuracy")
+        assert phase(conditions(gates=gates), verification=FAILED, released=False) == ("Failed", "verification",
+                                                                                        gates)
+        # signing.mode Warn released it past the gate: not a failure, it rolls out
+        assert phase(conditions(gates=gates), verification=FAILED, released=True)[:2] == ("RollingOut", None)
+
+
+class TestReadyCondition:
+    SERVING = Cond("True", "Ready", "1/1 replicas serving version v1 (digest abab)")
+
+    def test_ready_only_once_the_specs_version_is_rolled_out(self):
+        why = Cond("Unknown", "Training", "training Job j is running")
+        assert ready_condition(why, serving=self.SERVING, rolled_out=False, warned=False) == (
+            "False", "Training", "training Job j is running")  # an older version serving is not this spec ready
+        assert ready_condition(self.SERVING, serving=self.SERVING, rolled_out=True, warned=False) == self.SERVING
+
+    def test_served_past_a_failed_gate_it_says_so(self):
+        assert ready_condition(self.SERVING, serving=self.SERVING, rolled_out=True, warned=True) == (
+            "True", "ReadyWithWarnings", self.SERVING.message + "; gates failed (signing.mode Warn)")
+
+
+class TestLastFailure:
+    WHY = Cond("False", "TrainingFailed", "OOM")
+
+    def test_a_failure_keeps_the_time_it_first_appeared(self):
+        first = last_failure({}, "training", self.WHY, settled=False, now=NOW)
+        assert first == {"stage": "training", "reason": "TrainingFailed", "message": "OOM", "time": NOW}
+        assert last_failure(first, "training", self.WHY, settled=False, now=LATER)["time"] == NOW
+        assert last_failure(first, "verification", self.WHY, settled=False, now=LATER)["time"] == LATER
+
+    def test_it_stays_until_the_specs_version_serves(self):
+        first = last_failure({}, "training", self.WHY, settled=False, now=NOW)
+        assert last_failure(first, None, self.WHY, settled=False, now=LATER) == first
+        assert last_failure(first, None, self.WHY, settled=True, now=LATER) is None
+        assert last_failure({}, None, self.WHY, settled=False, now=LATER) is None
+
+
+class TestStatusFields:
+    def test_artifact_says_what_vouches_for_it_once_verified(self):
+        ids = {"m/v1/model.sig": "sigV1", "m/v1/model/model.safetensors": "wV1"}
+        assert artifact_status("s3://b/m/v1", None, version_ids=ids) == {"uri": "s3://b/m/v1"}
+        report = {**VERIFIED, "provenance": {"dataDigest": "d" * 64}}
+        assert artifact_status("s3://b/m/v1", report, version_ids=ids) == {
+            "uri": "s3://b/m/v1", "digest": DIGEST, "signer": "ci@acme.test", "versionId": "sigV1",
+            "dataDigest": "d" * 64}
+
+    def test_metrics_are_rounded_and_absent_before_a_verified_report(self):
+        assert metrics_status(None) is None and metrics_status({**VERIFIED, "metrics": {}}) is None
+        assert metrics_status({"metrics": {"epsilon": 7.996902055510751, "unknown": 1.0}}) == {"epsilon": 7.9969}
+
+    def test_serving_falls_back_to_the_trainer_image_given_by_tag(self):
+        target = ServingTarget(DIGEST, "v1", provenance={"trainerImage": "ghcr.io/x/trainer:1.0"})
+        assert serving_status(target, url="http://m.ns.svc", ready_replicas=0) == {
+            "url": "http://m.ns.svc", "readyReplicas": 0, "servedDigest": DIGEST,
+            "trainerImageDigest": "ghcr.io/x/trainer:1.0"}
+        assert serving_status(None, url="http://m.ns.svc", ready_replicas=0) is None
