@@ -27,7 +27,7 @@ import os
 import re
 import time
 
-from .common import Unauthorized
+from .errors import Unauthorized
 
 CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,62}$")
 

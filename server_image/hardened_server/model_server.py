@@ -27,8 +27,9 @@ from aiohttp import web
 
 from hardened_model.signing import TrustPolicy, verify_model
 
-from .common import ModelNotReady, NotFound, Timer, error_middleware, log_fields
-from .metrics import METRICS
+from .errors import ModelNotReady, NotFound, error_middleware
+from .logs import log_fields
+from .metrics import METRICS, Timer
 from .protocol import dumps, parse_infer_request
 
 LOADED_FILES = ("model.json", "model.safetensors")
@@ -268,7 +269,8 @@ def build_app(model: LoadedModel, *, logger: logging.Logger, max_batch: int = 64
 
 
 async def run(args) -> int:
-    from .common import serve, setup_logging
+    from .lifecycle import serve
+    from .logs import setup_logging
 
     logger = setup_logging("hardened.model_server", args.log_level)
     import torch

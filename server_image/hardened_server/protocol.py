@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from .common import InvalidInput
+from .errors import InvalidInput
 
 DATATYPES = {"FP32": np.float32, "FP64": np.float64}
 _ALLOWED_REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}

@@ -18,7 +18,7 @@ import urllib.parse
 import httptools
 from aiohttp import web
 
-from .common import UpstreamError
+from .errors import UpstreamError
 
 # Hop-by-hop and credential headers never travel upstream.
 _DROP = {"host", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",

@@ -26,10 +26,13 @@ import time
 
 from aiohttp import web
 
+from hardened_model.contracts import ServingConfig
+
 from .auth import ApiKeys, ClientAddress, JwtVerifier, Principal, looks_like_jwt
-from .common import (BODY_TIMEOUT_SECONDS, LimiterUnavailable, ServingConfig, Timer, TooManyRequests,
-                     Unauthorized, error_middleware, log_fields, read_body)
-from .metrics import METRICS
+from .body import BODY_TIMEOUT_SECONDS, read_body
+from .errors import LimiterUnavailable, TooManyRequests, Unauthorized, error_middleware
+from .logs import log_fields
+from .metrics import METRICS, Timer
 from .proxy import Upstream
 
 CLIENT = web.RequestKey("client", str)  # the client id of an authenticated request
@@ -305,7 +308,10 @@ def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys | None, *, l
 
 
 async def run(args) -> int:
-    from .common import ConfigError, load_serving_config, serve, setup_logging
+    from hardened_model.contracts import ServingConfigError, load_serving_config
+
+    from .lifecycle import serve
+    from .logs import setup_logging
     from .tls import ReloadingTls
 
     logger = setup_logging("hardened.ratelimit", args.log_level)
@@ -331,7 +337,7 @@ async def run(args) -> int:
         limiter = Limiter(cfg, logger=logger)
         app = build_app(cfg, upstream, keys, logger=logger, limiter=limiter, jwt=jwt,
                         body_timeout=args.body_timeout)
-    except (ConfigError, ValueError, OSError) as exc:
+    except (ServingConfigError, ValueError, OSError) as exc:
         log_fields(logger, logging.ERROR, "bad configuration", error=str(exc))
         return 2
     log_fields(logger, logging.INFO, "authentication", api_keys=len(keys.entries) if keys else 0,

@@ -20,7 +20,7 @@ import pathlib
 
 import numpy as np
 
-from .common import InvalidInput
+from .errors import InvalidInput
 from .protocol import InferRequest, Limits, loads, parse_envelope, parse_tensor
 
 NUMERIC_TYPES = {"FP32", "FP64", "INT32", "INT64"}

@@ -21,9 +21,12 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from .common import (BODY_TIMEOUT_SECONDS, InvalidInput, NotFound, ServingConfig, Timer, UpstreamError, error_middleware,
-                     log_fields, read_body)
-from .metrics import METRICS
+from hardened_model.contracts import ServingConfig
+
+from .body import BODY_TIMEOUT_SECONDS, read_body
+from .errors import InvalidInput, NotFound, UpstreamError, error_middleware
+from .logs import log_fields
+from .metrics import METRICS, Timer
 from .protocol import Limits, dumps, encode_request, parse_infer_request
 from .proxy import Upstream
 from .tabular import TabularSchema
@@ -146,7 +149,10 @@ def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
 
 
 async def run(args) -> int:
-    from .common import ConfigError, load_serving_config, serve, setup_logging
+    from hardened_model.contracts import ServingConfigError, load_serving_config
+
+    from .lifecycle import serve
+    from .logs import setup_logging
 
     logger = setup_logging("hardened.validation", args.log_level)
     try:
@@ -159,7 +165,7 @@ async def run(args) -> int:
                              "must name a model/ folder whose model.json has them")
         app = build_app(cfg, Upstream(args.upstream), logger=logger, ood=ood, body_timeout=args.body_timeout,
                         tabular=tabular)
-    except (ConfigError, ValueError, OSError) as exc:
+    except (ServingConfigError, ValueError, OSError) as exc:
         log_fields(logger, logging.ERROR, "bad configuration", error=str(exc))
         return 2
     await serve(app, host=args.host, port=args.port, metrics_host=args.metrics_host,

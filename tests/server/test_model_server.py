@@ -31,7 +31,7 @@ def test_requests_in_flight_are_answered_before_the_model_server_stops():
     model = slow_model()
 
     async def scenario():
-        # the same runner settings as common.serve, whose SIGTERM handler calls runner.cleanup()
+        # the same runner settings as lifecycle.serve, whose SIGTERM handler calls runner.cleanup()
         runner = web.AppRunner(build_app(model, logger=logging.getLogger("test")), shutdown_timeout=10.0)
         await runner.setup()
         port = free_port()
@@ -62,7 +62,7 @@ def test_the_admin_port_answers_the_kubelets_probes_on_its_own_address_and_readi
     import os
     import signal
 
-    from hardened_server.common import serve
+    from hardened_server.lifecycle import serve
     from hardened_server.model_server import READY
 
     model = slow_model()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hardened_server.common import InvalidInput
+from hardened_server.errors import InvalidInput
 from hardened_server.protocol import Limits, encode_request, parse_infer_request
 
 SHAPE = [1, 8, 8]

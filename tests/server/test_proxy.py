@@ -5,7 +5,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from hardened_server import proxy
-from hardened_server.common import UpstreamError
+from hardened_server.errors import UpstreamError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}"
 

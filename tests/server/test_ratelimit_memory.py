@@ -5,7 +5,8 @@ import secrets
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from hardened_server.common import load_serving_config, setup_logging
+from hardened_model.contracts import load_serving_config
+from hardened_server.logs import setup_logging
 from hardened_server.proxy import Upstream
 from hardened_server.ratelimit import ApiKeys, Limiter, build_app
 from helpers import serving_config

@@ -10,7 +10,8 @@ import tracemalloc
 
 import pytest
 
-from hardened_server.common import TooManyRequests, Unauthorized, load_serving_config
+from hardened_model.contracts import load_serving_config
+from hardened_server.errors import TooManyRequests, Unauthorized
 from hardened_server.auth import key_id
 from hardened_server.ratelimit import ApiKeys, Limiter
 from helpers import ratelimit_sidecars, serving_config, stub_upstream

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from hardened_server.common import Unauthorized, load_serving_config
+from hardened_model.contracts import load_serving_config
+from hardened_server.errors import Unauthorized
 from hardened_server.protocol import dumps
 from hardened_server.auth import Principal, key_id
 from hardened_server.ratelimit import ApiKeys, Authenticator, bucket_item

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hardened_server.common import InvalidInput
+from hardened_server.errors import InvalidInput
 from hardened_server.protocol import Limits
 from hardened_server.tabular import TabularSchema
 from helpers import ROOT, example, free_port, http
@@ -192,9 +192,8 @@ def test_the_signed_model_records_its_features_and_figures(fraud):
                                  "low_confidence": [False, True]}),
 ])
 def test_output_modes_work_for_a_binary_model(mode, min_confidence, action, expected):
-    from hardened_server.common import ServingConfig
     from hardened_server.validation import harden_output
-    from hardened_model.contracts import build_serving_config
+    from hardened_model.contracts import ServingConfig, build_serving_config
     from hardened_model.spec import parse_manifest
 
     doc = example("fraud-tabular")
