@@ -1,6 +1,6 @@
 """Figures of the operator on a real cluster (issue 14), with the chart's operator running in the cluster.
 
-    .venv/bin/python benchmarks/cluster_figures.py [--models 100] [--applies 20] [--quiet-seconds 120]
+    .venv/bin/python benchmarks/cluster_figures.py [--models 100] [--applies 20] [--quiet-seconds 120] [--smoke]
 
 Uses the same cluster and images as the e2e suite (tests/e2e/cluster.py: E2E_KUBECONFIG, or ../shared/kube
 started as root; images from scripts/build-images). In namespace bench-figures it measures:
@@ -18,7 +18,6 @@ The digits-demo apply -> Ready figure comes from tests/e2e/test_digits_demo.py (
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import re
@@ -26,7 +25,7 @@ import statistics
 import sys
 import time
 
-from common import ROOT  # noqa: F401  (puts tests/ on sys.path)
+from common import ROOT, smoke_parser  # (common also puts tests/ on sys.path)
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
@@ -76,11 +75,13 @@ def operator_writes_since(api: Cluster, since: datetime.datetime) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = smoke_parser(__doc__.split("\n\n")[0] + " (--smoke: 2 applies, 3 models, 5 quiet seconds)")
     parser.add_argument("--applies", type=int, default=20, help="models timed one by one (default: 20)")
     parser.add_argument("--models", type=int, default=100, help="models for the memory figure (default: 100)")
     parser.add_argument("--quiet-seconds", type=int, default=120, help="steady-state window (default: 120)")
     args = parser.parse_args()
+    if args.smoke:
+        args.applies, args.models, args.quiet_seconds = 2, 3, 5
 
     api = Cluster.find_or_start()
     install_operator(api, images(api)["operator"])

@@ -11,15 +11,15 @@ search, the accountant).
 - cnn-8x8 on scikit-learn's digits (1,437), 8 epochs;
 - tabular-mlp on the synthetic transactions (75,000 rows, scripts/make-transactions' generator), 3 epochs.
 
-    .venv/bin/python benchmarks/dp_overhead.py [--only cnn-28x28]
+    .venv/bin/python benchmarks/dp_overhead.py [--only cnn-28x28] [--smoke]
 """
-import argparse
 import time
 import warnings
 
 import torch
 
-from common import machine, mnist_spec, mnist_split
+from common import DP, digits_spec, fraud_spec, machine, make_transactions, mnist_spec, mnist_split, small, \
+    smoke_parser
 
 warnings.filterwarnings("ignore")
 MODES = ("fast", "ghost", "hooks")
@@ -40,52 +40,43 @@ def timed(spec, x, y, device=torch.device("cpu")):
     return marks[steady][0] - marks[steady - 1][0] - marks[steady][1], marks[steady][1], total
 
 
-def cases(only):
-    from helpers import example, merge_patch
-
-    from hardened_model.spec import parse_spec
+def cases(only, smoke=False):
+    """(name, spec from training settings, x, y, epochs, clip) per model, each with its example's learning rate
+    and clip (maxGradNorm); with ``smoke``, a few hundred examples and 2 epochs (the fewest with a steady epoch
+    after the first)."""
     from hardened_trainer.data import Dataset, load_dataset, split
 
     if only in (None, "cnn-28x28"):
-        s = mnist_split()
-        yield "cnn-28x28", lambda o: mnist_spec({**o, "gates": None}), s.x_train, s.y_train, 4
+        s = mnist_split(smoke=smoke)
+        yield "cnn-28x28", lambda o: mnist_spec({"learningRate": 0.1, **o}), s.x_train, s.y_train, \
+            2 if smoke else 4, 1.0
     if only in (None, "cnn-8x8"):
         s = split(load_dataset("builtin:digits"), test_fraction=0.2, seed=0)
-        yield "cnn-8x8", lambda o: parse_spec(merge_patch(example("digits-demo")["spec"], {**o, "gates": None})), \
-            s.x_train, s.y_train, 8
+        s = small(s, 256, 64) if smoke else s
+        yield "cnn-8x8", lambda o: digits_spec({"learningRate": 0.1, **o}), s.x_train, s.y_train, \
+            2 if smoke else 8, 1.0
     if only in (None, "tabular-mlp"):
-        import importlib.machinery
-        import importlib.util
-        import pathlib
-        import tempfile
-
-        path = pathlib.Path(__file__).resolve().parent.parent / "scripts/make-transactions"
-        loader = importlib.machinery.SourceFileLoader("make_transactions", str(path))
-        mod = importlib.util.module_from_spec(importlib.util.spec_from_loader("make_transactions", loader))
-        loader.exec_module(mod)
-        csv = pathlib.Path(tempfile.mkdtemp()) / "transactions.csv"
-        mod.write(mod.make(100_000, 0), csv)
         from hardened_trainer.tabular import load_table
 
+        csv = make_transactions(1200 if smoke else 100_000, 0, 0.05 if smoke else 0.004)
+
         def spec(o):
-            doc = merge_patch(example("fraud-tabular")["spec"], {**o, "gates": None})
-            doc["data"]["source"] = f"file://{csv}"
-            return parse_spec(doc)
+            return fraud_spec(o, str(csv))
         table = load_table(spec({}).data)
         s = split(Dataset(x=table.x, y=table.y, raw_scale=1.0, source=str(csv)), test_fraction=0.25, seed=0)
-        yield "tabular-mlp", spec, s.x_train, s.y_train, 3
+        yield "tabular-mlp", spec, s.x_train, s.y_train, 2 if smoke else 3, 0.5
 
 
-def table(only=None, device=torch.device("cpu")):
+def table(only=None, device=torch.device("cpu"), smoke=False):
     """Print the table for each model on ``device``."""
-    for name, spec, x, y, epochs in cases(only):
+    for name, spec, x, y, epochs, clip in cases(only, smoke):
         common = {"epochs": epochs, "batchSize": 256, "adversarial": {"enabled": False}}
-        base = timed(spec({"training": {**common, "privacy": {"enabled": False}}}), x, y, device)
+        base = timed(spec({**common, "privacy": {"enabled": False}}), x, y, device)
         rows = [("non-private", base)]
         for mode in MODES:
-            priv = {"enabled": True, "targetEpsilon": 3.0, "targetDelta": 1e-5, "clipping": mode}
+            priv = {**DP, "maxGradNorm": clip, "clipping": mode}
             rows.append((f"DP-SGD {mode}" + (" (default)" if mode == "fast" else ""),
-                         timed(spec({"training": {**common, "privacy": priv}}), x, y, device)))
+                         timed(spec({**common, "privacy": priv}), x, y, device)))
         print(f"\n{name}: {len(y)} examples, batch 256, {epochs} epochs, {device}")
         print(f"{'':22s} {'epoch':>8s} {'ratio':>6s} {'+ accountant':>12s} {'total':>8s} {'ratio':>6s}")
         for label, (epoch, accountant, total) in rows:
@@ -94,11 +85,11 @@ def table(only=None, device=torch.device("cpu")):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = smoke_parser(__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=["cnn-28x28", "cnn-8x8", "tabular-mlp"], help="one model (default: all)")
     args = p.parse_args()
     print(f"machine: {machine()}")
-    table(args.only)
+    table(args.only, smoke=args.smoke)
 
 
 if __name__ == "__main__":

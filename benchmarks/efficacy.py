@@ -6,21 +6,19 @@ evaluated by hardened_trainer.evaluate: ART ProjectedGradientDescent (10
 iterations, step 0.025, one random start) on all 2,000 test images and the
 loss-threshold membership-inference attack (2,000 members vs 2,000 non-members).
 
-    .venv/bin/python benchmarks/efficacy.py [row ...]
+    .venv/bin/python benchmarks/efficacy.py [row ...] [--smoke]
 """
 import json
-import sys
 import time
 import warnings
 
 import torch
 
-from common import machine, mnist_spec, mnist_split
+from common import DP, PGD, machine, mnist_spec, mnist_split, smoke_parser
 
 warnings.filterwarnings("ignore")
 
-ADV = {"enabled": True, "attack": "pgd", "eps": 0.1, "epsStep": 0.025, "maxIter": 10, "ratio": 0.5}
-DP = {"enabled": True, "targetEpsilon": 3.0, "targetDelta": 1e-5, "maxGradNorm": 1.0, "accountant": "prv"}
+ADV = PGD  # L-inf 0.1, step 0.025, 10 iterations, half of each batch
 OFF = {"enabled": False}
 EVAL = {"attacks": ["pgd"], "eps": 0.1, "pgdIter": 10, "membershipInference": True, "maxSamples": 2000}
 ROWS = {
@@ -39,17 +37,16 @@ ROWS = {
 }
 
 
-def run_row(name, split, changes=None):
+def run_row(name, split, changes=None, smoke=False):
+    """One row: SGD with momentum 0.9, seed 0 (benchmarks/common.py's TRAINING) and the row's settings; with
+    ``smoke``, one epoch and 64 evaluated images."""
     from helpers import merge_patch
 
     from hardened_trainer.evaluate import evaluate
     from hardened_trainer.train import train
 
-    training = merge_patch(ROWS[name], changes or {})
-    spec = mnist_spec({"training": training, "evaluation": EVAL,
-                       "gates": {"maxEpsilon": 3.0 if training["privacy"]["enabled"] else None,
-                                 "minRobustAccuracy": None, "maxMembershipAUC": None, "minCleanAccuracy": 0.0},
-                       "data": {"sanitization": {"enabled": False}}})
+    training = merge_patch(merge_patch(ROWS[name], changes or {}), {"epochs": 1} if smoke else {})
+    spec = mnist_spec(training, evaluation={**EVAL, "maxSamples": 64} if smoke else EVAL)
     t = time.perf_counter()
     res = train(spec, split.x_train, split.y_train, device=torch.device("cpu"), log=lambda *a, **k: None)
     ev = evaluate(res.model, spec, split.x_train, split.y_train, split.x_test, split.y_test, epsilon=res.epsilon,
@@ -59,9 +56,7 @@ def run_row(name, split, changes=None):
 
 
 def main(argv=None):
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = smoke_parser(__doc__.split("\n\n")[0])
     p.add_argument("rows", nargs="*", help=f"rows to run, of {', '.join(ROWS)} (default: all)")
     p.add_argument("--set", default="{}", help="JSON merged into each row's training section, to try a setting "
                                                 "(default: none)")
@@ -69,10 +64,10 @@ def main(argv=None):
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; rows are {list(ROWS)}")
-    split = mnist_split()
+    split = mnist_split(smoke=args.smoke)
     print(f"machine: {machine()}", flush=True)
     for name in args.rows or list(ROWS):
-        print(json.dumps(run_row(name, split, json.loads(args.set))), flush=True)
+        print(json.dumps(run_row(name, split, json.loads(args.set), smoke=args.smoke)), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,14 @@ a GPU), batches copied from pinned memory, the fast clipper and Opacus' optimize
 evaluation through ART (PyTorchClassifier's device_type follows torch.cuda.is_available()) and the
 membership-inference attack on the trained model. Without a GPU it says so and runs the same on the CPU.
 
-    .venv/bin/python benchmarks/gpu_check.py [--only cnn-28x28]
+    .venv/bin/python benchmarks/gpu_check.py [--only cnn-28x28] [--smoke]
 """
-import argparse
 import time
 import warnings
 
 import torch
 
-from common import machine, mnist_spec, mnist_split
+from common import DP, EVALUATION, PGD, machine, mnist_spec, mnist_split, smoke_parser
 from dp_overhead import table
 
 warnings.filterwarnings("ignore")
@@ -27,14 +26,15 @@ def describe(device: torch.device) -> str:
             f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
 
 
-def evaluation_on(device: torch.device) -> None:
-    """Train cnn-28x28 with DP-SGD for 2 epochs on ``device``, then evaluate it as the trainer does."""
+def evaluation_on(device: torch.device, smoke: bool = False) -> None:
+    """Train cnn-28x28 with PGD-5 (half of each batch) and DP-SGD at epsilon 3 for 2 epochs on ``device``, then
+    evaluate it as the trainer does (FGSM and PGD-10 on 500 test images, MIA)."""
     from hardened_trainer.evaluate import evaluate
     from hardened_trainer.train import train
 
-    split = mnist_split()
-    spec = mnist_spec({"training": {"epochs": 2, "adversarial": {"enabled": True, "maxIter": 5}},
-                       "evaluation": {"maxSamples": 500}, "gates": None})
+    split = mnist_split(smoke=smoke)
+    spec = mnist_spec({"epochs": 2, "batchSize": 256, "learningRate": 0.1, "adversarial": {**PGD, "maxIter": 5},
+                       "privacy": DP}, evaluation={**EVALUATION, "maxSamples": 64 if smoke else 500})
     t = time.perf_counter()
     res = train(spec, split.x_train, split.y_train, device=device, log=lambda *a, **k: None)
     trained = time.perf_counter() - t
@@ -42,22 +42,22 @@ def evaluation_on(device: torch.device) -> None:
     ev = evaluate(res.model, spec, split.x_train, split.y_train, split.x_test, split.y_test, epsilon=res.epsilon,
                   labels=[str(i) for i in range(10)])
     print(f"\nadversarial + DP-SGD cnn-28x28, 2 epochs on {device}: {trained:.1f} s (clipping {res.clipping}); "
-          f"evaluation (ART PGD-10 and FGSM on 500, MIA) {time.perf_counter() - t:.1f} s: clean "
-          f"{ev.clean_accuracy:.4f}, PGD {ev.attack_accuracy['pgd']:.4f}, MIA AUC {ev.membership_auc:.3f}, "
+          f"evaluation (ART PGD-10 and FGSM on {spec.evaluation.max_samples}, MIA) {time.perf_counter() - t:.1f} s: "
+          f"clean {ev.clean_accuracy:.4f}, PGD {ev.attack_accuracy['pgd']:.4f}, MIA AUC {ev.membership_auc:.3f}, "
           f"epsilon {ev.epsilon:.2f}")
 
 
 def main():
     from hardened_trainer.train import select_device
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = smoke_parser(__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=["cnn-28x28", "cnn-8x8", "tabular-mlp"], help="one model (default: all)")
     args = p.parse_args()
     device = select_device("auto")
     print(f"machine: {machine()}")
     print(describe(device), flush=True)
-    table(args.only, device)
-    evaluation_on(device)
+    table(args.only, device, smoke=args.smoke)
+    evaluation_on(device, smoke=args.smoke)
 
 
 if __name__ == "__main__":

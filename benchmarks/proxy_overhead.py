@@ -8,7 +8,7 @@ divided by the requests wrk completed. The server-side rows answer wrk directly,
 aiohttp application with one route, and the bare upstream itself. wrk -t2 -c32 -d8s, a 470-byte POST,
 on 127.0.0.1.
 
-    .venv/bin/python benchmarks/proxy_overhead.py
+    .venv/bin/python benchmarks/proxy_overhead.py [--smoke]
 """
 import asyncio
 import pathlib
@@ -83,8 +83,11 @@ def proxy(kind: str, port: int, upstream_port: int) -> None:
 
 
 def main() -> None:
+    from common import smoke_parser
     from helpers import free_port
     from serving_latency import cpu_seconds
+
+    seconds = 1 if smoke_parser(__doc__.split("\n\n")[0]).parse_args().smoke else 8  # wrk's -d
 
     tmp = pathlib.Path(tempfile.mkdtemp())
     script = tmp / "post.lua"
@@ -100,11 +103,11 @@ def main() -> None:
             pids[kind] = procs[-1].pid
         ports["httptools-protocol"], pids["httptools-protocol"] = up_port, procs[0].pid
         time.sleep(3)
-        print("wrk -t2 -c32 -d8s, 470-byte POST; CPU of the measured process per request")
+        print(f"wrk -t2 -c32 -d{seconds}s, 470-byte POST; CPU of the measured process per request")
         for kind in ports:
             pid = pids[kind]
             before = cpu_seconds(pid)
-            out = subprocess.run(["wrk", "-t2", "-c32", "-d8s", "-s", str(script),
+            out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(script),
                                   f"http://127.0.0.1:{ports[kind]}/v2/models/m/infer"],
                                  capture_output=True, text=True, check=True).stdout
             if "Non-2xx" in out:

@@ -7,14 +7,14 @@ IsolationForest of the reference capstone. Accuracy: the same model trained
 sanitized-poisoned training data, measured on the untouched test split.
 Datasets: scikit-learn digits (1,347/450) and MNIST t10k (8,000/2,000).
 
-    .venv/bin/python benchmarks/sanitization.py
+    .venv/bin/python benchmarks/sanitization.py [--smoke]
 """
 import warnings
 
 import torch
 from sklearn.ensemble import IsolationForest
 
-from common import mnist_split
+from common import digits_spec, mnist_spec, mnist_split, small, smoke_parser
 
 warnings.filterwarnings("ignore")
 
@@ -46,15 +46,14 @@ def row(name, split, spec):
 
 
 def main():
-    from hardened_model.spec import parse_spec
     from hardened_trainer.data import load_dataset, split as split_fn
-    from helpers import example, merge_patch
 
-    plain = {"training": {"adversarial": {"enabled": False}, "privacy": {"enabled": False}, "epochs": 10,
-                          "batchSize": 128, "learningRate": 0.05}, "gates": {"maxEpsilon": None}}
+    args = smoke_parser(__doc__.split("\n\n")[0]).parse_args()
+    # no DP-SGD, no adversarial examples, 10 epochs, batch 128, SGD 0.05, seed 0 (common.TRAINING); smoke: 1 epoch
+    plain = {"epochs": 1} if args.smoke else {}
     digits = split_fn(load_dataset("builtin:digits"), test_fraction=0.25, seed=0)
-    row("digits", digits, parse_spec(merge_patch(example("digits-demo")["spec"], plain)))
-    row("mnist", mnist_split(), parse_spec(merge_patch(example("mnist-adv-dp")["spec"], plain)))
+    row("digits", small(digits, 300, 100) if args.smoke else digits, digits_spec(plain))
+    row("mnist", mnist_split(smoke=args.smoke), mnist_spec(plain))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ EC P-256 certificate, TLS 1.2+ and the same ciphers; targets model, chain, chain
 pipes). Clients keep their connections (one handshake per connection, as real clients do).
 
     .venv/bin/python benchmarks/serving_latency.py --tls
+
+With --smoke (beside any of the others): 100 rps for one recorded second per target and wrk for 1 s; the
+same processes, path and table in seconds, figures meaningless.
 """
 import asyncio
 import json
@@ -52,7 +55,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import Process, free_port, infer_body, make_artifact, serving_config  # noqa: E402
 
-RATE, SECONDS = 500, 10
+RATE, SECONDS, WRK_SECONDS = 500, 10, 10
 KEY = "bench-" + "k" * 26
 
 
@@ -204,7 +207,8 @@ def cpu_ticks() -> tuple[int, int]:
     return fields[7], sum(fields[:8])
 
 
-def wrk(url: str, body_file: pathlib.Path, seconds: int = 10, pids: dict[str, int] | None = None) -> float:
+def wrk(url: str, body_file: pathlib.Path, seconds: int | None = None, pids: dict[str, int] | None = None) -> float:
+    seconds = seconds or WRK_SECONDS
     script = body_file.with_suffix(".lua")
     script.write_text(f'wrk.method = "POST"\nwrk.body = io.open("{body_file}"):read("*a")\n'
                       f'wrk.headers["Content-Type"] = "application/json"\n'
@@ -346,7 +350,8 @@ def main():
             except subprocess.TimeoutExpired:
                 proc.proc.kill()
     base50, base99 = np.percentile(lat["model"], 50), np.percentile(lat["model"], 99)
-    print(f"open loop {RATE} rps x {SECONDS} s per target, in 1 s turns; wrk -t2 -c32 -d10s; body {len(body)} bytes (1 digit)")
+    print(f"open loop {RATE} rps x {SECONDS} s per target, in 1 s turns; wrk -t2 -c32 -d{WRK_SECONDS}s; "
+          f"body {len(body)} bytes (1 digit)")
     print(f"steal (CPU time the hypervisor gave elsewhere) during the latency runs: "
           f"{100 * steal[0] / max(1, steal[1]):.1f}%")
     print(f"{'target':9s} {'p50 ms':>8s} {'p99 ms':>8s} {'added p50':>10s} {'added p99':>10s} {'max rps':>9s}")
@@ -360,4 +365,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["pipe"]:
         pipe(int(sys.argv[2]), int(sys.argv[3]))
     else:
+        if "--smoke" in sys.argv:
+            RATE, SECONDS, WRK_SECONDS = 100, 1, 1
         main()

@@ -9,7 +9,7 @@
 4. A full garbage collection after the sidecars' imports and after the model server's, before and after
    gc.freeze() (each in a fresh interpreter).
 
-    .venv/bin/python benchmarks/serving_micro.py
+    .venv/bin/python benchmarks/serving_micro.py [--smoke]
 """
 import asyncio
 import concurrent.futures
@@ -25,6 +25,8 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+HITS, FORWARDS = 20000, 2000  # loop sizes; --smoke divides them by 100
 
 
 def cpu() -> float:
@@ -32,7 +34,8 @@ def cpu() -> float:
     return t.user + t.system
 
 
-def limiter_hits(n: int = 20000) -> None:
+def limiter_hits() -> None:
+    n = HITS
     from limits import RateLimitItemPerSecond, aio, strategies
     from limits.storage import MemoryStorage, storage_from_string
 
@@ -54,7 +57,8 @@ def limiter_hits(n: int = 20000) -> None:
     print(f"limits hit, synchronous, inline:    {asyncio.run(run(True)):6.1f} us CPU")
 
 
-def best(f, n: int = 20000) -> float:
+def best(f, n: int | None = None) -> float:
+    n = n or HITS
     return min(timeit.repeat(f, number=n, repeat=3)) / n * 1e6
 
 
@@ -89,13 +93,13 @@ def forward_and_hop() -> None:
         torch.set_num_threads(threads)
         for rows in (1, 8):
             x = np.random.default_rng(0).random((rows, 1, 8, 8)).astype(np.float32)
-            start, wall = cpu(), best(lambda: model.predict(x), 2000)
-            used = (cpu() - start) / 6000 * 1e6
+            start, wall = cpu(), best(lambda: model.predict(x), FORWARDS)
+            used = (cpu() - start) / (3 * FORWARDS) * 1e6
             print(f"forward pass, {threads} torch threads, batch {rows}: {wall:6.1f} us wall, {used:6.1f} us CPU")
     executor = concurrent.futures.ThreadPoolExecutor(1)
 
-    async def hops(n: int = 20000) -> float:
-        loop, start = asyncio.get_running_loop(), cpu()
+    async def hops() -> float:
+        n, loop, start = HITS, asyncio.get_running_loop(), cpu()
         for _ in range(n):
             await loop.run_in_executor(executor, int)
         return (cpu() - start) / n * 1e6
@@ -126,6 +130,10 @@ def gc_pauses() -> None:
 
 
 if __name__ == "__main__":
+    from common import smoke_parser
+
+    if smoke_parser(__doc__.split("\n\n")[0]).parse_args().smoke:
+        HITS, FORWARDS = HITS // 100, FORWARDS // 100
     limiter_hits()
     json_costs()
     forward_and_hop()

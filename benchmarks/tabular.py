@@ -1,11 +1,12 @@
 """Fraud scoring on the synthetic transactions (issue 15), side by side in one run:
 
     .venv/bin/python scripts/make-transactions --rows 100000        # the file, SYNTHETIC, seed 0
-    .venv/bin/python benchmarks/tabular.py [--data FILE]
+    .venv/bin/python benchmarks/tabular.py [--data FILE] [--smoke]
 
 scikit-learn's RandomForest with balanced class weights (the usual model for this task), and the project's
 tabular-mlp non-private, under DP-SGD at epsilon <= 3, adversarially trained under DP-SGD, and adversarially
-trained without DP, each from examples/fraud-tabular.yaml's settings on the same 75% / 25% split (seed 0).
+trained without DP, each with the fraud MLP's settings (benchmarks/common.py: FRAUD_TRAINING, as
+examples/fraud-tabular.yaml had them) on the same 75% / 25% split (seed 0).
 For the positive class: PR-AUC (average precision), recall at the threshold 0.5, the best recall at
 precision >= 0.2, and robust recall: the share of test frauds still flagged under ART's PGD (10 steps, 0.3
 standard deviations, amount and hour only, within their bounds, hours whole). The forest has no gradient:
@@ -13,23 +14,21 @@ its robust recall is measured on the examples PGD makes against the non-private 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import torch
 
-import common  # noqa: F401  (puts tests/ on sys.path, for helpers)
+from common import TRANSACTIONS, fraud_spec, make_transactions, smoke_parser
+
+SMOKE_ROWS = 1500  # --smoke: a fresh file this small, 5% fraud, 3 epochs, a forest of 20 trees
 
 
-def spec_with(overrides: dict, source: str):
-    from helpers import example, merge_patch
+def spec_with(training: dict, source: str, smoke: bool = False):
+    """The fraud MLP on ``source`` with ``training`` merged into its settings."""
+    from helpers import merge_patch
 
-    from hardened_model.spec import parse_spec
-
-    spec = merge_patch(example("fraud-tabular")["spec"], {**overrides, "gates": None})  # gates do not apply here
-    spec["data"]["source"] = f"file://{source}"
-    return parse_spec(spec)
+    return fraud_spec(merge_patch(training, {"epochs": 3}) if smoke else training, source)
 
 
 def transactions_split(data: str):
@@ -58,22 +57,25 @@ def main() -> int:
     from hardened_trainer.evaluate import adversarial_examples, positive_class_metrics, predict
     from hardened_trainer.train import train
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="/tmp/hardened-model-data/transactions-synthetic.csv",
-                   help="the synthetic transactions (default: scripts/make-transactions' default output)")
+    p = smoke_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=TRANSACTIONS,
+                   help="the synthetic transactions (default: scripts/make-transactions' default output; with "
+                        "--smoke, a small fresh file)")
     args = p.parse_args()
+    if args.smoke:
+        args.data = str(make_transactions(SMOKE_ROWS, 0, 0.05))
     table, parts, cons = transactions_split(args.data)
     pos = parts.y_test == 1
     print(f"{len(table)} rows ({int(table.y.sum())} fraud); test split {len(parts.y_test)} rows, "
           f"{int(pos.sum())} fraud; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     rows, models = [], {}
-    variants = [("MLP, non-private", {"training": {"privacy": {"enabled": False}, "adversarial": {"enabled": False}}}),
-                ("MLP, DP-SGD (eps <= 3)", {"training": {"adversarial": {"enabled": False}}}),
+    variants = [("MLP, non-private", {"privacy": {"enabled": False}, "adversarial": {"enabled": False}}),
+                ("MLP, DP-SGD (eps <= 3)", {"adversarial": {"enabled": False}}),
                 ("MLP, adversarial + DP-SGD (eps <= 3)", {}),
-                ("MLP, adversarial, non-private", {"training": {"privacy": {"enabled": False}}})]
+                ("MLP, adversarial, non-private", {"privacy": {"enabled": False}})]
     for name, overrides in variants:
-        spec = spec_with(overrides, args.data)
+        spec = spec_with(overrides, args.data, args.smoke)
         t0 = time.perf_counter()
         result = train(spec, parts.x_train, parts.y_train, device=torch.device("cpu"), log=lambda *a, **k: None)
         seconds = time.perf_counter() - t0
@@ -85,13 +87,14 @@ def main() -> int:
                      "epsilon": result.epsilon, "seconds": seconds})
 
     t0 = time.perf_counter()
-    forest = RandomForestClassifier(n_estimators=300, min_samples_leaf=5, class_weight="balanced", n_jobs=-1,
+    trees = 20 if args.smoke else 300
+    forest = RandomForestClassifier(n_estimators=trees, min_samples_leaf=5, class_weight="balanced", n_jobs=-1,
                                     random_state=0).fit(parts.x_train, parts.y_train)
     seconds = time.perf_counter() - t0
     score = forest.predict_proba(parts.x_test)[:, 1]
     x_adv = adversarial_examples(models["MLP, non-private"], parts.x_test[pos], parts.y_test[pos], "pgd", eps=0.3,
                                  pgd_iter=10, input_shape=[9], num_classes=2, cons=cons)
-    rows.insert(0, {"model": "RandomForest (balanced, 300 trees)", "prAUC": float(average_precision_score(
+    rows.insert(0, {"model": f"RandomForest (balanced, {trees} trees)", "prAUC": float(average_precision_score(
         parts.y_test, score)), "recall": float((score[pos] >= 0.5).mean()),
         "recallAtP20": recall_at_precision(parts.y_test, score),
         "robustRecall": float((forest.predict_proba(x_adv)[:, 1] >= 0.5).mean()), "epsilon": None,

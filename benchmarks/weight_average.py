@@ -9,13 +9,12 @@ the rest of the settings the examples':
   recall, recall at precision >= 0.2.
 
     .venv/bin/python scripts/make-transactions --rows 100000
-    .venv/bin/python benchmarks/weight_average.py [--data FILE]
+    .venv/bin/python benchmarks/weight_average.py [--data FILE] [--smoke]
 
 Prints one JSON line per run, then the means per setting.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -24,25 +23,31 @@ from statistics import mean
 
 import torch
 
-from common import machine
+from common import TRANSACTIONS, digits_spec, machine, make_transactions, small, smoke_parser
 
 warnings.filterwarnings("ignore")
 DECAYS = (None, 0.999)
+# the digits demo as examples/digits-demo.yaml had it on 2026-11-30: PGD-5 on half of each batch, DP-SGD at
+# epsilon 8, 20 epochs of batch 128 at learning rate 0.1; evaluated on its 450 test digits
+DIGITS_DEMO = {"epochs": 20, "batchSize": 128, "learningRate": 0.1,
+               "adversarial": {"enabled": True, "attack": "pgd", "eps": 0.1, "maxIter": 5, "ratio": 0.5},
+               "privacy": {"enabled": True, "targetEpsilon": 8.0, "targetDelta": 1e-5, "maxGradNorm": 1.0,
+                           "accountant": "prv"}}
+DIGITS_EVALUATION = {"attacks": ["fgsm", "pgd"], "eps": 0.1, "pgdIter": 10, "membershipInference": True,
+                     "maxSamples": 450}
 
 
-def digits_runs():
-    from helpers import example, merge_patch
-
-    from hardened_model.spec import parse_spec
+def digits_runs(smoke: bool = False):
     from hardened_trainer.data import load_dataset, split
     from hardened_trainer.evaluate import evaluate
     from hardened_trainer.train import train
 
     parts = split(load_dataset("builtin:digits"), test_fraction=0.25, seed=0)
+    parts = small(parts, 300, 100) if smoke else parts
     for decay in DECAYS:
-        for seed in (0, 1, 2):
-            spec = parse_spec(merge_patch(example("digits-demo")["spec"], {
-                "training": {"seed": seed, "emaDecay": decay}, "data": {"sanitization": {"enabled": False}}}))
+        for seed in (0,) if smoke else (0, 1, 2):
+            spec = digits_spec({**DIGITS_DEMO, "seed": seed, "emaDecay": decay, **({"epochs": 2} if smoke else {})},
+                               evaluation=DIGITS_EVALUATION)
             t0 = time.perf_counter()
             res = train(spec, parts.x_train, parts.y_train, device=torch.device("cpu"), log=lambda *a, **k: None)
             ev = evaluate(res.model, spec, parts.x_train, parts.y_train, parts.x_test, parts.y_test,
@@ -52,7 +57,7 @@ def digits_runs():
                    "miaAUC": ev.membership_auc, "epsilon": ev.epsilon, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def tabular_runs(data: str):
+def tabular_runs(data: str, smoke: bool = False):
     from tabular import recall_at_precision, spec_with, transactions_split
 
     from hardened_trainer.evaluate import positive_class_metrics, predict
@@ -61,9 +66,9 @@ def tabular_runs(data: str):
     _, parts, cons = transactions_split(data)
     for name, adversarial in (("fraud MLP, DP-SGD", False), ("fraud MLP, adversarial + DP-SGD", True)):
         for decay in DECAYS:
-            for seed in (0, 1):
-                spec = spec_with({"training": {"adversarial": {"enabled": adversarial}, "emaDecay": decay,
-                                               "seed": seed}}, data)
+            for seed in (0,) if smoke else (0, 1):
+                spec = spec_with({"adversarial": {"enabled": adversarial}, "emaDecay": decay, "seed": seed}, data,
+                                 smoke)
                 t0 = time.perf_counter()
                 res = train(spec, parts.x_train, parts.y_train, device=torch.device("cpu"), log=lambda *a, **k: None)
                 figures = positive_class_metrics(res.model, parts.x_test, parts.y_test, spec, cons)
@@ -75,13 +80,18 @@ def tabular_runs(data: str):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="/tmp/hardened-model-data/transactions-synthetic.csv",
-                   help="the synthetic transactions (default: scripts/make-transactions' default output)")
+    p = smoke_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=TRANSACTIONS,
+                   help="the synthetic transactions (default: scripts/make-transactions' default output; with "
+                        "--smoke, a small fresh file)")
     args = p.parse_args()
+    if args.smoke:
+        from tabular import SMOKE_ROWS
+
+        args.data = str(make_transactions(SMOKE_ROWS, 0, 0.05))
     print(f"machine: {machine()}", flush=True)
     runs = []
-    for run in itertools.chain(digits_runs(), tabular_runs(args.data)):  # printed as each ends
+    for run in itertools.chain(digits_runs(args.smoke), tabular_runs(args.data, args.smoke)):  # printed as each ends
         print(json.dumps(run), flush=True)
         runs.append(run)
     print("| model | emaDecay | runs | means |")

@@ -257,3 +257,21 @@ def test_weight_standardization_trains_under_dp_and_exports_plain_convolutions(d
 
     with pytest.raises(SpecError, match="weightStandardization"):
         spec_with({"training": {"weightStandardization": True, "privacy": {"clipping": "hooks"}}})
+
+
+def test_train_is_set_up_epochs_and_export(data):
+    """Issue 26: train() is build_run, train_one_epoch per epoch and export, in that order; called by hand they
+    draw the same random numbers and end at the same weights."""
+    import time
+
+    from hardened_trainer.train import build_run, export, train_one_epoch
+
+    spec = spec_with({"training": {"augmentation": {"multiplicity": 2, "shift": 1}, "emaDecay": 0.9}})
+    whole = train(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=quiet)
+    run = build_run(spec, data.x_train, data.y_train, device=torch.device("cpu"), log=quiet)
+    start = time.perf_counter()
+    history = [train_one_epoch(run, spec, epoch=e, start=start) for e in (1, 2)]
+    parts = export(run, spec, history, start=start)
+    assert parts.epsilon == whole.epsilon and parts.clipping == whole.clipping == "fast"
+    a, b = whole.model.state_dict(), parts.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -188,11 +188,47 @@ def _model_args(spec: HardenedModelSpec, x_train: np.ndarray) -> dict:
             "std": [float(v) if v > 0 else 1.0 for v in std], "features": feature_dicts(spec.data.features)}
 
 
-def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, device: torch.device,
-          log: Callable[..., None] = json_log, initial: dict | None = None) -> TrainResult:
-    """``initial``: checked tensors of model.initialWeights (hardened_trainer.weights), loaded before training."""
-    t = spec.training
-    gen = seed_everything(t.seed)
+@dataclass(frozen=True)
+class Reach:
+    """How far the attack may move an input: [0, 1] pixels for images; for tabular data per feature (mutable
+    columns only, in standard deviations, within each feature's bounds, integers whole)."""
+    eps: float | torch.Tensor
+    step: float | torch.Tensor
+    clip: tuple = (0.0, 1.0)
+    integer: torch.Tensor | None = None
+
+
+@dataclass
+class TrainingRun:
+    """Everything train_one_epoch reads, built once by build_run: keeping the set-up in one place keeps the
+    order in which it draws random numbers (model initialization, then Opacus' sampler and noise) fixed, and
+    a seed's weights with it."""
+    net: nn.Module                   # what the batches go through: the module, or Opacus' GradSampleModule
+    module: nn.Module                # the plain module (inside the GradSampleModule under DP-SGD)
+    model_args: dict                 # build_model's keyword arguments, to rebuild the plain architecture
+    optimizer: torch.optim.Optimizer
+    criterion: Callable
+    loader: DataLoader               # Opacus' Poisson-sampling loader under DP-SGD
+    generator: torch.Generator       # batches (shuffle, or Opacus' Poisson sampling), augmentation, PGD starts
+    device: torch.device
+    reach: Reach
+    engine: object | None = None     # opacus.PrivacyEngine: its accountant answers epsilon
+    fast: object | None = None       # hardened_trainer.clipping.FastClipping
+    average: WeightAverage | None = None
+    noise_multiplier: float | None = None
+    clipping: str | None = None
+    copies: int = 1                  # augmentation multiplicity
+
+    @property
+    def hook_owners(self) -> tuple:
+        """Whose per-sample hooks an attack must switch off: the fast clipper's, or Opacus' (ghost, hooks)."""
+        return (self.net if self.engine is not None and self.fast is None else None, self.fast)
+
+
+def _network(spec: HardenedModelSpec, x_train: np.ndarray, *, log: Callable[..., None],
+             initial: dict | None) -> tuple[nn.Module, dict]:
+    """The architecture with its normalization, model.initialWeights loaded and, with weightStandardization,
+    standardized convolutions; and build_model's arguments."""
     margs = _model_args(spec, x_train)
     model = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes, **margs)
     if initial is not None:
@@ -201,141 +237,180 @@ def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, 
         loaded = apply(model, initial, spec.model.initial_weights.uri)
         log("initial-weights", uri=spec.model.initial_weights.uri, sha256=spec.model.initial_weights.sha256,
             tensors=loaded)
-    if t.weight_standardization:
+    if spec.training.weight_standardization:
         from .standardize import standardize_convolutions
 
         log("weight-standardization", convolutions=standardize_convolutions(model))
+    return model, margs
+
+
+def _make_private(run: TrainingRun, spec: HardenedModelSpec, weights: torch.Tensor | None, *,
+                  log: Callable[..., None]) -> None:
+    """DP-SGD as a switch around Opacus' make_private_with_epsilon (its examples/mnist.py): the run's model,
+    optimizer, loss and loader become the private ones, clipped by the fast clipper, ghost clipping or hooks."""
+    from opacus import PrivacyEngine
+
+    t, device = spec.training, run.device
+    run.clipping = choose_clipping(t.privacy.clipping, run.module)
+    run.engine = PrivacyEngine(accountant=t.privacy.accountant, secure_mode=False)
+    noise_gen = torch.Generator(device=device)
+    noise_gen.manual_seed(t.seed + 1)
+    # fast clipping takes Opacus' ghost-clipping optimizer (noise on p.grad, then scaling), loader and
+    # accountant, and replaces only the two backward passes
+    private = run.engine.make_private_with_epsilon(
+        module=run.net, optimizer=run.optimizer, data_loader=run.loader, criterion=run.criterion, epochs=t.epochs,
+        target_epsilon=t.privacy.target_epsilon, target_delta=t.privacy.target_delta,
+        max_grad_norm=t.privacy.max_grad_norm, noise_generator=noise_gen,
+        grad_sample_mode="hooks" if run.clipping == "hooks" else "ghost")
+    if run.clipping == "hooks":
+        run.net, run.optimizer, run.loader = private
+        # each example's loss is w_y * l, as the other clippers take it (a weighted mean divides by the
+        # batch's weights, which Opacus' hooks would scale by the batch size instead)
+        per_example = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None,
+                                          reduction="none")
+        run.criterion = lambda out, target: per_example(out, target).mean()
+    else:  # ghost clipping also wraps the loss (it runs the second backward)
+        run.net, run.optimizer, run.criterion, run.loader = private
+    run.noise_multiplier = float(run.optimizer.noise_multiplier)
+    run.module = run.net._module  # the plain module inside the GradSampleModule
+    if run.clipping == "fast":
+        from .clipping import FastClipping
+
+        run.net.disable_hooks()  # Opacus' ghost hooks never run: the fast clipper's do
+        run.fast = FastClipping(run.module, t.privacy.max_grad_norm, group=run.copies)
+        run.criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None,
+                                            reduction="none")
+    log("privacy", clipping=run.clipping, noiseMultiplier=run.noise_multiplier,
+        maxGradNorm=t.privacy.max_grad_norm, augmentationMultiplicity=run.copies)
+
+
+def _reach(spec: HardenedModelSpec, x_train: np.ndarray, device: torch.device) -> Reach:
+    adv = spec.training.adversarial
+    step = eps_step_for(adv.eps, adv.eps_step, adv.max_iter)
+    if spec.model.architecture != "tabular-mlp":
+        return Reach(eps=adv.eps, step=step)
+    from .tabular import constraints
+
+    c = constraints(spec.data.features, x_train)
+    return Reach(eps=torch.from_numpy(c.radius(adv.eps)).to(device), step=torch.from_numpy(c.radius(step)).to(device),
+                 clip=(torch.from_numpy(c.low).to(device), torch.from_numpy(c.high).to(device)),
+                 integer=torch.from_numpy(c.integer).to(device))
+
+
+def build_run(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, device: torch.device,
+              log: Callable[..., None] = json_log, initial: dict | None = None) -> TrainingRun:
+    """Seeds, model, loader, optimizer, loss and, with DP-SGD, the privacy engine; see train()."""
+    t = spec.training
+    gen = seed_everything(t.seed)
+    model, margs = _network(spec, x_train, log=log, initial=initial)
     model = model.to(device)
     dataset = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
-    # pinned host memory: batches copy to the GPU asynchronously (non_blocking below)
+    # pinned host memory: batches copy to the GPU asynchronously (non_blocking in train_one_epoch)
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, generator=gen,
                         pin_memory=device.type == "cuda")
     if t.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=0.9)
-
     weights = class_weights(spec, y_train)
     criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
-    engine = None
-    noise_multiplier = None
-    attack_view = model
-    clipping = fast = None
-    aug = t.augmentation
-    copies = aug.multiplicity if aug is not None else 1   # augmentation multiplicity (the fast clipper only)
+    run = TrainingRun(net=model, module=model, model_args=margs, optimizer=optimizer, criterion=criterion,
+                      loader=loader, generator=gen, device=device, reach=_reach(spec, x_train, device),
+                      copies=t.augmentation.multiplicity if t.augmentation is not None else 1)
     if t.privacy.enabled:
-        from opacus import PrivacyEngine
+        _make_private(run, spec, weights, log=log)
+    run.average = WeightAverage(run.module, t.ema_decay) if t.ema_decay else None
+    return run
 
-        clipping = choose_clipping(t.privacy.clipping, model)
-        engine = PrivacyEngine(accountant=t.privacy.accountant, secure_mode=False)
-        noise_gen = torch.Generator(device=device)
-        noise_gen.manual_seed(t.seed + 1)
-        # fast clipping takes Opacus' ghost-clipping optimizer (noise on p.grad, then scaling), loader and
-        # accountant, and replaces only the two backward passes
-        private = engine.make_private_with_epsilon(
-            module=model, optimizer=optimizer, data_loader=loader, criterion=criterion, epochs=t.epochs,
-            target_epsilon=t.privacy.target_epsilon, target_delta=t.privacy.target_delta,
-            max_grad_norm=t.privacy.max_grad_norm, noise_generator=noise_gen,
-            grad_sample_mode="hooks" if clipping == "hooks" else "ghost")
-        if clipping == "hooks":
-            model, optimizer, loader = private
-            # each example's loss is w_y * l, as the other clippers take it (a weighted mean divides by the
-            # batch's weights, which Opacus' hooks would scale by the batch size instead)
-            per_example = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None,
-                                              reduction="none")
-            criterion = lambda out, target: per_example(out, target).mean()  # noqa: E731
-        else:  # ghost clipping also wraps the loss (it runs the second backward)
-            model, optimizer, criterion, loader = private
-        noise_multiplier = float(optimizer.noise_multiplier)
-        attack_view = model._module  # the plain module inside the GradSampleModule
-        if clipping == "fast":
-            from .clipping import FastClipping
 
-            model.disable_hooks()  # Opacus' ghost hooks never run: the fast clipper's do
-            fast = FastClipping(model._module, t.privacy.max_grad_norm, group=copies)
-            criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None,
-                                            reduction="none")
-        log("privacy", clipping=clipping, noiseMultiplier=noise_multiplier, maxGradNorm=t.privacy.max_grad_norm,
-            augmentationMultiplicity=copies)
-    average = WeightAverage(attack_view, t.ema_decay) if t.ema_decay else None
+def _adversarial_batch(run: TrainingRun, adv, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """Adversarial examples replace whole examples (all K copies of the first ones), never appended: one
+    gradient per sampled example, the sensitivity DP-SGD's noise is calibrated to."""
+    n_adv = int(round(adv.ratio * (len(xb) // run.copies))) * run.copies if adv.enabled else 0
+    if not n_adv:
+        return xb
+    r = run.reach
+    with _Hooks(*run.hook_owners):
+        if adv.attack == "fgsm":
+            x_adv = attacks.fgsm(run.module, xb[:n_adv], yb[:n_adv], eps=r.eps, clip=r.clip, integer=r.integer)
+        else:
+            x_adv = attacks.pgd(run.module, xb[:n_adv], yb[:n_adv], eps=r.eps, eps_step=r.step,
+                                max_iter=adv.max_iter, generator=run.generator, clip=r.clip, integer=r.integer)
+    return torch.cat([x_adv, xb[n_adv:]])
 
-    adv = t.adversarial
-    step = eps_step_for(adv.eps, adv.eps_step, adv.max_iter)
-    # the attack's reach: [0, 1] pixels for images; for tabular data per feature (mutable columns only, in
-    # standard deviations, within each feature's bounds, integers whole)
-    eps_a, step_a, clip, integer = adv.eps, step, (0.0, 1.0), None
-    if spec.model.architecture == "tabular-mlp":
-        from .tabular import constraints
 
-        c = constraints(spec.data.features, x_train)
-        eps_a = torch.from_numpy(c.radius(adv.eps)).to(device)
-        step_a = torch.from_numpy(c.radius(step)).to(device)
-        clip = (torch.from_numpy(c.low).to(device), torch.from_numpy(c.high).to(device))
-        integer = torch.from_numpy(c.integer).to(device)
-    history = []
-    start = time.perf_counter()
-    for epoch in range(1, t.epochs + 1):
-        model.train()
-        seen = correct = 0
-        loss_sum = 0.0
-        for xb, yb in loader:
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            if aug is not None:  # K copies of each example side by side, each randomly shifted (and flipped)
-                if copies > 1:
-                    xb, yb = xb.repeat_interleave(copies, 0), yb.repeat_interleave(copies, 0)
-                xb = augment(xb, shift=aug.shift, flip=aug.flip, generator=gen)
-            # adversarial examples replace whole examples (all K copies of the first ones)
-            n_adv = int(round(adv.ratio * (len(xb) // copies))) * copies if adv.enabled else 0
-            if n_adv:
-                with _Hooks(model if engine is not None and fast is None else None, fast):
-                    if adv.attack == "fgsm":
-                        x_adv = attacks.fgsm(attack_view, xb[:n_adv], yb[:n_adv], eps=eps_a, clip=clip,
-                                             integer=integer)
-                    else:
-                        x_adv = attacks.pgd(attack_view, xb[:n_adv], yb[:n_adv], eps=eps_a, eps_step=step_a,
-                                            max_iter=adv.max_iter, generator=gen, clip=clip, integer=integer)
-                xb = torch.cat([x_adv, xb[n_adv:]])  # replace, never append: one gradient per example
-            optimizer.zero_grad(set_to_none=True)
-            out = model(xb)
-            if fast is not None:
-                losses = criterion(out, yb)
-                fast.backward(losses)  # the clipped sum in p.grad, in one backward pass
-                loss = losses.mean() if len(losses) else losses.sum()
-            else:
-                loss = criterion(out, yb)
-                loss.backward()  # ghost clipping: both backward passes happen here
-            optimizer.step()  # also for an empty Poisson batch: the accountant counts every step
-            if average is not None:
-                average.update(attack_view)
-            seen += len(xb)
-            if len(xb):
-                loss_sum += float(loss.item()) * len(xb)
-            correct += int((out.argmax(1) == yb).sum())
-        asked = time.perf_counter()
-        epsilon = float(engine.get_epsilon(t.privacy.target_delta)) if engine is not None else None
-        record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
-                  "epsilon": epsilon, "seconds": round(time.perf_counter() - start, 3)}
-        if engine is not None:  # the accountant's answer takes a fixed ~0.2 s (PRV), whatever the model
-            record["accountantSeconds"] = round(time.perf_counter() - asked, 3)
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {record['loss']}); "
-                                     f"lower spec.training.learningRate ({t.learning_rate})")
-        history.append(record)
-        log("epoch", **record)
+def train_one_epoch(run: TrainingRun, spec: HardenedModelSpec, *, epoch: int, start: float) -> dict:
+    """One pass over the loader; the epoch's record (loss, accuracy, epsilon so far, seconds since ``start``).
+    FloatingPointError naming spec.training.learningRate when the loss is no longer finite."""
+    t, device, aug = spec.training, run.device, spec.training.augmentation
+    run.net.train()
+    seen = correct = 0
+    loss_sum = 0.0
+    for xb, yb in run.loader:
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        if aug is not None:  # K copies of each example side by side, each randomly shifted (and flipped)
+            if run.copies > 1:
+                xb, yb = xb.repeat_interleave(run.copies, 0), yb.repeat_interleave(run.copies, 0)
+            xb = augment(xb, shift=aug.shift, flip=aug.flip, generator=run.generator)
+        xb = _adversarial_batch(run, t.adversarial, xb, yb)
+        run.optimizer.zero_grad(set_to_none=True)
+        out = run.net(xb)
+        if run.fast is not None:
+            losses = run.criterion(out, yb)
+            run.fast.backward(losses)  # the clipped sum in p.grad, in one backward pass
+            loss = losses.mean() if len(losses) else losses.sum()
+        else:
+            loss = run.criterion(out, yb)
+            loss.backward()  # ghost clipping: both backward passes happen here
+        run.optimizer.step()  # also for an empty Poisson batch: the accountant counts every step
+        if run.average is not None:
+            run.average.update(run.module)
+        seen += len(xb)
+        if len(xb):
+            loss_sum += float(loss.item()) * len(xb)
+        correct += int((out.argmax(1) == yb).sum())
+    asked = time.perf_counter()
+    epsilon = float(run.engine.get_epsilon(t.privacy.target_delta)) if run.engine is not None else None
+    record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+              "epsilon": epsilon, "seconds": round(time.perf_counter() - start, 3)}
+    if run.engine is not None:  # the accountant's answer takes a fixed ~0.2 s (PRV), whatever the model
+        record["accountantSeconds"] = round(time.perf_counter() - asked, 3)
+    if not math.isfinite(record["loss"]):
+        raise FloatingPointError(f"training diverged at epoch {epoch} (loss {record['loss']}); "
+                                 f"lower spec.training.learningRate ({t.learning_rate})")
+    return record
 
-    if fast is not None:
-        fast.remove()
-    plain = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes, **margs)
-    source = model._module if engine is not None else model
-    state = {k: v.detach().cpu() for k, v in source.state_dict().items()}
-    if average is not None:  # the averaged weights are the model: evaluated, signed and served
-        state.update({k: v.cpu() for k, v in average.params.items()})
-    if t.weight_standardization:  # the weights the convolutions used, in the plain architecture
+
+def export(run: TrainingRun, spec: HardenedModelSpec, history: list[dict], *, start: float) -> TrainResult:
+    """The trained weights in a fresh plain architecture: no Opacus wrapper and no clipper hooks, so what is
+    evaluated, signed and served is the registry's network."""
+    if run.fast is not None:
+        run.fast.remove()
+    plain = build_model(spec.model.architecture, spec.model.input_shape, spec.model.num_classes, **run.model_args)
+    state = {k: v.detach().cpu() for k, v in run.module.state_dict().items()}
+    if run.average is not None:  # the averaged weights are the model: evaluated, signed and served
+        state.update({k: v.cpu() for k, v in run.average.params.items()})
+    if spec.training.weight_standardization:  # the weights the convolutions used, in the plain architecture
         from .standardize import baked_state
 
-        state = baked_state(source, state)
+        state = baked_state(run.module, state)
     plain.load_state_dict(state)
     plain.eval()
     return TrainResult(model=plain, epsilon=history[-1]["epsilon"] if history else None,
-                       noise_multiplier=noise_multiplier, history=history,
-                       seconds=time.perf_counter() - start, clipping=clipping)
+                       noise_multiplier=run.noise_multiplier, history=history,
+                       seconds=time.perf_counter() - start, clipping=run.clipping)
+
+
+def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, device: torch.device,
+          log: Callable[..., None] = json_log, initial: dict | None = None) -> TrainResult:
+    """``initial``: checked tensors of model.initialWeights (hardened_trainer.weights), loaded before training.
+
+    Set-up, epochs, export, as torchvision's references/classification/train.py reads."""
+    run = build_run(spec, x_train, y_train, device=device, log=log, initial=initial)
+    history = []
+    start = time.perf_counter()
+    for epoch in range(1, spec.training.epochs + 1):
+        record = train_one_epoch(run, spec, epoch=epoch, start=start)
+        history.append(record)
+        log("epoch", **record)
+    return export(run, spec, history, start=start)
