@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import ConfigError, load_config
     from .data import DataError
-    from .train import json_log
+    from .train import PrivacyError, json_log
 
     args = get_args_parser().parse_args(argv)
     warnings.filterwarnings("ignore", module=r"opacus\..*")
@@ -307,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     try:
         code, summary = run(cfg, log=json_log)
-    except (DataError, SigningError, StoreError, ArchitectureError) as exc:
+    except (DataError, SigningError, StoreError, ArchitectureError, PrivacyError) as exc:
         stage = {DataError: "data", SigningError: "signing", StoreError: "upload",
-                 ArchitectureError: "model"}[type(exc)]
+                 ArchitectureError: "model", PrivacyError: "privacy"}[type(exc)]
         json_log("error", stage=stage, message=str(exc))
         _termination_message(args.termination_log, {"stage": stage, "reason": f"{stage.title()}Error",
                                                     "message": str(exc)})

@@ -244,6 +244,14 @@ def _network(spec: HardenedModelSpec, x_train: np.ndarray, *, log: Callable[...,
     return model, margs
 
 
+# scipy's brentq, inside Opacus' GDP epsilon, when the noise search evaluates a noise too low to bracket
+GDP_NO_ROOT = "f(a) and f(b) must have different signs"
+
+
+class PrivacyError(ValueError):
+    """A DP-SGD set-up the accounting cannot provide for this spec (stage privacy, exit 2); names the field."""
+
+
 def _make_private(run: TrainingRun, spec: HardenedModelSpec, weights: torch.Tensor | None, *,
                   log: Callable[..., None]) -> None:
     """DP-SGD as a switch around Opacus' make_private_with_epsilon (its examples/mnist.py): the run's model,
@@ -257,11 +265,20 @@ def _make_private(run: TrainingRun, spec: HardenedModelSpec, weights: torch.Tens
     noise_gen.manual_seed(t.seed + 1)
     # fast clipping takes Opacus' ghost-clipping optimizer (noise on p.grad, then scaling), loader and
     # accountant, and replaces only the two backward passes
-    private = run.engine.make_private_with_epsilon(
-        module=run.net, optimizer=run.optimizer, data_loader=run.loader, criterion=run.criterion, epochs=t.epochs,
-        target_epsilon=t.privacy.target_epsilon, target_delta=t.privacy.target_delta,
-        max_grad_norm=t.privacy.max_grad_norm, noise_generator=noise_gen,
-        grad_sample_mode="hooks" if run.clipping == "hooks" else "ghost")
+    try:
+        private = run.engine.make_private_with_epsilon(
+            module=run.net, optimizer=run.optimizer, data_loader=run.loader, criterion=run.criterion,
+            epochs=t.epochs, target_epsilon=t.privacy.target_epsilon, target_delta=t.privacy.target_delta,
+            max_grad_norm=t.privacy.max_grad_norm, noise_generator=noise_gen,
+            grad_sample_mode="hooks" if run.clipping == "hooks" else "ghost")
+    except ValueError as exc:
+        if t.privacy.accountant == "gdp" and GDP_NO_ROOT in str(exc):
+            raise PrivacyError(
+                f"spec.training.privacy.accountant: \"gdp\" finds no noise multiplier for targetEpsilon "
+                f"{t.privacy.target_epsilon:g} in {t.epochs} epoch(s) of this data: its noise search tries noise "
+                f"so low that epsilon passes 500, where Opacus' GDP root finder has no bracket (GDP is a "
+                f"central-limit approximation, meant for many steps); use accountant \"prv\" or \"rdp\"") from exc
+        raise
     if run.clipping == "hooks":
         run.net, run.optimizer, run.loader = private
         # each example's loss is w_y * l, as the other clippers take it (a weighted mean divides by the
