@@ -17,7 +17,7 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
 def _cmd_crd(args: argparse.Namespace) -> int:
     from .crd import render_crd_yaml
 
-    sys.stdout.write(render_crd_yaml())
+    sys.stdout.write(render_crd_yaml("HardenedModelPolicy" if args.policy else "HardenedModel"))
     return EXIT_OK
 
 
@@ -35,11 +35,55 @@ def _architecture_problem(model) -> str | None:
     return f"spec.model.architecture: Unsupported value: {name!r}: {not_installed_message(name)}"
 
 
+def _namespace_labels(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (kubectl label's form) -> {k: v, k2: v2}."""
+    labels = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise argparse.ArgumentTypeError(f"{pair!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+def _file_kind(path: str) -> str | None:
+    """The kind of a file's first YAML document, so that validate checks a HardenedModelPolicy file as one."""
+    from hardened_model.spec import load_yaml_documents
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            docs = load_yaml_documents(fh.read())
+    except Exception:  # noqa: BLE001 - unreadable or not YAML: load_manifest says why, in its words
+        return None
+    return docs[0].get("kind") if docs and isinstance(docs[0], dict) else None
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from hardened_model.policy import POLICY_KIND, load_policies, violations
     from hardened_model.spec import SpecError, load_manifest
 
+    policies = []
+    if args.policy:
+        try:
+            policies = load_policies(args.policy)
+        except OSError as exc:
+            print(f"{args.policy}: cannot read: {exc.strerror}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except SpecError as exc:
+            for field, msg in exc.problems:  # the field names the file and document
+                print(f"{field}: {msg}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     status = EXIT_OK
     for path in args.files:
+        if _file_kind(path) == POLICY_KIND:
+            try:
+                for policy in load_policies(path):
+                    print(f"{path}: valid {POLICY_KIND} {policy.metadata.name}")
+            except SpecError as exc:
+                for field, msg in exc.problems:
+                    print(f"{field}: {msg}", file=sys.stderr)
+                status = EXIT_BAD_INPUT
+            continue
         try:
             model = load_manifest(path)
         except OSError as exc:
@@ -51,8 +95,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             status = EXIT_BAD_INPUT
         else:
             problem = _architecture_problem(model)
+            refused = violations(model, policies, args.namespace_labels)
             if problem:
                 print(f"{path}: {problem}", file=sys.stderr)
+            for v in refused:
+                print(f"{path}: {v}", file=sys.stderr)
+            if problem or refused:
                 status = EXIT_BAD_INPUT
             else:
                 print(f"{path}: valid HardenedModel {model.metadata.namespace}/{model.metadata.name}")
@@ -280,10 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("crd", help="print the HardenedModel CustomResourceDefinition (YAML)")
+    p.add_argument("--policy", action="store_true",
+                   help="print the HardenedModelPolicy CustomResourceDefinition instead (default: HardenedModel)")
     p.set_defaults(func=_cmd_crd)
 
-    p = sub.add_parser("validate", help="check HardenedModel files as the CRD and the operator do")
+    p = sub.add_parser("validate", help="check HardenedModel (and HardenedModelPolicy) files as the CRD, the "
+                                        "admission policy and the operator do")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--policy", metavar="FILE",
+                   help="also check each model against the HardenedModelPolicy documents of FILE that select the "
+                        "namespace (default: no policy)")
+    p.add_argument("--namespace-labels", type=_namespace_labels, default={}, metavar="K=V,...",
+                   help="the labels of the namespace the models go to, which the policies' namespaceSelector "
+                        "reads (default: none, so only policies selecting every namespace, or by NotIn and "
+                        "DoesNotExist, apply)")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("train", help="run the trainer: hardened-model train --config train.json", add_help=False)

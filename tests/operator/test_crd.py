@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from helpers import EXAMPLES, ROOT, example, merge_patch
 from crd_admission import CrdAdmission
 from hardened_operator import crd as crdgen
+from hardened_model.policy import parse_policy
 from hardened_model.spec import SpecError, _cel_program, load_yaml_documents, parse_manifest, parse_spec, to_wire
 
 CRD_FILE = ROOT / "crds/hardenedmodels.hardened.dev.yaml"
@@ -233,3 +234,112 @@ def test_crd_and_spec_model_agree_on_random_mutations(admission, base, data, n):
     assert bool(crd_errors) == bool(model_errors), (spec, crd_errors, model_errors)
     if not crd_errors:
         assert stored["spec"] == to_wire(parsed)
+
+
+# ------------------------------------------------------------------ HardenedModelPolicy (issue 27)
+POLICY_CRD_FILE = ROOT / "crds/hardenedmodelpolicies.hardened.dev.yaml"
+CHART_POLICY_CRD_FILE = ROOT / "charts/hardened-model-operator/crds/hardenedmodelpolicies.hardened.dev.yaml"
+K8S_VERSIONS = ["1.30.0", "1.33.0", "1.37.0"]  # as tests/operator/test_manifests.py
+
+
+def policy_doc(**spec) -> dict:
+    return {"apiVersion": "hardened.dev/v1alpha1", "kind": "HardenedModelPolicy", "metadata": {"name": "p"},
+            "spec": spec}
+
+
+FULL_POLICY = policy_doc(
+    namespaceSelector={"matchLabels": {"hardened.dev/tenant": "true"},
+                       "matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["platform"]},
+                                            {"key": "legacy", "operator": "DoesNotExist"}]},
+    gates={"minCleanAccuracy": 0.9, "minRobustAccuracy": 0.5, "maxEpsilon": 3, "maxMembershipAUC": 0.6,
+           "minRecall": 0.8, "minPRAUC": 0.5},
+    signing={"requireEnforce": True, "requireProvenance": True, "requireDataDigest": True},
+    images={"trainer": ["ghcr.io/platform/"], "server": ["ghcr.io/platform/server@sha256:" + "a" * 64]},
+    serviceAccounts=["models"])
+
+
+@pytest.fixture(scope="module")
+def policy_crd() -> dict:
+    return yaml.safe_load(POLICY_CRD_FILE.read_text())
+
+
+class TestPolicyCrd:
+    def test_committed_crd_and_chart_copy_are_current(self):
+        for path in (POLICY_CRD_FILE, CHART_POLICY_CRD_FILE):
+            assert path.read_text() == crdgen.render_crd_yaml("HardenedModelPolicy"), \
+                f"{path} is stale: run `hardened-model crd --policy > {path.relative_to(ROOT)}`"
+
+    def test_names_scope_and_no_status(self, policy_crd):
+        spec = policy_crd["spec"]
+        assert policy_crd["metadata"]["name"] == "hardenedmodelpolicies.hardened.dev"
+        assert spec["group"] == "hardened.dev" and spec["scope"] == "Cluster"
+        assert spec["names"] == {"kind": "HardenedModelPolicy", "listKind": "HardenedModelPolicyList",
+                                 "plural": "hardenedmodelpolicies", "singular": "hardenedmodelpolicy",
+                                 "shortNames": ["hmp"]}
+        (version,) = spec["versions"]
+        model_version = crdgen.build_crd()["spec"]["versions"][0]["name"]
+        assert version["name"] == model_version and version["served"] and version["storage"]
+        assert "subresources" not in version
+
+    def test_printer_columns(self, policy_crd):
+        cols = {c["name"]: c["jsonPath"] for c in policy_crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+        assert cols == {"Max-Epsilon": ".spec.gates.maxEpsilon", "Enforce": ".spec.signing.requireEnforce",
+                        "Age": ".metadata.creationTimestamp"}
+
+    @pytest.mark.parametrize("version", K8S_VERSIONS)
+    def test_passes_strict_validation(self, policy_crd, version):
+        import kubernetes_validate
+
+        kubernetes_validate.validate(policy_crd, version, strict=True)
+
+    def test_schema_is_structural_and_its_rules_compile(self, policy_crd):
+        root = policy_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        rules = 0
+        for path, node in schema_nodes(root):
+            assert node.get("type") in {"object", "array", "string", "integer", "number", "boolean"}, path
+            assert not ({"anyOf", "oneOf", "allOf", "$ref", "nullable", "const"} & set(node)), path
+            assert not ("properties" in node and "additionalProperties" in node), path
+            for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+                assert isinstance(node.get(bound, True), bool), path
+            for rule in node.get("x-kubernetes-validations", []):
+                node["properties"][rule["fieldPath"].lstrip(".")]  # the apiserver refuses a path not in the schema
+                _cel_program(rule["rule"])
+                rules += 1
+            if "default" in node and node.get("x-kubernetes-validations"):
+                assert CrdAdmission.cel_on_default(node) == [], path
+        assert rules == 2  # the label selector requirement's values
+
+    def test_gate_bounds_have_the_gates_ranges(self, policy_crd, crd):
+        bounds = policy_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        gates = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["gates"]
+        keep = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+        assert {k: {x: v[x] for x in keep if x in v} for k, v in bounds["properties"]["gates"]["properties"].items()} \
+            == {k: {x: v[x] for x in keep if x in v} for k, v in gates["properties"].items()}
+
+    @pytest.mark.parametrize("doc", [policy_doc(), FULL_POLICY], ids=["empty", "full"])
+    def test_policies_are_admitted_and_defaulted_as_parse_policy_does(self, policy_crd, doc):
+        stored, errors = CrdAdmission(policy_crd).admit(copy.deepcopy(doc))
+        assert errors == []
+        assert stored["spec"] == to_wire(parse_policy(doc).spec)
+
+    @pytest.mark.parametrize("spec, field", [
+        ({"gates": {"maxEpsilon": 0}}, "spec.gates.maxEpsilon"),
+        ({"gates": {"minCleanAccuracy": 1.5}}, "spec.gates.minCleanAccuracy"),
+        ({"images": {"trainer": []}}, "spec.images.trainer"),
+        ({"images": {"server": ["Not An Image"]}}, "spec.images.server[0]"),
+        ({"serviceAccounts": ["Bad_Name"]}, "spec.serviceAccounts[0]"),
+        ({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Has"}]}},
+         "spec.namespaceSelector.matchExpressions[0].operator"),
+        ({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+         "spec.namespaceSelector.matchExpressions[0].values"),
+        ({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}},
+         "spec.namespaceSelector.matchExpressions[0].values"),
+        ({"namespaceSelector": {"matchLabels": {"team": "not valid!"}}}, "spec.namespaceSelector.matchLabels.team"),
+    ])
+    def test_invalid_policies_are_refused_by_both_at_the_same_field(self, policy_crd, spec, field):
+        doc = policy_doc(**spec)
+        _, errors = CrdAdmission(policy_crd).admit(copy.deepcopy(doc))
+        assert field in [p for p, _ in errors], errors
+        with pytest.raises(SpecError) as err:
+            parse_policy(doc)
+        assert err.value.fields == [field]

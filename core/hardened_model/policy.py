@@ -1,0 +1,308 @@
+"""HardenedModelPolicy: what a platform team requires of every HardenedModel in the namespaces it selects
+(issue 27). Cluster-scoped and written by cluster admins, so a tenant who may create HardenedModels in its own
+namespace cannot loosen it; several policies selecting one namespace all apply, so the strictest wins.
+
+One definition serves three readers with the same messages: the chart's ValidatingAdmissionPolicy (refused at
+``kubectl apply``), the operator at every reconcile pass (a policy tightened after admission stops a model's
+next version; the version already serving keeps serving) and ``hardened-model validate --policy`` (offline).
+Modelled on sigstore policy-controller's ClusterImagePolicy (admins write it, namespaces are selected by
+label, tenants cannot opt out) and Kubernetes' LabelSelector.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .provenance import image_allowed
+from .spec import HardenedModel, SpecError, go_value, load_yaml_documents, prune_nulls, to_wire
+from .spec.cel import CelRule, walk_cel
+from .spec.errors import problems_of
+from .spec.sections import API_GROUP, API_VERSION, DNS_LABEL, TRAINER_IMAGE_RULE, Fraction, _Base, _obj
+
+POLICY_KIND = "HardenedModelPolicy"
+POLICY_PLURAL = "hardenedmodelpolicies"
+POLICY_SINGULAR = "hardenedmodelpolicy"
+POLICY_SHORT_NAMES = ["hmp"]
+
+# metav1 label keys and values (k8s.io/apimachinery validation.IsQualifiedName, IsValidLabelValue)
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ImageRule = Annotated[str, Field(pattern=TRAINER_IMAGE_RULE, max_length=512)]
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]
+
+
+class LabelSelectorRequirement(_Base):
+    """As metav1.LabelSelectorRequirement."""
+
+    key: str = Field(pattern=LABEL_KEY, max_length=316, description="The namespace label the requirement reads.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="In / NotIn: the label's value is (not) one of values (NotIn also holds when the label is "
+                    "absent); Exists / DoesNotExist: the label is present / absent.")
+    values: list[LabelValue] | None = Field(default=None, max_length=64,
+                                            description="Non-empty for In and NotIn, absent otherwise.")
+
+    # metav1's own validation (ValidateLabelSelectorRequirement), which a CRD schema does not get for free
+    cel_rules = (
+        CelRule("!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
+                "values must be non-empty when operator is In or NotIn", "values"),
+        CelRule("!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0",
+                "values may not be given when operator is Exists or DoesNotExist", "values"),
+    )
+
+
+class LabelSelector(_Base):
+    """As metav1.LabelSelector: every matchLabels pair and every matchExpressions requirement must hold; an
+    empty selector selects every namespace."""
+
+    match_labels: dict[str, LabelValue] | None = Field(
+        default=None, max_length=64, description="Labels the namespace must carry with exactly these values.")
+    match_expressions: list[LabelSelectorRequirement] | None = Field(default=None, max_length=32)
+
+
+class GateBounds(_Base):
+    """Bounds on spec.gates. Each one set is a bound the model's own gate must be at least as strict as: a
+    floor for the ``min*`` gates (the model's gate must be set, and at or above it), a ceiling for the
+    ``max*`` gates (set, and at or below it). The fields, their names and ranges are spec.gates' own."""
+
+    min_clean_accuracy: Fraction | None = Field(default=None, description="Floor on gates.minCleanAccuracy.")
+    min_robust_accuracy: Fraction | None = Field(default=None, description="Floor on gates.minRobustAccuracy.")
+    max_epsilon: float | None = Field(default=None, gt=0.0, le=100.0, description="Ceiling on gates.maxEpsilon.")
+    max_membership_auc: Annotated[float, Field(ge=0.5, le=1.0)] | None = Field(
+        default=None, alias="maxMembershipAUC", description="Ceiling on gates.maxMembershipAUC.")
+    min_recall: Fraction | None = Field(default=None, description="Floor on gates.minRecall.")
+    min_precision: Fraction | None = Field(default=None, description="Floor on gates.minPrecision.")
+    min_pr_auc: Fraction | None = Field(default=None, alias="minPRAUC", description="Floor on gates.minPRAUC.")
+    min_balanced_accuracy: Fraction | None = Field(default=None, description="Floor on gates.minBalancedAccuracy.")
+    min_robust_recall: Fraction | None = Field(default=None, description="Floor on gates.minRobustRecall.")
+
+
+class SigningRules(_Base):
+    """What the policy requires of spec.signing and spec.data."""
+
+    require_enforce: bool = Field(default=False, description="signing.mode must be Enforce (Warn is refused).")
+    require_provenance: bool = Field(
+        default=False, description="signing.provenance.required must be true (allowedTrainerImages or "
+                                   "requireDataDigest imply it, as for the verifier).")
+    require_data_digest: bool = Field(default=False, description="data.sha256 must pin the training data.")
+
+
+class ImageRules(_Base):
+    """Allowed images, in signing.provenance.allowedTrainerImages' forms: a digest, repo@sha256:..., a
+    repository (any tag or digest of it) or a prefix ending in /. Absent: any image."""
+
+    trainer: list[ImageRule] | None = Field(default=None, min_length=1, max_length=64,
+                                            description="Allowed training.image values.")
+    server: list[ImageRule] | None = Field(default=None, min_length=1, max_length=64,
+                                           description="Allowed serving.image values.")
+
+
+class HardenedModelPolicySpec(_Base):
+    """What every HardenedModel in the selected namespaces must meet; each rule left out asks nothing."""
+
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="The namespaces whose HardenedModels this policy governs (by their labels); "
+                                  "absent or {}: every namespace.")
+    gates: GateBounds = _obj(GateBounds)
+    signing: SigningRules = _obj(SigningRules)
+    images: ImageRules = _obj(ImageRules)
+    service_accounts: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=253)]] | None = Field(
+        default=None, max_length=64,
+        description="Allowed aws.serviceAccountName values (each carries an IRSA role); absent: any; empty: "
+                    "none, so no model may name a ServiceAccount. A model naming none is always allowed.")
+
+
+class PolicyMeta(BaseModel):
+    """A cluster-scoped object's metadata: a name (a DNS subdomain, as the apiserver requires), no namespace."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+
+
+class _PolicyEnvelope(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    api_version: Literal[f"{API_GROUP}/{API_VERSION}"] = Field(alias="apiVersion")  # type: ignore[valid-type]
+    kind: Literal["HardenedModelPolicy"]
+    metadata: PolicyMeta
+
+
+class HardenedModelPolicy(_PolicyEnvelope):
+    """A whole HardenedModelPolicy manifest. ``spec`` is required, as in the CRD; ``spec: {}`` is a valid
+    policy that asks nothing."""
+
+    spec: HardenedModelPolicySpec
+
+
+# ------------------------------------------------------------------ the check
+def selects(policy: HardenedModelPolicy, namespace_labels: Mapping[str, str]) -> bool:
+    """Does the policy govern a namespace with these labels? As labels.Selector of metav1.LabelSelector:
+    every matchLabels pair and every requirement holds; NotIn and DoesNotExist hold for an absent key. An
+    absent selector and an empty one ({}) both select every namespace (metav1 selects everything with {})."""
+    sel = policy.spec.namespace_selector
+    if sel is None:
+        return True
+    labels = dict(namespace_labels or {})
+    for key, value in (sel.match_labels or {}).items():
+        if labels.get(key) != value:
+            return False
+    for req in sel.match_expressions or []:
+        present, values = req.key in labels, req.values or []
+        ok = {"In": present and labels.get(req.key) in values,
+              "NotIn": not present or labels.get(req.key) not in values,
+              "Exists": present,
+              "DoesNotExist": not present}[req.operator]
+        if not ok:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One rule of one policy that a HardenedModel breaks; ``str()`` is the line every reader prints (the
+    admission policy, the operator's status and `hardened-model validate --policy`)."""
+
+    policy: str
+    field: str     # the spec path as in the CRD: spec.gates.maxEpsilon
+    message: str   # what is wrong, in the shared phrasing
+
+    def __str__(self) -> str:
+        return f"{POLICY_KIND} {self.policy}: {self.field}: {self.message}"
+
+
+def _value(value: Any) -> str:
+    """A value as the apiserver prints it (go_value); a list as Go's json.Marshal writes it, no spaces."""
+    if isinstance(value, list):
+        return json.dumps(value, separators=(",", ":"))
+    return go_value(value)
+
+
+def _provenance_required(model: HardenedModel) -> bool:
+    """As the verifier reads it (provenance.check_policy): allowedTrainerImages and requireDataDigest imply
+    required, so a spec that sets them already requires provenance."""
+    prov = model.spec.signing.provenance
+    return prov is not None and (prov.required or bool(prov.allowed_trainer_images) or prov.require_data_digest)
+
+
+def _check(model: HardenedModel, policy: HardenedModelPolicy) -> list[tuple[str, str]]:
+    rules, spec, out = policy.spec, model.spec, []
+    for name, info in GateBounds.model_fields.items():
+        bound = getattr(rules.gates, name)
+        if bound is None:
+            continue
+        field = f"spec.gates.{info.alias or name}"
+        value = getattr(spec.gates, name)
+        if name.startswith("min"):
+            if value is None:
+                out.append((field, f"not set; the policy requires at least {_value(bound)}"))
+            elif value < bound:
+                out.append((field, f"{_value(value)} is below the policy's floor {_value(bound)}"))
+        else:
+            if value is None:
+                out.append((field, f"not set; the policy requires at most {_value(bound)}"))
+            elif value > bound:
+                out.append((field, f"{_value(value)} is above the policy's ceiling {_value(bound)}"))
+    if rules.signing.require_enforce and spec.signing.mode != "Enforce":
+        out.append(("spec.signing.mode", f'{_value(spec.signing.mode)}; the policy requires "Enforce"'))
+    if rules.signing.require_provenance and not _provenance_required(model):
+        out.append(("spec.signing.provenance.required", "false; the policy requires true"))
+    if rules.signing.require_data_digest and not spec.data.sha256:
+        out.append(("spec.data.sha256", "not set; the policy requires the training data pinned"))
+    if rules.images.trainer is not None and not image_allowed(spec.training.image, rules.images.trainer):
+        out.append(("spec.training.image", f"{_value(spec.training.image)} matches none of the policy's trainer "
+                                           f"images {_value(list(rules.images.trainer))}"))
+    if rules.images.server is not None and not image_allowed(spec.serving.image, rules.images.server):
+        out.append(("spec.serving.image", f"{_value(spec.serving.image)} matches none of the policy's server "
+                                          f"images {_value(list(rules.images.server))}"))
+    account, allowed = spec.aws.service_account_name, rules.service_accounts
+    if account is not None and allowed is not None and account not in allowed:
+        out.append(("spec.aws.serviceAccountName",
+                    f"{_value(account)} is not among the policy's service accounts {_value(list(allowed))}"
+                    if allowed else f"{_value(account)}; the policy allows none"))
+    return out
+
+
+def violations(model: HardenedModel, policies: list[HardenedModelPolicy],
+               namespace_labels: Mapping[str, str]) -> list[Violation]:
+    """Every violation of every policy that selects the model's namespace, by policy name, then in field order
+    (gates, signing.mode, provenance, data digest, training image, serving image, service account). Each
+    policy applies on its own, so with several the strictest bound is the one that refuses."""
+    out = []
+    for policy in sorted(policies, key=lambda p: p.metadata.name):
+        if selects(policy, namespace_labels):
+            out += [Violation(policy.metadata.name, f, m) for f, m in _check(model, policy)]
+    return out
+
+
+# ----------------------------------------------------------------- reading
+def parse_policy(data: Any) -> HardenedModelPolicy:
+    """Parse one HardenedModelPolicy manifest as the apiserver admits it (null pruning, defaults, OpenAPI
+    validation, CEL), phrased as parse_manifest phrases a HardenedModel's errors; SpecError names every bad
+    field. The operator parses the objects it lists with it, the CLI the files it reads."""
+    if not isinstance(data, Mapping):
+        raise SpecError([("manifest", f"Invalid value: {type(data).__name__}: must be an object")])
+    data = prune_nulls(data)
+    problems: list[tuple[str, str]] = []
+    try:
+        _PolicyEnvelope.model_validate({k: v for k, v in data.items() if k != "spec"})
+    except ValidationError as err:
+        problems += [(p.lstrip("."), m) for p, m in problems_of(err, "", policy_schema())]
+    if "spec" not in data:
+        problems.append(("spec", "Required value"))
+    elif not isinstance(data["spec"], Mapping):
+        problems.append(("spec", f"Invalid value: {type(data['spec']).__name__}: must be an object"))
+    else:
+        try:
+            spec = HardenedModelPolicySpec.model_validate(data["spec"])
+        except ValidationError as err:
+            problems += problems_of(err, "spec", policy_schema())
+        else:
+            problems += walk_cel(HardenedModelPolicySpec, to_wire(spec), "spec")
+    if problems:
+        raise SpecError(problems)
+    return HardenedModelPolicy.model_validate(data)
+
+
+def load_policies(path: str) -> list[HardenedModelPolicy]:
+    """Every HardenedModelPolicy of a YAML file (one or more documents). A problem names the file, the
+    document (1-based) and the field: ``policies.yaml: document 2: spec.gates.maxEpsilon: Invalid value: ...``."""
+    with open(path, encoding="utf-8") as fh:
+        docs = load_yaml_documents(fh.read())
+    if not docs:
+        raise SpecError([(path, "Invalid value: 0: expected one or more HardenedModelPolicy documents")])
+    policies, problems, seen = [], [], set()
+    for i, doc in enumerate(docs, 1):
+        try:
+            policy = parse_policy(doc)
+        except SpecError as err:
+            problems += [(f"{path}: document {i}: {f}", m) for f, m in err.problems]
+            continue
+        if policy.metadata.name in seen:
+            problems.append((f"{path}: document {i}: metadata.name",
+                             f"Duplicate value: {_value(policy.metadata.name)}"))
+        seen.add(policy.metadata.name)
+        policies.append(policy)
+    if problems:
+        raise SpecError(problems)
+    return policies
+
+
+@functools.cache
+def policy_schema() -> dict:
+    """The HardenedModelPolicy openAPIV3Schema (the CRD's): the bounds an error message quotes."""
+    from .spec.schema import build_schema
+
+    return {
+        "type": "object",
+        "description": "What a platform team requires of every HardenedModel in the namespaces it selects.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": build_schema(HardenedModelPolicySpec),
+        },
+    }
