@@ -84,7 +84,8 @@ def main() -> int:
         args.applies, args.models, args.quiet_seconds = 2, 3, 5
 
     api = Cluster.find_or_start()
-    install_operator(api, images(api)["operator"])
+    built = images(api)
+    install_operator(api, built["operator"], verifier_image=built["server"])
     api.delete_namespace(NS)
     api.namespace(NS)
     api.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "hardened-models"},

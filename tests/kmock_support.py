@@ -34,6 +34,27 @@ class Fault:
 
 class RVEmulator(kmock.KubernetesEmulator):
     faults: list = []
+    namespaces: dict = {}
+
+    def add_namespace(self, name: str, **labels: str) -> dict:
+        """A Namespace with these labels (what HardenedModelPolicies select by). kmock 0.8 reads
+        /api/v1/namespaces/NAME as a list of a resource called NAME, so Namespaces are served here."""
+        obj = {"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "labels": labels, "uid": str(uuid.uuid4()),
+                            "resourceVersion": str(next(_rv))}}
+        self.namespaces = {**self.namespaces, name: obj}
+        return obj
+
+    def _namespace(self, request):
+        method = str(getattr(request.method, "value", request.method)).upper()
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)", request.url.path)
+        if method != "GET" or m is None:
+            return None
+        if m[1] in self.namespaces:
+            return aiohttp.web.json_response(self.namespaces[m[1]])
+        return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 404,
+                                          "reason": "NotFound", "message": f'namespaces "{m[1]}" not found'},
+                                         status=404)
 
     def inject(self, method: str, path: str, status: int, times: int = 1) -> Fault:
         fault = Fault(method, path, status, times)
@@ -57,6 +78,9 @@ class RVEmulator(kmock.KubernetesEmulator):
             return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Failure",
                                               "code": fault.status, "reason": reason,
                                               "message": f"injected {fault.status}"}, status=fault.status)
+        served = self._namespace(request)
+        if served is not None:
+            return served
         data = request.data
         if request.resource is not None:
             if request.action == kmock.action.CREATE and isinstance(data, dict):
@@ -94,6 +118,8 @@ CORE = [("v1/namespaces", "Namespace", False), ("v1/configmaps", "ConfigMap", Tr
 def declare(k8s) -> None:
     k8s.resources["hardened.dev/v1alpha1/hardenedmodels"] = k8s.ResourceInfo(
         kind="HardenedModel", singular="hardenedmodel", namespaced=True, verbs=VERBS, subresources={"status"})
+    k8s.resources["hardened.dev/v1alpha1/hardenedmodelpolicies"] = k8s.ResourceInfo(  # cluster-scoped (issue 27)
+        kind="HardenedModelPolicy", singular="hardenedmodelpolicy", namespaced=False, verbs=VERBS)
     for path, kind, namespaced in CORE:
         k8s.resources[path] = k8s.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=namespaced, verbs=VERBS)
 

@@ -5,7 +5,8 @@ daemon, and a HardenedModel has no external state to clean up (children go
 with their ownerReferences), so deletion must not wait on the operator.
 Spec changes and restarts arrive as create/update/resume; progress of the
 children arrives as events on our own Jobs and Deployments, which reconcile
-their owner. A missing Secret is retried by kopf (TemporaryError).
+their owner. A missing Secret is retried by kopf (TemporaryError). A change to
+a HardenedModelPolicy re-runs the models it concerns (on_policy).
 
 Absolute imports: kopf may load this file by path (`kopf run handlers.py`).
 """
@@ -18,6 +19,7 @@ import threading
 import kopf
 
 from hardened_operator.manifests.objects import MANAGED_BY
+from hardened_model.policy import POLICY_PLURAL
 from hardened_model.spec import API_GROUP, API_VERSION, PLURAL
 
 METRICS_PORT = int(os.environ.get("HARDENED_METRICS_PORT", "0") or 0)
@@ -35,7 +37,12 @@ def login(**kwargs):
 def configure(settings: kopf.OperatorSettings, logger, **_):
     from hardened_operator import peering
     from hardened_operator.kube import load_config
+    from hardened_operator.reconcile import verifier_image
 
+    try:  # a bad verifier image stops the operator at start, not each model at its verify Job
+        logger.info(f"Verifier image: {verifier_image()}")
+    except ValueError as exc:
+        raise kopf.PermanentError(str(exc)) from exc
     if peering.CHOSEN is not None:
         logger.info(f"Peering: {peering.CHOSEN.note}")
 
@@ -152,3 +159,33 @@ async def _child_pass(namespace: str, name: str, logger) -> None:
             exc.delay or 0, lambda: asyncio.ensure_future(_child_pass(namespace, name, logger)))
     except kopf.PermanentError as exc:
         logger.info(f"{name}: {exc}")  # an invalid spec: the model's own handler reported it
+
+
+@kopf.index(API_GROUP, API_VERSION, PLURAL)
+def hardened_models(namespace, name, status, **_):
+    """namespace -> (model, the policies its last pass found governing it), kept by kopf from its watch, for
+    on_policy. Only the models this operator watches (--namespace) are in it."""
+    from hardened_operator.status import governing_policies
+
+    return {namespace: (name, frozenset(governing_policies(status)))}
+
+
+@kopf.on.event(API_GROUP, API_VERSION, POLICY_PLURAL)
+async def on_policy(type, body, logger, hardened_models: kopf.Index, **_):
+    """A HardenedModelPolicy created, changed or deleted: a pass for each model in a namespace it selects, or
+    that it governed (a selector narrowed or the policy deleted: their refusal must lift), without waiting for
+    the model or a child to change. An Event handler, not on.update: kopf would keep its diff base in an
+    annotation on the policy, an admin's object the operator must not write to, and the new object alone is
+    enough here. A timer or daemon on every model would put a finalizer on it (see the module's docstring).
+    The first listing at start (type None) runs nothing: every model is resumed then anyway."""
+    if type is None:
+        return
+    from hardened_operator.kube import Kube
+    from hardened_operator.reconcile import models_a_policy_concerns
+
+    models = {ns: list(store) for ns, store in hardened_models.items()}
+    loop = asyncio.get_running_loop()
+    concerned = await loop.run_in_executor(None, models_a_policy_concerns, Kube(_api_client()), body, models)
+    if concerned:
+        logger.info(f"{len(concerned)} HardenedModel(s) to check again after this {type} event")
+    await asyncio.gather(*(_child_pass(ns, name, logger) for ns, name in concerned))

@@ -31,6 +31,9 @@ _TYPED = {
 _CUSTOM = {"ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
            "PrometheusRule": ("monitoring.coreos.com", "v1", "prometheusrules"),
            "HardenedModel": ("hardened.dev", "v1alpha1", "hardenedmodels")}
+# cluster-scoped kinds the operator reads: a model's Namespace (its labels select policies), and the policies
+_CLUSTER_TYPED = {"Namespace": ("CoreV1Api", "namespace")}
+_CLUSTER_CUSTOM = {"HardenedModelPolicy": ("hardened.dev", "v1alpha1", "hardenedmodelpolicies")}
 IMMUTABLE = {"Job", "Pod"}
 
 
@@ -58,9 +61,12 @@ class Kube:
     def _body(resp) -> dict:
         return json.loads(resp.data)
 
-    def _call(self, verb: str, kind: str, namespace: str, name: str | None = None, body: dict | None = None):
+    def _call(self, verb: str, kind: str, namespace: str | None, name: str | None = None, body: dict | None = None):
         """One dispatch for typed and custom kinds (their client methods order arguments differently)."""
         tail = ([name] if name is not None else []) + ([body] if body is not None else [])
+        if kind in _CLUSTER_TYPED:
+            api, suffix = _CLUSTER_TYPED[kind]
+            return self._body(getattr(self._api(api), f"{verb}_{suffix}")(*tail, _preload_content=False))
         if kind in _CUSTOM:
             g, v, p = _CUSTOM[kind]
             custom_verb = "get" if verb == "read" else verb
@@ -71,7 +77,8 @@ class Kube:
         return self._body(getattr(self._api(api), f"{verb}_{suffix}")(*args, _preload_content=False))
 
     # ----------------------------------------------------------------- read
-    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+    def get(self, kind: str, namespace: str | None, name: str) -> dict | None:
+        """``namespace`` None for a cluster-scoped kind (a Namespace)."""
         try:
             return self._call("read", kind, namespace, name)
         except ApiException as exc:
@@ -86,6 +93,17 @@ class Kube:
         items = self._body(getattr(self._api(api), f"list_{suffix}")(namespace, label_selector=selector,
                                                                       _preload_content=False)).get("items", [])
         return [i for i in items if labels.items() <= (i.get("metadata", {}).get("labels") or {}).items()]
+
+    def list_cluster(self, kind: str) -> list[dict]:
+        """Every object of a cluster-scoped custom kind; none when its CRD is not installed (404: then none can
+        exist). A 403 is raised: a policy the operator may not read must stop the pass, not be skipped."""
+        g, v, p = _CLUSTER_CUSTOM[kind]
+        try:
+            return self._api("CustomObjectsApi").list_cluster_custom_object(g, v, p).get("items") or []
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
 
     def crd_exists(self, name: str) -> bool:
         try:

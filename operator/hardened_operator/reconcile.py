@@ -9,11 +9,17 @@ signature verified and the gates passed (mode Warn: gates may fail, with a
 Warning; the signature never may - an unverified artifact has no digest to
 pin). Until then, and when a version fails, the Deployment keeps the version
 it has: the serving model is never replaced by an unverified one.
+
+Every pass first checks the spec against the HardenedModelPolicies that select
+the model's namespace (issue 27): a policy may change after admission, so the
+operator checks again each time. A refused spec gets no Job and no change to
+any child: the version already serving keeps serving, as built.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -21,12 +27,15 @@ from kubernetes.client.exceptions import ApiException
 
 from .manifests import monitoring, objects
 from hardened_model.contracts import training_version
+from hardened_model.policy import HardenedModelPolicy, parse_policy, selects, violations
 from hardened_model.signing import generate_key_pem
-from hardened_model.spec import HardenedModel, SpecError, parse_manifest
-from .status import (PHASES, Cond, JobState, ServingTarget, artifact_status, build_status, current_phase,
-                     is_verified, job_state, last_failure, metrics_status, pod_problems, ready_condition,
-                     serving_condition, serving_status, training_condition, training_status,
-                     verification_conditions)
+from hardened_model.spec import IMAGE, HardenedModel, SpecError, parse_manifest
+from .status import (PHASES, POLICY_KIND, Cond, JobState, ServingTarget, artifact_status, build_status,
+                     current_phase, is_verified, job_state, last_failure, metrics_status, pod_problems,
+                     policy_condition, ready_condition, serving_condition, serving_status, training_condition,
+                     training_status, verification_conditions)
+
+VERIFIER_IMAGE_ENV = "HARDENED_VERIFIER_IMAGE"
 
 
 @dataclass
@@ -41,6 +50,9 @@ class Observed:
     monitoring_crds: bool = False
     colocate: bool = False                      # a ReadWriteOnce pvc:// store: every pod on one node
     missing_secrets: list[str] = field(default_factory=list)
+    policies: list[HardenedModelPolicy] = field(default_factory=list)  # every HardenedModelPolicy in the cluster
+    unreadable_policies: list[str] = field(default_factory=list)       # a refusal line for each one unparseable
+    namespace_labels: dict[str, str] = field(default_factory=dict)     # the model's Namespace's labels
 
 
 @dataclass
@@ -48,7 +60,7 @@ class Decision:
     ensure: list[dict]
     status: dict
     events: list[tuple[str, str, str]]          # (type, reason, message)
-    failure: str | None = None                  # "training" | "verification" when a version just failed
+    failure: str | None = None                  # "training" | "verification" | "policy" when it just failed
 
 
 def rollout_complete(dep: dict | None, desired: dict | None, replicas: int) -> tuple[bool, int]:
@@ -138,8 +150,18 @@ def serving_target(deployment: dict | None, version: str, released: dict | None,
     return None
 
 
+def policy_refusals(model: HardenedModel, obs: Observed) -> tuple[list[str], list[str]]:
+    """(every refusal line, the names of the policies that select the model's namespace). A policy the operator
+    cannot read refuses every model (fail closed, as sigstore's policy-controller does): a rule it does not
+    understand, from a newer CRD say, is not one it may skip."""
+    refusals = [str(v) for v in violations(model, obs.policies, obs.namespace_labels)] + obs.unreadable_policies
+    selecting = sorted(p.metadata.name for p in obs.policies if selects(p, obs.namespace_labels))
+    return refusals, selecting
+
+
 def desired_children(model: HardenedModel, obs: Observed, training: JobState, target: ServingTarget | None,
-                     uploaded_ids: dict[str, str] | None) -> tuple[list[dict], dict | None]:
+                     uploaded_ids: dict[str, str] | None, *,
+                     verifier_image: str) -> tuple[list[dict], dict | None]:
     """The children to ensure, in order, and the Deployment among them (None until a version is verified).
     Each Job is created once, when missing (their names carry the training version); the serving children are
     ensured on every pass, so drift is put back."""
@@ -148,12 +170,13 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
         ensure += [objects.build_jobs_network_policy(model), objects.build_training_configmap(model),
                    objects.build_training_job(model, colocate=obs.colocate)]
     if training.state == "succeeded" and obs.verify_job is None:
-        ensure.append(objects.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate))
+        ensure.append(objects.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate,
+                                               verifier_image=verifier_image))
     if target is None:
         return ensure, None
     deployment = objects.build_deployment(model, digest=target.digest, version=target.version,
                                           version_ids=target.version_ids, colocate=obs.colocate,
-                                          provenance=target.provenance)
+                                          provenance=target.provenance, verifier_image=verifier_image)
     ensure += [objects.build_serving_configmap(model), deployment,
                objects.build_service(model), objects.build_metrics_service(model),
                objects.build_network_policy(model), objects.build_pdb(model)]
@@ -164,38 +187,52 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
     return ensure, deployment
 
 
-def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> Decision:
+_REFUSED = JobState("pending", "NotStarted", "not started: a HardenedModelPolicy refuses the spec (PolicyAllowed)")
+
+
+def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
+           verifier_image: str = objects.DEFAULT_VERIFIER_IMAGE) -> Decision:
     """One pass's children, status and Events, from what it observed (pure, the clock injected: a test
     replays any world, a restarted operator reaches the same answer).
 
-    The steps: where the Jobs stand; whether the verified version may roll out; the version to serve (the
-    one just released, else the one the Deployment pins); the children that takes; the conditions, phase
-    and last failure, computed in status.py from the observed state alone; the Events for what changed
-    since ``previous``.
+    The steps: the policies' verdict; where the Jobs stand; whether the verified version may roll out; the
+    version to serve (the one just released, else the one the Deployment pins); the children that takes;
+    the conditions, phase and last failure, computed in status.py from the observed state alone; the Events
+    for what changed since ``previous``. A spec a policy refuses changes nothing: no Job, no child ensured
+    (a Deployment rebuilt from the refused spec could run a refused server image), no release; status
+    reports the Deployment as it is. ``verifier_image``: what the verify Job and the init container run.
     """
     spec, n, previous = model.spec, objects.names(model), previous or {}
     version = training_version(spec)
+    refusals, selecting = policy_refusals(model, obs)
     training, verification = job_states(obs)
+    if refusals:  # what has not started will not start
+        training = training if obs.train_job else _REFUSED
+        verification = verification if obs.verify_job or training.state != "succeeded" else _REFUSED
     report = obs.verify_message or {}
     released, warned = release(verification, report, warn_mode=spec.signing.mode == "Warn")
+    released, warned = released and not refusals, warned and not refusals
     verified_report = report if is_verified(verification, report) else None
     uploaded_ids = uploaded_version_ids(obs.train_message)
     target = serving_target(obs.deployment, version, report if released else None, uploaded_ids)
-    ensure, desired_dep = desired_children(model, obs, training, target, uploaded_ids)
+    ensure, desired_dep = ([], None) if refusals else desired_children(model, obs, training, target, uploaded_ids,
+                                                                      verifier_image=verifier_image)
     complete, ready_replicas = rollout_complete(obs.deployment, desired_dep, spec.serving.replicas)
     problems = pod_problems(obs.serving_pods) if target and not complete else []
     current = target is not None and target.version == version
 
-    conditions = {"TrainingSucceeded": training_condition(training, job_name=n.train, report=obs.train_message)}
+    conditions = {"PolicyAllowed": policy_condition(refusals, selecting=selecting,
+                                                    namespace=model.metadata.namespace or ""),
+                  "TrainingSucceeded": training_condition(training, job_name=n.train, report=obs.train_message)}
     conditions["SignatureVerified"], conditions["GatesPassed"] = verification_conditions(verification, report)
     conditions["ServingReady"] = serving_condition(target, complete=complete, ready_replicas=ready_replicas,
                                                    replicas=spec.serving.replicas, problems=problems)
     phase, failed, why = current_phase(
         conditions, training=training, verification=verification, released=released, complete=complete,
         stuck=None if complete or target is None else _rollout_stuck(obs.deployment, target.digest),
-        deployment=n.serving, kept_version=target.version if target and not current else None)
-    conditions["Ready"] = ready_condition(why, serving=conditions["ServingReady"], rolled_out=complete and current,
-                                          warned=warned)
+        deployment=n.serving, kept_version=target.version if target and (refusals or not current) else None)
+    conditions["Ready"] = ready_condition(why, serving=conditions["ServingReady"],
+                                          rolled_out=complete and current and not refusals, warned=warned)
     prev_fail = previous.get("lastFailure") or {}
     status = build_status(
         previous, generation=model.metadata.generation or 0, phase=phase, now=now, conditions=conditions,
@@ -206,7 +243,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str) -> 
         serving=serving_status(target, url=_service_url(model), ready_replicas=ready_replicas),
         lastFailure=last_failure(prev_fail, failed, why, settled=phase == "Serving" and current, now=now))
     events = _events(previous, warned=warned, version=version, report=report, problems=bool(problems),
-                     serving=conditions["ServingReady"], phase=phase, why=why)
+                     serving=conditions["ServingReady"], phase=phase, why=why, policy=conditions["PolicyAllowed"])
     newly_failed = failed if failed and (prev_fail.get("stage"), prev_fail.get("reason")) != (failed, why.reason) \
         else None
     return Decision(ensure=ensure, status=status, events=events, failure=newly_failed)
@@ -217,9 +254,10 @@ def _service_url(model: HardenedModel) -> str:
 
 
 def _events(previous: dict, *, warned: bool, version: str, report: dict, problems: bool, serving: Cond, phase: str,
-            why: Cond) -> list[tuple[str, str, str]]:
-    """The Events of a pass: each pass that serves past a failed gate; a pod problem, and the phase, when they
-    change (not every pass that sees them)."""
+            why: Cond, policy: Cond) -> list[tuple[str, str, str]]:
+    """The Events of a pass: each pass that serves past a failed gate; a pod problem, the phase and a policy's
+    refusal, when they change (not every pass that sees them). A refusal's Warning says why the phase is Failed:
+    no second Event for the phase."""
     events = []
     if warned:
         events.append(("Warning", "GatesFailedWarnMode", f"serving version {version} although it missed a gate "
@@ -227,7 +265,11 @@ def _events(previous: dict, *, warned: bool, version: str, report: dict, problem
     prev_serving = next((c for c in previous.get("conditions") or [] if c.get("type") == "ServingReady"), {})
     if problems and prev_serving.get("reason") != serving.reason:
         events.append(("Warning", serving.reason, serving.message))
-    if phase != previous.get("phase"):
+    prev_policy = next((c for c in previous.get("conditions") or [] if c.get("type") == "PolicyAllowed"), {})
+    if policy.status == "False":
+        if (prev_policy.get("status"), prev_policy.get("message")) != (policy.status, policy.message):
+            events.append(("Warning", policy.reason, why.message))
+    elif phase != previous.get("phase"):
         events.append(("Warning" if phase == "Failed" else "Normal", phase, why.message))
     return events
 
@@ -248,7 +290,56 @@ def observe(kube, model: HardenedModel) -> Observed:
         obs.train_image_id = container_image_id(pods, "trainer")
     if obs.verify_job is not None and job_state(obs.verify_job)[0] in ("succeeded", "failed"):
         obs.verify_message = termination_message(job_pods(kube, ns, n.verify))
+    observe_policies(kube, model, obs)
     return obs
+
+
+def observe_policies(kube, model: HardenedModel, obs: Observed) -> None:
+    """Every HardenedModelPolicy and the labels of the model's Namespace, read on every pass: a policy or a
+    label may change at any time, and a cache could miss that (a policy's own event re-runs the models it
+    concerns, see handlers.on_policy, so a change takes effect at once)."""
+    namespace = kube.get("Namespace", None, model.metadata.namespace) or {}
+    obs.namespace_labels = dict((namespace.get("metadata") or {}).get("labels") or {})
+    for body in kube.list_cluster(POLICY_KIND):
+        try:
+            obs.policies.append(parse_policy(body))
+        except SpecError as exc:
+            name = (body.get("metadata") or {}).get("name", "?")
+            obs.unreadable_policies.append(f"{POLICY_KIND} {name}: spec: cannot be read ({exc}), so it refuses "
+                                           "every HardenedModel until it is fixed")
+
+
+def models_a_policy_concerns(kube, body: dict, models: dict[str, list[tuple[str, frozenset]]]) -> list[tuple[str, str]]:
+    """(namespace, name) of each model that a HardenedModelPolicy event (``body``: the policy as it is now, or
+    was when deleted) may concern: one in a namespace it selects, or one it governed at the model's last pass
+    (``models``: namespace -> (name, the policies named in its PolicyAllowed condition)), whose refusal must
+    lift when the selector narrows or the policy goes. A policy that cannot be parsed concerns every model (it
+    refuses them all, see policy_refusals)."""
+    name = (body.get("metadata") or {}).get("name")
+    try:
+        policy = parse_policy(body)
+    except SpecError:
+        policy = None
+    out = []
+    for ns, entries in sorted(models.items()):
+        if policy is None or policy.spec.namespace_selector is None:
+            selected = True
+        else:
+            labels = ((kube.get("Namespace", None, ns) or {}).get("metadata") or {}).get("labels") or {}
+            selected = selects(policy, labels)
+        out += [(ns, model) for model, governing in sorted(entries) if selected or name in governing]
+    return out
+
+
+def verifier_image() -> str:
+    """The verifier image the operator was installed with (HARDENED_VERIFIER_IMAGE, the chart's
+    verifier.image), else the built-in server image. The platform's choice, never a spec's: the program that
+    decides whether a signature holds must not be one a tenant picked (issue 27)."""
+    image = os.environ.get(VERIFIER_IMAGE_ENV, "").strip() or objects.DEFAULT_VERIFIER_IMAGE
+    if not re.match(IMAGE, image) or len(image) > 512:
+        raise ValueError(f"{VERIFIER_IMAGE_ENV}: Invalid value: {image!r}: not an image reference "
+                         "(repository[:tag] or repository@sha256:...)")
+    return image
 
 
 def needs_colocation(pvc: dict | None) -> bool:
@@ -356,7 +447,9 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
             event("Warning", "InvalidSpec", message)
         metrics.reconciles.labels("invalid").inc()
         raise kopf.PermanentError(f"invalid spec: {message}")
-    missing, pvc = ensure_prerequisites(kube, model)
+    obs = observe(kube, model)
+    # a refused spec gets nothing, generated Secrets included; its status names the policy, not a missing Secret
+    missing, pvc = ([], None) if policy_refusals(model, obs)[0] else ensure_prerequisites(kube, model)
     if missing:
         message = "; ".join(missing)
         status = build_status(previous, generation=gen, phase=previous.get("phase") or "Pending", now=now(),
@@ -368,9 +461,8 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
             event("Warning", "PrerequisiteMissing", message)
         metrics.reconciles.labels("waiting").inc()
         raise kopf.TemporaryError(message, delay=retry_seconds(30))
-    obs = observe(kube, model)
     obs.colocate = needs_colocation(pvc)
-    decision = decide(model, obs, previous, now=now())
+    decision = decide(model, obs, previous, now=now(), verifier_image=verifier_image())
     rejected = []
     for obj in decision.ensure:
         try:

@@ -6,6 +6,7 @@ and Argo CD health checks work; every condition and the status itself carry
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -16,7 +17,7 @@ from hardened_model.gates import STATUS_METRICS
 from hardened_model.signing import SIGNATURE_NAME
 
 PHASES = ("Pending", "Training", "Verifying", "RollingOut", "Serving", "Failed")
-CONDITION_TYPES = ("TrainingSucceeded", "GatesPassed", "SignatureVerified", "ServingReady", "Ready")
+CONDITION_TYPES = ("PolicyAllowed", "TrainingSucceeded", "GatesPassed", "SignatureVerified", "ServingReady", "Ready")
 
 
 class _Status(BaseModel):
@@ -149,7 +150,7 @@ def condition(previous: list[dict], type_: str, status: str, reason: str, messag
 
 def build_status(previous: dict, *, generation: int, phase: str, conditions: dict[str, tuple[str, str, str]],
                  now: str, **fields) -> dict:
-    """The whole status: phase, the five conditions in a fixed order, observedGeneration, other fields.
+    """The whole status: phase, the conditions in a fixed order (CONDITION_TYPES), observedGeneration, other fields.
 
     ``conditions`` maps a type to (status, reason, message). Fields passed as
     None are left out, so status never carries stale nulls.
@@ -236,6 +237,31 @@ def pod_problems(pods: list[dict]) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------- one pass: conditions, phase, fields
+POLICY_KIND = "HardenedModelPolicy"
+_NAMED = re.compile(POLICY_KIND + r" ([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)(?=[:,])")
+
+
+def policy_condition(refusals: list[str], *, selecting: list[str], namespace: str) -> Cond:
+    """PolicyAllowed: every line of every HardenedModelPolicy that refuses the spec (``refusals``, each
+    ``HardenedModelPolicy NAME: FIELD: WHAT``), else the policies that select the namespace (``selecting``).
+    Each policy is named ``HardenedModelPolicy NAME`` followed by ``:`` or ``,``, which is what
+    governing_policies reads back."""
+    if refusals:
+        return Cond("False", "PolicyViolation", "; ".join(refusals))
+    if not selecting:
+        return Cond("True", "Allowed", f"no {POLICY_KIND} selects namespace {namespace}")
+    named = ", ".join(f"{POLICY_KIND} {name}" for name in selecting)
+    return Cond("True", "Allowed", f"the spec meets {named}, which select{'s' if len(selecting) == 1 else ''} "
+                                   f"namespace {namespace}")
+
+
+def governing_policies(status: dict | None) -> set[str]:
+    """The policies a model's last pass found selecting its namespace (from its PolicyAllowed condition): a
+    change to one of them must reach the model even when the policy no longer selects it."""
+    cond = next((c for c in (status or {}).get("conditions") or [] if c.get("type") == "PolicyAllowed"), {})
+    return set(_NAMED.findall(cond.get("message") or ""))
+
+
 def is_verified(verification: JobState, report: dict) -> bool:
     """The verifier's word on the signature counts once its Job finished; a failed Job may still have verified
     the signature (and failed a gate)."""
@@ -247,6 +273,8 @@ def training_condition(training: JobState, *, job_name: str, report: dict | None
     says that its pod failed."""
     if training.state == "succeeded":
         return Cond("True", "Succeeded", f"training Job {job_name} completed")
+    if training.reason == "NotStarted":  # a HardenedModelPolicy refuses the spec
+        return Cond("Unknown", "NotStarted", f"training Job {job_name} {training.message}")
     if training.state == "failed":
         reason = "TrainingFailed" if training.reason in ("Failed", "BackoffLimitExceeded") else training.reason
         return Cond("False", reason, f"training Job {job_name} failed ({training.reason}): "
@@ -257,6 +285,9 @@ def training_condition(training: JobState, *, job_name: str, report: dict | None
 def verification_conditions(verification: JobState, report: dict) -> tuple[Cond, Cond]:
     """SignatureVerified and GatesPassed. Gates are judged on a verified artifact only: metrics in bytes that
     nobody vouches for prove nothing."""
+    if verification.reason == "NotStarted":  # a HardenedModelPolicy refuses the spec
+        waiting = Cond("Unknown", "NotStarted", f"verification Job {verification.message}")
+        return waiting, waiting
     if verification.state in ("pending", "running"):
         waiting = Cond("Unknown", "Pending", "waiting for the verification Job")
         return waiting, waiting
@@ -290,12 +321,19 @@ def current_phase(conditions: dict[str, Cond], *, training: JobState, verificati
                   kept_version: str | None) -> tuple[str, str | None, Cond]:
     """(phase, the stage that failed or None, the condition that explains the phase: Ready's reason and message).
 
-    A failure outranks work in progress, and a failed rollout every other failure: a version that cannot start
+    A policy's refusal outranks everything: the operator then does nothing for the spec (issue 27). Otherwise a
+    failure outranks work in progress, and a failed rollout every other failure: a version that cannot start
     needs the user even while the next version trains. ``released``: the verified version may roll out (gates
     passed, or failed under signing.mode Warn). ``stuck``: the Deployment controller's verdict on the target's
-    rollout. ``kept_version``: the version that keeps serving when it is not the spec's, said on a failure.
+    rollout. ``kept_version``: the version that keeps serving, said on a failure (for a policy's refusal also
+    the spec's own version, which serves on although the policy now refuses it).
     """
     serving = conditions["ServingReady"]
+    policy = conditions.get("PolicyAllowed")
+    if policy is not None and policy.status == "False":
+        why = Cond("False", policy.reason, policy.message)
+        return "Failed", "policy", why if kept_version is None else Cond(
+            why.status, why.reason, why.message + f"; version {kept_version} keeps serving")
     if serving.reason == "ArtifactRefused":
         # The new pods' init container refuses the bytes it would load (changed after verification, or signed by
         # someone else): waiting cannot help. The rollout budget keeps the previous pods serving meanwhile.

@@ -231,11 +231,46 @@ def helm(cluster: Cluster, *args: str, timeout: float = 300) -> subprocess.Compl
     return out
 
 
-def install_operator(cluster: Cluster, image: str, *sets: str) -> None:
-    """The chart, as a user installs it (`helm upgrade --install`), with the operator running in the cluster."""
+def install_operator(cluster: Cluster, image: str, *sets: str, verifier_image: str) -> None:
+    """The chart, as a user installs it (`helm upgrade --install`), with the operator running in the cluster.
+
+    The verify Jobs and the verify-model init containers run the chart's verifier.image, never the spec's
+    serving image (issue 27); here that is the e2e server image, as the chart's default on ghcr.io cannot be
+    pulled by the test cluster."""
     repo, tag = image_parts(image)
+    if "@" in verifier_image:
+        v_repo, v_digest = verifier_image.split("@", 1)
+        verifier = ["--set", f"verifier.image.repository={v_repo}", "--set", f"verifier.image.digest={v_digest}"]
+    else:
+        v_repo, v_tag = image_parts(verifier_image)
+        verifier = ["--set", f"verifier.image.repository={v_repo}", "--set-string", f"verifier.image.tag={v_tag}"]
     # Helm installs crds/ on the first install only and never upgrades them (docs/install.md says the same)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     helm(cluster, "upgrade", "--install", "hardened-model-operator", str(CHART), "--namespace", OPERATOR_NS,
          "--create-namespace", "--wait", "--timeout", "180s", "--set", f"image.repository={repo}",
-         "--set-string", f"image.tag={tag}", *[a for s in sets for a in ("--set", s)])
+         "--set-string", f"image.tag={tag}", *verifier, *[a for s in sets for a in ("--set", s)])
+    if "admissionPolicy.enabled=false" not in sets:
+        wait_for_admission(cluster)
+
+
+def wait_for_admission(cluster: Cluster, namespace: str = OPERATOR_NS, timeout: float = 120) -> None:
+    """Wait until the chart's ValidatingAdmissionPolicy answers for HardenedModels. Until the apiserver has
+    synced the parameters of a policy whose paramKind CRD (HardenedModelPolicy) is new, it refuses every
+    HardenedModel write ("failed to find resource referenced by paramKind"); ready is a server dry run of
+    digits-demo admitted, or refused by a HardenedModelPolicy."""
+    from helpers import example
+
+    doc = example("digits-demo")
+    doc["metadata"]["namespace"] = namespace
+    manifest, last = yaml.safe_dump(doc), []
+
+    def answers() -> bool:
+        out = cluster.kubectl("create", "--dry-run=server", "-f", "-", input=manifest, check=False)
+        last[:] = [out.stderr]
+        return out.returncode == 0 or "denied request: HardenedModelPolicy " in out.stderr
+
+    try:
+        wait(answers, timeout, "the admission policy to answer for HardenedModels", interval=1)
+    except AssertionError:
+        raise AssertionError(f"timed out after {timeout:.0f}s: a server dry run of digits-demo in {namespace} "
+                             f"still fails: {last[0] if last else ''}") from None

@@ -46,7 +46,7 @@ def e2e_images(cluster):
 @pytest.fixture(scope="session")
 def operator(cluster, e2e_images):
     """The operator, installed by the chart and running in the cluster (standalone, one replica)."""
-    install_operator(cluster, e2e_images["operator"])
+    install_operator(cluster, e2e_images["operator"], verifier_image=e2e_images["server"])
     return e2e_images
 
 

@@ -142,7 +142,7 @@ def test_apply_to_ready_with_the_operator_restarted_mid_training(demo: Demo):
     assert st["phase"] == "Serving" and st["observedGeneration"] == 1
     assert {c["type"]: c["status"] for c in st["conditions"]} == {
         "TrainingSucceeded": "True", "GatesPassed": "True", "SignatureVerified": "True", "ServingReady": "True",
-        "Ready": "True"}
+        "PolicyAllowed": "True", "Ready": "True"}
     assert st["artifact"]["digest"] == st["serving"]["servedDigest"]
     assert 0 < st["metrics"]["epsilon"] <= 8.0 and len(str(st["metrics"]["epsilon"])) <= 6  # rounded for display
     assert len(api.items("jobs", NS, TRAIN_SELECTOR)) == 1

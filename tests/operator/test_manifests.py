@@ -221,6 +221,33 @@ def test_verify_job_checks_the_gates_of_the_spec():
     assert "--termination-log" in args
 
 
+def test_the_verifier_is_the_platforms_image_never_the_specs_serving_image():
+    """Issue 27: whoever writes the spec must not choose the program that decides whether its signature holds.
+    The verify Job and the init container run the operator's verifier image; the model server and its sidecars
+    run spec.serving.image. Without a configured one (render, tests) it is this release's server image."""
+    from hardened_operator.manifests.objects import DEFAULT_VERIFIER_IMAGE
+
+    doc = example("digits-demo")
+    doc["metadata"]["uid"] = "u"
+    doc["spec"]["serving"]["image"] = "registry.tenant.test/server:verifies-anything"
+    m = parse_manifest(doc)
+    platform = "registry.platform.test/hardened/server@sha256:" + "c" * 64
+    verify = build_verify_job(m, verifier_image=platform)["spec"]["template"]["spec"]["containers"]
+    pod = build_deployment(m, digest="ab" * 32, version="v1", verifier_image=platform)["spec"]["template"]["spec"]
+    assert [c["image"] for c in verify] == [platform] and [c["image"] for c in pod["initContainers"]] == [platform]
+    assert {c["image"] for c in pod["containers"]} == {"registry.tenant.test/server:verifies-anything"}
+    assert DEFAULT_VERIFIER_IMAGE == "ghcr.io/hardened-model/server:0.1.0"
+    rendered = [o for o in build_all(m) if o["kind"] in ("Job", "Deployment")]
+    images = {(o["metadata"]["name"], c["name"], c["image"]) for o in rendered
+              for c in o["spec"]["template"]["spec"].get("initContainers", []) + o["spec"]["template"]["spec"][
+                  "containers"]}
+    n = names(m)
+    assert {(name, c) for name, c, image in images if image == DEFAULT_VERIFIER_IMAGE} == {
+        (n.verify, "verify"), ("digits-demo", "verify-model")}
+    assert {image for name, c, image in images if name == "digits-demo" and c != "verify-model"} == {
+        "registry.tenant.test/server:verifies-anything"}
+
+
 def test_network_policy_admits_only_the_rate_limit_port_for_traffic():
     netpol = next(o for o in build_all(model()) if o["kind"] == "NetworkPolicy"
                   and o["metadata"]["name"] == "digits-demo")

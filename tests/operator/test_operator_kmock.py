@@ -193,8 +193,9 @@ async def test_create_to_ready_secret_missing_then_created(k8s):
         st = status(k8s)
         assert st["observedGeneration"] == 1
         assert {c["type"]: c["status"] for c in st["conditions"]} == {
-            "TrainingSucceeded": "True", "SignatureVerified": "True", "GatesPassed": "True",
+            "PolicyAllowed": "True", "TrainingSucceeded": "True", "SignatureVerified": "True", "GatesPassed": "True",
             "ServingReady": "True", "Ready": "True"}
+        assert cond(k8s, "PolicyAllowed")["message"] == f"no HardenedModelPolicy selects namespace {NS}"
         assert all(c["observedGeneration"] == 1 for c in st["conditions"])
         assert st["artifact"]["digest"] == DIGEST and st["metrics"]["epsilon"] == 7.99
         assert st["serving"]["servedDigest"] == DIGEST
@@ -617,3 +618,71 @@ def evil_digest(artifact) -> str:
     from hardened_model.signing import read_signed_manifest
 
     return read_signed_manifest(artifact / "model.sig")[0]
+
+
+POLICIES_URL = "/apis/hardened.dev/v1alpha1/hardenedmodelpolicies"
+
+
+def policy_doc(name: str, **spec) -> dict:
+    return {"apiVersion": "hardened.dev/v1alpha1", "kind": "HardenedModelPolicy", "metadata": {"name": name},
+            "spec": spec}
+
+
+async def test_a_policy_created_after_admission_stops_the_next_version_and_its_deletion_lets_it_train(k8s):
+    """Issue 27: a HardenedModelPolicy that the serving model breaks, created after the model was admitted,
+    takes effect without a model change (the operator watches policies): PolicyAllowed False naming the
+    policy and the fields, Failed at stage policy, one Warning Event. A spec change then makes no Job and
+    leaves the Deployment exactly as it was: version 1 keeps serving. The policy deleted, the new version
+    trains. A policy selecting another namespace changes nothing."""
+    k8s.add_namespace(NS, tenant="ml")
+    doc = manifest()
+    await create_signing_secret(k8s)
+    dep_key = ("apps/v1/deployments", NS, "digits-demo")
+    async with runner() as r:
+        await create_model(k8s, doc)
+        await to_serving(k8s, doc)
+        assert await wait_for(lambda: cond(k8s, "Ready").get("status") == "True"), status(k8s)
+        other = policy_doc("elsewhere", namespaceSelector={"matchLabels": {"tenant": "web"}}, gates={"maxEpsilon": 1})
+        assert (await k8s.post(POLICIES_URL, json=other)).status == 200
+        await asyncio.sleep(1.5)
+        assert status(k8s)["phase"] == "Serving"
+        assert cond(k8s, "PolicyAllowed")["message"] == f"no HardenedModelPolicy selects namespace {NS}"
+
+        strict = policy_doc("strict", namespaceSelector={"matchLabels": {"tenant": "ml"}},
+                            gates={"maxEpsilon": 1, "minRobustAccuracy": 0.5})
+        assert (await k8s.post(POLICIES_URL, json=strict)).status == 200
+        expected = ("HardenedModelPolicy strict: spec.gates.minRobustAccuracy: 0.3 is below the policy's floor 0.5; "
+                    "HardenedModelPolicy strict: spec.gates.maxEpsilon: 8 is above the policy's ceiling 1")
+        assert await wait_for(lambda: cond(k8s, "PolicyAllowed").get("status") == "False"), status(k8s)
+        allowed = cond(k8s, "PolicyAllowed")
+        assert (allowed["reason"], allowed["message"]) == ("PolicyViolation", expected)
+        st = status(k8s)
+        assert st["phase"] == "Failed" and st["lastFailure"]["stage"] == "policy"
+        assert st["lastFailure"]["reason"] == "PolicyViolation"
+        assert cond(k8s, "Ready")["message"] == expected + f"; version {job_names(doc).version} keeps serving"
+        assert st["serving"]["servedDigest"] == DIGEST
+        served = get(k8s.objects, dep_key)
+
+        jobs_before = job_creates(k8s)
+        new = manifest(training={"epochs": 21})
+        n2 = job_names(new)
+        await update_spec(k8s, new)
+        assert await wait_for(lambda: status(k8s).get("observedGeneration") == 2), status(k8s)
+        await asyncio.sleep(1.5)  # passes enough to have made a Job, were it going to
+        assert job_creates(k8s) == jobs_before and not alive(k8s.objects, ("batch/v1/jobs", NS, n2.train))
+        dep = get(k8s.objects, dep_key)
+        assert (dep["spec"], dep["metadata"]["annotations"]) == (served["spec"], served["metadata"]["annotations"])
+        assert cond(k8s, "PolicyAllowed")["message"] == expected
+        assert cond(k8s, "Ready")["message"] == expected + f"; version {job_names(doc).version} keeps serving"
+
+        assert (await k8s.delete(f"{POLICIES_URL}/strict")).status == 200
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2.train))), status(k8s)
+        assert await wait_for(lambda: cond(k8s, "PolicyAllowed").get("status") == "True"), status(k8s)
+        assert status(k8s)["phase"] == "Training"
+        assert get(k8s.objects, dep_key)["metadata"]["annotations"]["hardened.dev/digest"] == DIGEST
+    assert "1 HardenedModel(s) to check again after this ADDED event" in r.output  # the policy's, not the model's
+    assert "after this DELETED event" in r.output
+    posted = [req.data for req in k8s[kmock.action.CREATE] if req.resource and "events" in str(req.resource)]
+    refusals = [e for e in posted if e.get("reason") == "PolicyViolation"]
+    assert len(refusals) == 1 and refusals[0]["type"] == "Warning", refusals
+    assert expected in refusals[0]["message"]

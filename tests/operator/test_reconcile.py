@@ -314,3 +314,175 @@ def test_status_shows_the_data_digest_and_trainer_image_of_the_served_version_ev
     later = decide(m, Observed(deployment=rolled_out(dep)), d.status, now=LATER)
     assert later.status["serving"]["dataDigest"] == "d" * 64
     assert later.status["serving"]["trainerImageDigest"] == "sha256:" + "e" * 64
+
+
+# ------------------------------------------------------------ HardenedModelPolicy (issue 27)
+def policy(name="strict", labels=None, **spec):
+    from hardened_model.policy import parse_policy
+
+    if labels is not None:
+        spec["namespaceSelector"] = {"matchLabels": labels}
+    return parse_policy({"apiVersion": "hardened.dev/v1alpha1", "kind": "HardenedModelPolicy",
+                         "metadata": {"name": name}, "spec": spec})
+
+
+STRICT = dict(labels={"tenant": "ml"}, gates={"maxEpsilon": 1, "minRobustAccuracy": 0.5})
+REFUSAL = ("HardenedModelPolicy strict: spec.gates.minRobustAccuracy: 0.3 is below the policy's floor 0.5; "
+           "HardenedModelPolicy strict: spec.gates.maxEpsilon: 8 is above the policy's ceiling 1")
+
+
+def test_a_refused_spec_gets_no_job_and_the_serving_deployment_is_left_as_it_is():
+    served = rolled_out(deployment(version="old"))
+    obs = Observed(deployment=served, policies=[policy(**STRICT)], namespace_labels={"tenant": "ml"})
+    d = decide(model(), obs, {}, now=NOW)
+    assert d.ensure == []  # no Job, and no serving child rebuilt from the refused spec
+    c = conditions(d)
+    assert (c["PolicyAllowed"]["status"], c["PolicyAllowed"]["reason"], c["PolicyAllowed"]["message"]) == (
+        "False", "PolicyViolation", REFUSAL)
+    assert d.status["phase"] == "Failed" and d.failure == "policy"
+    assert d.status["lastFailure"] == {"stage": "policy", "reason": "PolicyViolation",
+                                       "message": REFUSAL + "; version old keeps serving", "time": NOW}
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "PolicyViolation")
+    assert c["TrainingSucceeded"]["reason"] == "NotStarted"
+    assert d.status["serving"]["servedDigest"] == DIGEST and c["ServingReady"]["status"] == "True"
+    assert d.events == [("Warning", "PolicyViolation", REFUSAL + "; version old keeps serving")]
+    again = decide(model(), obs, d.status, now=LATER)
+    assert again.status == d.status and again.events == [] and again.failure is None  # said and counted once
+
+
+def test_a_policy_tightened_while_the_spec_serves_refuses_it_and_a_verified_version_is_not_rolled_out():
+    """The spec's own version serves when the policy appears: it keeps serving (Ready False, saying so); a
+    version that verified meanwhile is not released while the policy refuses the spec."""
+    obs, m = serving({})
+    version = obs.deployment["metadata"]["annotations"]["hardened.dev/version"]
+    obs.policies, obs.namespace_labels = [policy(**STRICT)], {"tenant": "ml"}
+    d = decide(m, obs, {}, now=NOW)
+    assert d.ensure == [] and d.status["phase"] == "Failed"
+    assert conditions(d)["Ready"]["message"] == REFUSAL + f"; version {version} keeps serving"
+    fresh = Observed(train_job=job("Complete"), verify_job=job("Complete"), verify_message=VERIFIED,
+                     policies=[policy(**STRICT)], namespace_labels={"tenant": "ml"})
+    d = decide(model(serving={"replicas": 1}), fresh, {}, now=NOW)
+    assert d.ensure == [] and "serving" not in d.status and d.status["phase"] == "Failed"
+    # training already done: no verify Job either
+    trained = Observed(train_job=job("Complete"), policies=[policy(**STRICT)], namespace_labels={"tenant": "ml"})
+    d = decide(model(), trained, {}, now=NOW)
+    assert d.ensure == [] and conditions(d)["SignatureVerified"]["status"] == "Unknown"
+
+
+def test_the_policy_removed_the_spec_trains():
+    obs = Observed(deployment=rolled_out(deployment(version="old")), policies=[policy(**STRICT)],
+                   namespace_labels={"tenant": "ml"})
+    refused = decide(model(), obs, {}, now=NOW)
+    obs.policies = []
+    d = decide(model(), obs, refused.status, now=LATER)
+    assert kinds(d)[:3] == ["NetworkPolicy", "ConfigMap", "Job"] and d.status["phase"] == "Training"
+    assert conditions(d)["PolicyAllowed"]["status"] == "True"
+    assert conditions(d)["PolicyAllowed"]["lastTransitionTime"] == LATER
+    assert ("Normal", "Training") in [e[:2] for e in d.events]
+
+
+def test_a_policy_selecting_another_namespace_or_one_the_spec_meets_changes_nothing():
+    obs = Observed(train_job=job("Complete"), verify_job=job("Complete"), verify_message=VERIFIED,
+                   namespace_labels={"tenant": "ml"})
+    plain = decide(model(), obs, {}, now=NOW)
+    obs.policies = [policy("web", labels={"tenant": "web"}, gates={"maxEpsilon": 1}),
+                    policy("loose", labels={"tenant": "ml"}, gates={"maxEpsilon": 10})]
+    d = decide(model(), obs, {}, now=NOW)
+    assert d.ensure == plain.ensure and d.events == plain.events
+    assert {k: v for k, v in d.status.items() if k != "conditions"} == \
+        {k: v for k, v in plain.status.items() if k != "conditions"}
+    assert [c for c in d.status["conditions"] if c["type"] != "PolicyAllowed"] == \
+        [c for c in plain.status["conditions"] if c["type"] != "PolicyAllowed"]
+
+
+def test_policy_allowed_names_the_policies_that_select_the_namespace():
+    obs = Observed(namespace_labels={"tenant": "ml"})
+    assert conditions(decide(model(), obs, {}, now=NOW))["PolicyAllowed"]["message"] == \
+        "no HardenedModelPolicy selects namespace default"
+    obs.policies = [policy("b-floor", gates={"minCleanAccuracy": 0.5}), policy("a-all")]
+    allowed = conditions(decide(model(), obs, {}, now=NOW))["PolicyAllowed"]
+    assert (allowed["status"], allowed["reason"]) == ("True", "Allowed")
+    assert allowed["message"] == ("the spec meets HardenedModelPolicy a-all, HardenedModelPolicy b-floor, which "
+                                  "select namespace default")
+    obs.policies = [policy("a-all")]
+    assert conditions(decide(model(), obs, {}, now=NOW))["PolicyAllowed"]["message"] == \
+        "the spec meets HardenedModelPolicy a-all, which selects namespace default"
+
+
+class PolicyKube:
+    """The reads observe_policies and models_a_policy_concerns make."""
+
+    def __init__(self, policies, namespaces):
+        self.policies, self.namespaces, self.reads = policies, namespaces, []
+
+    def get(self, kind, ns, name):
+        assert kind == "Namespace" and ns is None
+        self.reads.append(name)
+        return {"metadata": {"name": name, "labels": self.namespaces[name]}} if name in self.namespaces else None
+
+    def list_cluster(self, kind):
+        assert kind == "HardenedModelPolicy"
+        return self.policies
+
+
+def _body(name, **spec):
+    return {"apiVersion": "hardened.dev/v1alpha1", "kind": "HardenedModelPolicy",
+            "metadata": {"name": name, "uid": "u", "resourceVersion": "7"}, "spec": spec}
+
+
+def test_a_policy_the_operator_cannot_read_refuses_every_model():
+    """Fail closed: a rule this operator does not understand (a newer CRD's field, say) is not one it may skip."""
+    from hardened_operator.reconcile import observe_policies
+
+    kube = PolicyKube([_body("ok", gates={"maxEpsilon": 10}), _body("newer", gates={"maxEpsilonn": 1})],
+                      {"default": {"tenant": "ml"}})
+    obs = Observed()
+    observe_policies(kube, model(), obs)
+    assert [p.metadata.name for p in obs.policies] == ["ok"] and obs.namespace_labels == {"tenant": "ml"}
+    (line,) = obs.unreadable_policies
+    assert line.startswith("HardenedModelPolicy newer: spec: cannot be read (") and "maxEpsilonn" in line
+    d = decide(model(), obs, {}, now=NOW)
+    assert d.ensure == [] and conditions(d)["PolicyAllowed"]["message"] == line
+
+
+def test_a_policy_event_concerns_the_models_it_selects_or_governed():
+    from hardened_operator.reconcile import models_a_policy_concerns
+
+    kube = PolicyKube([], {"ml": {"tenant": "ml"}, "web": {"tenant": "web"}, "ops": {}})
+    models = {"ml": [("a", frozenset()), ("b", frozenset({"other"}))], "web": [("c", frozenset({"strict"}))],
+              "ops": [("d", frozenset())]}
+    body = _body("strict", namespaceSelector={"matchLabels": {"tenant": "ml"}})
+    assert models_a_policy_concerns(kube, body, models) == [("ml", "a"), ("ml", "b"), ("web", "c")]
+    kube.reads.clear()
+    everywhere = models_a_policy_concerns(kube, _body("strict"), models)  # no selector: every namespace
+    assert everywhere == [("ml", "a"), ("ml", "b"), ("ops", "d"), ("web", "c")] and kube.reads == []
+    assert len(models_a_policy_concerns(kube, _body("strict", gates={"bogus": 1}), models)) == 4  # unreadable
+
+
+def test_the_verify_job_and_the_init_container_run_the_configured_verifier():
+    m = model(serving={"replicas": 1, "image": "registry.tenant.test/server:evil"})
+    trained = Observed(train_job=job("Complete"))
+    (verify,) = [o for o in decide(m, trained, {}, now=NOW, verifier_image="platform.test/verifier@sha256:"
+                                   + "c" * 64).ensure if o["kind"] == "Job"]
+    assert verify["spec"]["template"]["spec"]["containers"][0]["image"] == "platform.test/verifier@sha256:" + "c" * 64
+    obs = Observed(train_job=job("Complete"), verify_job=job("Complete"), verify_message=VERIFIED)
+    (dep,) = [o for o in decide(m, obs, {}, now=NOW, verifier_image="platform.test/verifier:1").ensure
+              if o["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["image"] == "platform.test/verifier:1"
+    assert {c["image"] for c in pod["containers"]} == {"registry.tenant.test/server:evil"}
+
+
+def test_the_verifier_image_comes_from_the_operators_environment(monkeypatch):
+    import pytest
+
+    from hardened_operator.manifests.objects import DEFAULT_VERIFIER_IMAGE
+    from hardened_operator.reconcile import verifier_image
+
+    monkeypatch.delenv("HARDENED_VERIFIER_IMAGE", raising=False)
+    assert verifier_image() == DEFAULT_VERIFIER_IMAGE == "ghcr.io/hardened-model/server:0.1.0"
+    monkeypatch.setenv("HARDENED_VERIFIER_IMAGE", "platform.test/verifier@sha256:" + "c" * 64)
+    assert verifier_image() == "platform.test/verifier@sha256:" + "c" * 64
+    monkeypatch.setenv("HARDENED_VERIFIER_IMAGE", "Not An Image")
+    with pytest.raises(ValueError, match="HARDENED_VERIFIER_IMAGE: Invalid value: 'Not An Image'"):
+        verifier_image()

@@ -1,7 +1,8 @@
 """status.py: each condition, the phase and the status fields from a small observed state, without decide()."""
 from hardened_operator.status import (Cond, JobState, ServingTarget, artifact_status, current_phase, job_state,
-                                      last_failure, metrics_status, ready_condition, serving_condition,
-                                      serving_status, training_condition, verification_conditions)
+                                      governing_policies, last_failure, metrics_status, policy_condition,
+                                      ready_condition, serving_condition, serving_status, training_condition,
+                                      verification_conditions)
 
 DIGEST = "ab" * 32
 NOW, LATER = "2026-11-22T05:00:00Z", "2026-11-22T06:00:00Z"
@@ -136,6 +137,17 @@ class TestCurrentPhase:
         assert (name, stage) == ("Failed", "training")
         assert why == ("False", "TrainingFailed", failed.message + "; version v0 keeps serving")
 
+    def test_a_policys_refusal_outranks_every_stage_and_says_what_keeps_serving(self):
+        refused = Cond("False", "PolicyViolation", "HardenedModelPolicy strict: spec.signing.mode: \"Warn\"; "
+                                                   "the policy requires \"Enforce\"")
+        stuck = Cond("False", "ArtifactRefused", "1/2 replicas ready; pod new: refused")
+        conds = {**conditions(stuck), "PolicyAllowed": refused}
+        assert phase(conds, training=FAILED, stuck="ProgressDeadlineExceeded") == ("Failed", "policy", refused)
+        assert phase(conds, kept_version="v0") == (
+            "Failed", "policy", ("False", "PolicyViolation", refused.message + "; version v0 keeps serving"))
+        allowed = {**conditions(), "PolicyAllowed": Cond("True", "Allowed", "no HardenedModelPolicy selects ...")}
+        assert phase(allowed) == phase()
+
     def test_a_verification_failure_is_explained_by_the_signature_first_then_the_gates(self):
         bad = Cond("False", "VerificationFailed", "Key mismatch")
         not_checked = Cond("Unknown", "NotChecked", "signature did not verify")
@@ -197,3 +209,38 @@ class TestStatusFields:
             "url": "http://m.ns.svc", "readyReplicas": 0, "servedDigest": DIGEST,
             "trainerImageDigest": "ghcr.io/x/trainer:1.0"}
         assert serving_status(None, url="http://m.ns.svc", ready_replicas=0) is None
+
+
+class TestPolicyAllowed:
+    def test_every_refusal_line_joined_or_the_policies_that_select_the_namespace(self):
+        lines = ["HardenedModelPolicy a: spec.gates.maxEpsilon: not set; the policy requires at most 3",
+                 "HardenedModelPolicy b.example: spec.aws.serviceAccountName: \"s3\"; the policy allows none"]
+        assert policy_condition(lines, selecting=["a", "b.example"], namespace="ml") == (
+            "False", "PolicyViolation", "; ".join(lines))
+        assert policy_condition([], selecting=[], namespace="ml") == (
+            "True", "Allowed", "no HardenedModelPolicy selects namespace ml")
+        assert policy_condition([], selecting=["a"], namespace="ml") == (
+            "True", "Allowed", "the spec meets HardenedModelPolicy a, which selects namespace ml")
+
+    def test_the_governing_policies_are_read_back_from_the_condition(self):
+        """on_policy re-runs the models a policy governed: the names come back from the condition's message."""
+        def status(cond):
+            return {"conditions": [{"type": "PolicyAllowed", "status": cond.status, "reason": cond.reason,
+                                    "message": cond.message}]}
+        lines = ["HardenedModelPolicy a: spec.gates.maxEpsilon: not set; the policy requires at most 3",
+                 "HardenedModelPolicy b.example: spec.signing.mode: \"Warn\"; the policy requires \"Enforce\"",
+                 "HardenedModelPolicy a: spec.training.image: \"x\" matches none of the policy's trainer images "
+                 "[\"HardenedModelPolicy c\"]"]
+        assert governing_policies(status(policy_condition(lines, selecting=[], namespace="ml"))) == {"a",
+                                                                                                      "b.example"}
+        assert governing_policies(status(policy_condition([], selecting=["a", "z-9"], namespace="ml"))) == {"a",
+                                                                                                             "z-9"}
+        assert governing_policies(status(policy_condition([], selecting=["only"], namespace="ml"))) == {"only"}
+        assert governing_policies(status(policy_condition([], selecting=[], namespace="ml"))) == set()
+        assert governing_policies({}) == set() and governing_policies(None) == set()
+
+    def test_a_refused_spec_says_its_jobs_are_not_started(self):
+        refused = JobState("pending", "NotStarted", "not started: a HardenedModelPolicy refuses the spec")
+        assert training_condition(refused, job_name="m-train-v2", report=None) == (
+            "Unknown", "NotStarted", "training Job m-train-v2 not started: a HardenedModelPolicy refuses the spec")
+        assert verification_conditions(refused, {})[0].reason == "NotStarted"

@@ -22,7 +22,8 @@ VARIANTS = {
     "default": [],
     "namespaced": ["watchNamespaces={ml,prod}", "metrics.serviceMonitor.enabled=true",
                    "image.digest=sha256:" + "a" * 64, "serviceAccount.annotations.team=ml-platform"],
-    "minimal": ["metrics.enabled=false", "grafanaDashboard.enabled=false", "networkPolicy.enabled=false"],
+    "minimal": ["metrics.enabled=false", "grafanaDashboard.enabled=false", "networkPolicy.enabled=false",
+                "admissionPolicy.enabled=false"],
     "ha": ["replicas=2"],
     "ha-namespaced": ["replicas=3", "watchNamespaces={ml,prod}"],
 }
@@ -125,23 +126,53 @@ def test_rbac_is_scoped_and_has_no_wildcards_deletes_or_secret_reads_in_bulk():
     namespaced = rules_of(render(*VARIANTS["namespaced"]))
     scoped = {ns for ns, _ in namespaced if ns}
     assert scoped == {"ml", "prod"}
-    # the same namespaced grants, held as Roles in each watched namespace; cluster-wide only CRDs and namespaces
+    # the same namespaced grants, held as Roles in each watched namespace; cluster-wide only cluster-scoped
+    # reads: CRDs, HardenedModelPolicies (issue 27) and Namespaces
     for ns in scoped:
-        assert grants([r for r in namespaced if r[0] == ns]) == grants([r for r in cluster if not _crd_rule(r[1])])
+        assert grants([r for r in namespaced if r[0] == ns]) == grants([r for r in cluster
+                                                                        if not _cluster_scoped_rule(r[1])])
     assert {(g, r, v) for ns, rule in namespaced if ns is None for g in rule["apiGroups"] for r in rule["resources"]
             for v in rule["verbs"]} == {("apiextensions.k8s.io", "customresourcedefinitions", v)
                                         for v in ("get", "list", "watch")} | {("", "namespaces", "list"),
-                                                                              ("", "namespaces", "watch")}
+                                                                              ("", "namespaces", "watch"),
+                                                                              ("", "namespaces", "get")} | {
+        ("hardened.dev", "hardenedmodelpolicies", v) for v in ("list", "watch")}
+    # the policies are read, never written; a Namespace is read by name, with --namespace only a watched one
+    for rules, namespaces in ((cluster, ["ml", "other"]), (namespaced, ["ml", "prod"])):
+        for verb in ("get", "create", "patch", "update", "delete"):
+            assert not allows(rules, Permission("hardened.dev", "hardenedmodelpolicies", verb, None, "strict"))
+        assert all(allows(rules, Permission("", "namespaces", "get", None, ns)) for ns in namespaces)
+    assert not allows(namespaced, Permission("", "namespaces", "get", None, "other"))
 
 
-def _crd_rule(rule):
-    return "customresourcedefinitions" in rule["resources"]
+def _cluster_scoped_rule(rule):
+    return bool({"customresourcedefinitions", "hardenedmodelpolicies", "namespaces"} & set(rule["resources"]))
+
+
+def test_the_operator_is_given_the_verifier_image_a_digest_winning_over_the_tag():
+    """Issue 27: the verify Jobs and init containers run the chart's verifier.image (HARDENED_VERIFIER_IMAGE),
+    never a spec's serving image; by default the server image of the chart's appVersion."""
+    def env(*sets):
+        dep = next(o for o in render(*sets) if o["kind"] == "Deployment")
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in c["env"]}["HARDENED_VERIFIER_IMAGE"]
+
+    assert env() == "ghcr.io/hardened-model/server:0.1.0"
+    assert env("verifier.image.repository=registry.platform.test/server", "verifier.image.tag=v7") == \
+        "registry.platform.test/server:v7"
+    assert env("verifier.image.tag=v7", "verifier.image.digest=sha256:" + "b" * 64) == \
+        "ghcr.io/hardened-model/server@sha256:" + "b" * 64
+    from hardened_operator.manifests.objects import DEFAULT_VERIFIER_IMAGE
+    assert env() == DEFAULT_VERIFIER_IMAGE  # the operator's built-in default is the chart's
+    out = helm("template", "hm", str(CHART), "--set", "verifier.image.digest=latest", check=False)
+    assert out.returncode != 0 and "digest" in out.stderr
 
 
 def test_values_schema_rejects_unknown_and_mistyped_values():
     for bad, field in [("imagee.tag=x", "imagee"), ("metrics.prot=1", "prot"), ("healthPort=0", "healthPort"),
                        ("image.pullPolicy=Sometimes", "pullPolicy"), ("watchNamespaces={Bad_NS}", "watchNamespaces"),
-                       ("containerSecurityContext.allowPrivilegeEscalation=true", "allowPrivilegeEscalation")]:
+                       ("containerSecurityContext.allowPrivilegeEscalation=true", "allowPrivilegeEscalation"),
+                       ("admissionPolicy.enable=true", "enable")]:
         out = helm("template", "hm", str(CHART), "--set", bad, check=False)
         assert out.returncode != 0, bad
         assert field in out.stderr, (bad, out.stderr)
@@ -164,6 +195,24 @@ def test_every_value_is_documented_and_in_the_schema():
     for i, line in enumerate(lines):
         if re.match(r"^[A-Za-z]\w*:", line):  # every top-level key has a prose comment right above it
             assert lines[i - 1].startswith("#"), f"values.yaml: {line.split(':')[0]} has no comment"
+
+
+def test_the_admission_policy_binds_every_hardened_model_policy_and_can_be_left_out():
+    """Issue 27: the expressions themselves are checked in tests/operator/test_admission_policy.py and on the
+    real apiserver in tests/e2e/test_tenant_policy.py."""
+    objs = render()
+    (vap,) = [o for o in objs if o["kind"] == "ValidatingAdmissionPolicy"]
+    (binding,) = [o for o in objs if o["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert vap["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert vap["spec"]["paramKind"] == {"apiVersion": "hardened.dev/v1alpha1", "kind": "HardenedModelPolicy"}
+    assert vap["spec"]["failurePolicy"] == "Fail"
+    assert vap["spec"]["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": ["hardened.dev"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+         "resources": ["hardenedmodels"]}]
+    assert binding["spec"] == {"policyName": vap["metadata"]["name"], "validationActions": ["Deny"],
+                               "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"}}
+    assert all(v["reason"] == "Forbidden" and v["messageExpression"] for v in vap["spec"]["validations"])
+    assert not [o for o in render("admissionPolicy.enabled=false") if o["kind"].startswith("ValidatingAdmission")]
 
 
 def test_notes_render_for_both_scopes():

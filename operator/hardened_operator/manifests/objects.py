@@ -13,6 +13,7 @@ from hardened_model.artifacts import StoreURI
 from hardened_model.spec import API_GROUP, API_VERSION, KIND, HardenedModel, to_wire
 from hardened_model.contracts import build_serving_config
 from hardened_model.contracts import build_trainer_config, training_version
+from .. import __version__
 from . import commands
 from .commands import Layout
 
@@ -26,6 +27,11 @@ API_KEYS_MOUNT = "/var/run/secrets/hardened/api-keys"
 TLS_MOUNT = "/var/run/secrets/hardened/tls"
 # The serving image holds the core and hardened_server only (no hardened-model CLI): its pods run this
 SERVER_COMMAND = ["python", "-m", "hardened_server"]
+# The verifier the verify Job and the serving pods' verify-model init container run unless the operator is
+# configured with another (HARDENED_VERIFIER_IMAGE, the chart's verifier.image): the server image of this
+# release, which carries `python -m hardened_server verify`. Never spec.serving.image: the program that decides
+# whether a signature holds is the platform's, not the tenant's (issue 27).
+DEFAULT_VERIFIER_IMAGE = f"ghcr.io/hardened-model/server:{__version__}"
 TRAINER_COMMAND = ["python", "-m", "hardened_trainer"]
 CLIENT_CA_MOUNT = "/var/run/secrets/hardened/client-ca"
 JWKS_MOUNT = "/var/run/secrets/hardened/jwks"
@@ -304,18 +310,18 @@ def _trust_volumes(model: HardenedModel) -> tuple[list[dict], list[dict]]:
     return [volume], [{"name": "trust", "mountPath": TRUST_MOUNT, "readOnly": True}]
 
 
-def _verify_container(model: HardenedModel, *, digest: str | None, version: str | None = None,
+def _verify_container(model: HardenedModel, *, digest: str | None, verifier_image: str, version: str | None = None,
                       gates: bool = True, version_ids: dict[str, str] | None = None) -> tuple[dict, list[dict]]:
     """The verification Job's container (``gates``) or the serving pod's init container (``digest``); see
-    commands.verify. An s3:// version is downloaded into the ``models`` emptyDir."""
-    s = model.spec
+    commands.verify. An s3:// version is downloaded into the ``models`` emptyDir. It runs ``verifier_image``,
+    the platform's (DEFAULT_VERIFIER_IMAGE), never spec.serving.image."""
     layout = cluster_layout(model, version)
     volumes, mounts = _trust_volumes(model)
     if layout.artifact_uri:
         mounts = mounts + [{"name": "models", "mountPath": MODELS_MOUNT}]
     store_volumes, store_mounts = _store_volume(model, read_only=True)
     argv = commands.verify(model, layout, digest=digest, gates=gates, version_ids=version_ids)
-    container = {"name": "verify", "image": s.serving.image, **_program(argv, SERVER_COMMAND),
+    container = {"name": "verify", "image": verifier_image, **_program(argv, SERVER_COMMAND),
                  "env": [{"name": "HOME", "value": "/tmp"}, *_aws_env(model)],
                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
                  "securityContext": CONTAINER_SECURITY, "volumeMounts": mounts + store_mounts + [
@@ -325,11 +331,12 @@ def _verify_container(model: HardenedModel, *, digest: str | None, version: str 
 
 
 def build_verify_job(model: HardenedModel, *, version_ids: dict[str, str] | None = None,
-                     colocate: bool = False) -> dict:
+                     colocate: bool = False, verifier_image: str = DEFAULT_VERIFIER_IMAGE) -> dict:
     """``version_ids``: the S3 object versions the trainer reported (s3:// stores), to pin the download;
-    ``colocate``: the pvc:// store is ReadWriteOnce (see _colocated)."""
+    ``colocate``: the pvc:// store is ReadWriteOnce (see _colocated); ``verifier_image``: see _verify_container."""
     n = names(model)
-    container, volumes = _verify_container(model, digest=None, version_ids=version_ids)
+    container, volumes = _verify_container(model, digest=None, version_ids=version_ids,
+                                           verifier_image=verifier_image)
     volumes = volumes + [{"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}}]
     pod = {"restartPolicy": "Never", "securityContext": POD_SECURITY, "automountServiceAccountToken": False,
            "containers": [container], "volumes": volumes}
@@ -355,14 +362,16 @@ PROVENANCE_ANNOTATION = "hardened.dev/provenance"
 
 def build_deployment(model: HardenedModel, *, digest: str, version: str,
                      version_ids: dict[str, str] | None = None, colocate: bool = False,
-                     provenance: dict | None = None) -> dict:
+                     provenance: dict | None = None, verifier_image: str = DEFAULT_VERIFIER_IMAGE) -> dict:
     """The serving Deployment for one verified version (``digest`` pinned in every container, and for s3://
     stores the object ``version_ids`` pinned in the init container's download and kept in an annotation;
-    ``colocate``: the pvc:// store is ReadWriteOnce, see _colocated)."""
+    ``colocate``: the pvc:// store is ReadWriteOnce, see _colocated). The init container runs the platform's
+    ``verifier_image``; the model server and its sidecars run spec.serving.image."""
     s, n = model.spec, names(model)
     layout = cluster_layout(model, version)
     local = layout.artifact_uri is None  # a pvc:// version, read in place
-    init, volumes = _verify_container(model, digest=digest, version=version, gates=False, version_ids=version_ids)
+    init, volumes = _verify_container(model, digest=digest, version=version, gates=False, version_ids=version_ids,
+                                      verifier_image=verifier_image)
     init = {**init, "name": "verify-model"}
     volumes = volumes + [
         {"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}},
