@@ -22,6 +22,12 @@ Recorded (SLSA v1 field -> content):
 - ``runDetails.metadata``: the pod (invocation id), start and end time.
 
 ``check_policy`` enforces ``spec.signing.provenance``; ``explain`` prints a statement for people.
+
+The trainer writes the statement and holds the signing key, so a signature proves only that the trainer
+wrote it: an image that writes an allowed name into ``trainer-image`` would pass a check of the claim alone.
+The operator therefore hands the verifier what the kubelet ran for the training pod (the pod spec's image
+reference and the status imageID, issue 27); given those, the claim must match them and
+``allowedTrainerImages`` is checked against the kubelet's reference (``check_observed``).
 """
 from __future__ import annotations
 
@@ -215,10 +221,47 @@ def image_allowed(reference: str | None, allowed: list[str]) -> bool:
     return False
 
 
-def check_policy(statement: dict | None, policy: dict, *, model_files: dict[str, str] | None = None) -> list[str]:
+def kubelet_repo_digest(image_id: str | None) -> str | None:
+    """The ``sha256:...`` manifest digest in a kubelet imageID (``repo@sha256:...``, Docker's
+    ``docker-pullable://repo@sha256:...``); None for a bare ``sha256:...`` (or ``docker://sha256:...``): the
+    runtime then reports the image's config digest, as containerd does for an image imported locally (``kind
+    load``, ``ctr images import``) with no registry digest, and a config digest is not comparable with the
+    manifest digest a reference ``repo@sha256:...`` names."""
+    if not image_id:
+        return None
+    for scheme in ("docker-pullable://", "docker://"):
+        if image_id.startswith(scheme):
+            image_id = image_id[len(scheme):]
+    return "sha256:" + image_id.split("@sha256:", 1)[1] if "@sha256:" in image_id else None
+
+
+def check_observed(claimed: str | None, claimed_digest: str | None, *, observed_image: str,
+                   observed_image_id: str | None) -> list[str]:
+    """Refusals of a provenance whose trainer image is not what the kubelet ran. The operator set
+    HARDENED_TRAINER_IMAGE to the pod spec's very reference, so the claim must equal it exactly; a digest the
+    claim records must equal the repo digest the kubelet resolved. A bare config-digest imageID (see
+    ``kubelet_repo_digest``) cannot be compared with a manifest digest: then the reference alone is compared,
+    and the pod spec's reference is what the kubelet was told to run."""
+    ran = f'"{observed_image}"' + (f" (imageID {observed_image_id})" if observed_image_id else "")
+    if claimed != observed_image:
+        said = f'says the model was trained by "{claimed}"' if claimed else "names no trainer image"
+        return [f"signing.provenance: the provenance {said}, but the kubelet ran {ran}"]
+    resolved = kubelet_repo_digest(observed_image_id)
+    if claimed_digest and resolved and claimed_digest != resolved:
+        return [f'signing.provenance: the provenance says the model was trained by "{claimed}", but the kubelet '
+                f"ran {ran}: digest {resolved}, not {claimed_digest}"]
+    return []
+
+
+def check_policy(statement: dict | None, policy: dict, *, model_files: dict[str, str] | None = None,
+                 observed_image: str | None = None, observed_image_id: str | None = None) -> list[str]:
     """Refusals (empty: accepted) of a signed provenance under ``policy``: spec.signing.provenance in wire form
     plus ``dataSha256`` (spec.data.sha256). ``model_files``: the signed manifest ({file: sha256}); every
-    subject of the statement must be in it with the same digest."""
+    subject of the statement must be in it with the same digest. ``observed_image`` (and its
+    ``observed_image_id``): what the kubelet ran for the training pod; given, the statement's trainer image
+    must be it (``check_observed``) and ``allowedTrainerImages`` judges it instead of the trainer's claim,
+    which the trainer, holding the signing key, could write as it liked. A missing statement is still refused
+    only when the policy requires one."""
     allowed = policy.get("allowedTrainerImages")
     required = policy.get("required") or bool(allowed) or policy.get("requireDataDigest")
     pin = policy.get("dataSha256")
@@ -238,9 +281,16 @@ def check_policy(statement: dict | None, policy: dict, *, model_files: dict[str,
             if model_files.get(subj.get("name")) != want:
                 problems.append(f"provenance subject {subj.get('name')!r} (sha256 {want}) is not a signed file of "
                                 "this model")
-    if allowed and not image_allowed(s.trainer_image, allowed):
+    if observed_image is not None:
+        problems += check_observed(s.trainer_image, s.trainer_image_digest, observed_image=observed_image,
+                                   observed_image_id=observed_image_id)
+        judged, digest = observed_image, image_digest(observed_image)
+        got = f'"{observed_image}" (the kubelet ran it for the training pod)'
+    else:
+        judged, digest = s.trainer_image, s.trainer_image_digest
         got = s.trainer_image or "no trainer image (trained outside a cluster?)"
-        hint = "" if s.trainer_image_digest or not any("sha256:" in a for a in allowed) else \
+    if allowed and not image_allowed(judged, allowed):
+        hint = "" if digest or not judged or not any("sha256:" in a for a in allowed) else \
             " (the reference has no digest: give the trainer image by digest, repo@sha256:..., to match a digest)"
         problems.append(f"signing.provenance.allowedTrainerImages: the model was trained by {got}, which matches "
                         f"none of {allowed}{hint}")

@@ -43,6 +43,7 @@ class Observed:
     train_job: dict | None = None
     train_message: dict | None = None
     train_image_id: str | None = None           # the trainer container's imageID, as the kubelet reported it
+    train_image: str | None = None              # its image reference in that pod's spec (what the kubelet ran)
     verify_job: dict | None = None
     verify_message: dict | None = None
     deployment: dict | None = None
@@ -127,6 +128,15 @@ def release(verification: JobState, report: dict, *, warn_mode: bool) -> tuple[b
     return warned or (verification.state == "succeeded" and report.get("gatesPassed") is True), warned
 
 
+def observed_trainer(obs: Observed) -> dict[str, str] | None:
+    """What the kubelet ran for the training pod, for the verify Job (issue 27): the trainer writes and signs
+    its own provenance, so its claim of an image proves nothing until compared with this record, which it
+    cannot write. None without a pod that reports it (the verifier then checks the claim alone)."""
+    if not obs.train_image:
+        return None
+    return {"image": obs.train_image, **({"imageID": obs.train_image_id} if obs.train_image_id else {})}
+
+
 def uploaded_version_ids(train_message: dict | None) -> dict[str, str] | None:
     """The S3 object versions of what the trainer uploaded (s3:// stores): every later download is pinned to them."""
     return {k: v for k, v in ((train_message or {}).get("versionIds") or {}).items() if v} or None
@@ -137,16 +147,18 @@ def serving_target(deployment: dict | None, version: str, released: dict | None,
     """The version to serve: the one just verified (``released``: its verifier's report, None unless it may roll
     out), else the one the Deployment pins already (a failed or unverified version never replaces it), else None.
     A released version's object versions are the trainer's report or, its pod gone, what the Deployment already
-    pins for this version."""
+    pins for this version. Its observed trainer image is the one its verifier checked (the report echoes it),
+    so the init container checks the same, and the annotation keeps it once the Jobs are gone."""
     ann = (deployment or {}).get("metadata", {}).get("annotations") or {}
     pinned_ids = _json_or_none(ann.get(objects.VERSION_IDS_ANNOTATION))
     if released is not None:
         return ServingTarget(released["digest"], version,
                              uploaded_ids or (pinned_ids if ann.get("hardened.dev/version") == version else None),
-                             released.get("provenance") or None)
+                             released.get("provenance") or None, released.get("observedTrainer") or None)
     if deployment is not None and ann.get("hardened.dev/digest"):
         return ServingTarget(ann["hardened.dev/digest"], ann.get("hardened.dev/version", version), pinned_ids,
-                             _json_or_none(ann.get(objects.PROVENANCE_ANNOTATION)))
+                             _json_or_none(ann.get(objects.PROVENANCE_ANNOTATION)),
+                             _json_or_none(ann.get(objects.OBSERVED_TRAINER_ANNOTATION)))
     return None
 
 
@@ -171,12 +183,13 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
                    objects.build_training_job(model, colocate=obs.colocate)]
     if training.state == "succeeded" and obs.verify_job is None:
         ensure.append(objects.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate,
-                                               verifier_image=verifier_image))
+                                               verifier_image=verifier_image, observed_trainer=observed_trainer(obs)))
     if target is None:
         return ensure, None
     deployment = objects.build_deployment(model, digest=target.digest, version=target.version,
                                           version_ids=target.version_ids, colocate=obs.colocate,
-                                          provenance=target.provenance, verifier_image=verifier_image)
+                                          provenance=target.provenance, verifier_image=verifier_image,
+                                          observed_trainer=target.observed_trainer)
     ensure += [objects.build_serving_configmap(model), deployment,
                objects.build_service(model), objects.build_metrics_service(model),
                objects.build_network_policy(model), objects.build_pdb(model)]
@@ -276,7 +289,7 @@ def _events(previous: dict, *, warned: bool, version: str, report: dict, problem
 
 # -------------------------------------------------------------------- I/O
 def observe(kube, model: HardenedModel) -> Observed:
-    from .kube import container_image_id, job_pods, termination_message
+    from .kube import container_image, job_pods, termination_message
 
     ns, n = model.metadata.namespace, objects.names(model)
     obs = Observed(train_job=kube.get("Job", ns, n.train), verify_job=kube.get("Job", ns, n.verify),
@@ -287,7 +300,8 @@ def observe(kube, model: HardenedModel) -> Observed:
     if obs.train_job is not None and job_state(obs.train_job)[0] in ("succeeded", "failed"):
         pods = job_pods(kube, ns, n.train)  # one list for the trainer's message and its image
         obs.train_message = termination_message(pods)
-        obs.train_image_id = container_image_id(pods, "trainer")
+        ran = container_image(pods, "trainer") or {}
+        obs.train_image, obs.train_image_id = ran.get("image"), ran.get("imageID")
     if obs.verify_job is not None and job_state(obs.verify_job)[0] in ("succeeded", "failed"):
         obs.verify_message = termination_message(job_pods(kube, ns, n.verify))
     observe_policies(kube, model, obs)

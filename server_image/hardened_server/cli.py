@@ -81,6 +81,13 @@ def add_commands(sub) -> None:
     p.add_argument("--provenance-policy",
                    help="spec.signing.provenance as JSON, plus dataSha256 (spec.data.sha256), checked against the "
                         "signed model/provenance.json (default: none: the provenance is reported, not required)")
+    p.add_argument("--observed-trainer-image",
+                   help="the training pod's image reference as the kubelet was told to run it; the provenance's "
+                        "trainer image must be this, and allowedTrainerImages judges this, not the trainer's "
+                        "claim (default: none: the claim is checked)")
+    p.add_argument("--observed-trainer-image-id",
+                   help="the training pod's imageID as the kubelet resolved it; a repo digest (...@sha256:...) must "
+                        "equal a digest the provenance records (default: none)")
     p.add_argument("--explain", action="store_true",
                    help="print the verdict and the signed provenance (data, trainer image, versions) for people "
                         "instead of JSON (default: off)")

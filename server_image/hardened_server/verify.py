@@ -59,14 +59,21 @@ def verify(args) -> tuple[int, dict]:
     if summary is not None:
         out["provenance"] = summary.status()
     out["_statement"] = statement  # for --explain; run() drops it before printing JSON
-    if args.provenance_policy:
+    observed = _observed_trainer(args)
+    if observed is not None:
+        if observed.get("error"):
+            return 2, {"verified": False, "reason": observed["error"]}
+        out["observedTrainer"] = observed  # the operator pins it in the Deployment, for the init container
+    if args.provenance_policy or observed is not None:
         try:
-            policy = json.loads(args.provenance_policy)
+            policy = json.loads(args.provenance_policy) if args.provenance_policy else {}
             if not isinstance(policy, dict):
                 raise ValueError(f"expected a JSON object, got {type(policy).__name__}")
         except ValueError as exc:
             return 2, {"verified": False, "reason": f"--provenance-policy: {exc}"}
-        refused = prov.check_policy(statement, policy, model_files=res.files)
+        refused = prov.check_policy(statement, policy, model_files=res.files,
+                                    observed_image=(observed or {}).get("image"),
+                                    observed_image_id=(observed or {}).get("imageID"))
         if refused:
             out.update(verified=False, reason="signature verified; provenance refused: " + "; ".join(refused))
             out.pop("files", None)
@@ -87,6 +94,20 @@ def verify(args) -> tuple[int, dict]:
                 r.describe() for r in results if not r.passed)
             return 3, out
     return 0, out
+
+
+def _observed_trainer(args) -> dict | None:
+    """What the kubelet ran for the training pod, as the operator read it from the pod (issue 27): the trainer
+    signs its own provenance, so only this record, which the trainer cannot write, binds the model to an
+    image. None when not given (`hardened-model up` has no kubelet); an image ID alone is an error, since it
+    says nothing without the reference it resolved."""
+    image = getattr(args, "observed_trainer_image", None)
+    image_id = getattr(args, "observed_trainer_image_id", None)
+    if image is None and image_id is None:
+        return None
+    if not image:
+        return {"error": "--observed-trainer-image-id needs --observed-trainer-image (the reference it resolved)"}
+    return {"image": image, **({"imageID": image_id} if image_id else {})}
 
 
 def run(args) -> int:

@@ -51,6 +51,11 @@ LAYOUT_SWITCHED = {"trainer": {"trainer_termination_log": ("--termination-log",)
                    "verify": {"verify_termination_log": ("--termination-log",),
                               "artifact_uri": ("--uri", "--region", "--endpoint", "--version-ids")},
                    "model": {"cpu_threads": ("--cpu-threads",)}}
+# Flags only the cluster's callers pass, from what the kubelet reported for the training pod (issue 27): `up`
+# runs no kubelet, so it has no record to pass. Not a Layout's: the same Layout gives them or not by what was
+# observed.
+KUBELET_RECORD = {"verify": ("--observed-trainer-image", "--observed-trainer-image-id")}
+RAN = {"image": "ghcr.io/hardened-model/trainer:0.1.0", "imageID": "ghcr.io/hardened-model/trainer@sha256:" + "ab" * 32}
 PROGRAMS = ("server", "trainer")
 
 
@@ -68,7 +73,8 @@ def placeholders(layout):
 
 def cluster_processes(m):
     """Each process's arguments in the pods the operator creates (without the image's program)."""
-    verify = objects.build_verify_job(m, version_ids={"k": "v"})["spec"]["template"]["spec"]["containers"][0]
+    verify = objects.build_verify_job(m, version_ids={"k": "v"},
+                                      observed_trainer=RAN)["spec"]["template"]["spec"]["containers"][0]
     trainer = objects.build_training_job(m)["spec"]["template"]["spec"]["containers"][0]
     pod = objects.build_deployment(m, digest=DIGEST, version=names(m).version)["spec"]["template"]["spec"]
     assert verify["command"] == objects.SERVER_COMMAND and trainer["command"] == objects.TRAINER_COMMAND
@@ -129,7 +135,7 @@ def test_every_process_runs_the_same_command_line_in_the_cluster_and_locally(nam
     for process in cluster:
         switched = [flag for field, flags in LAYOUT_SWITCHED.get(process, {}).items()
                     if getattr(cluster_layout, field) is None or getattr(local_layout, field) is None
-                    for flag in flags]
+                    for flag in flags] + list(KUBELET_RECORD.get(process, ()))
         assert without(cluster[process], switched) == without(here[process], switched), process
 
 
@@ -139,6 +145,13 @@ def test_the_layout_switched_flags_are_where_each_layout_has_them(tmp_path, monk
     assert "--termination-log" in cluster["verify"] and "--termination-log" not in here["verify"]
     assert "--termination-log" in here["trainer"] and "--termination-log" not in cluster["trainer"]
     assert cluster["model"][cluster["model"].index("--cpu-threads") + 1] == "<cpu_threads>"
+
+
+def test_only_the_cluster_passes_the_kubelets_record_of_the_training_pod(tmp_path, monkeypatch):
+    cluster, here, _, _ = both("provenance", tmp_path, monkeypatch)
+    assert cluster["verify"][cluster["verify"].index("--observed-trainer-image") + 1] == RAN["image"]
+    assert cluster["verify"][cluster["verify"].index("--observed-trainer-image-id") + 1] == RAN["imageID"]
+    assert not any(a.startswith("--observed") for argv in here.values() for a in argv)
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -197,7 +210,8 @@ def _flags():
     for name in SPECS:
         m = model(name)
         for layout in (objects.cluster_layout(m), local.local_layout(m, local.Paths(pathlib.Path("state"), m))):
-            argvs = [commands.trainer(layout), commands.verify(m, layout, digest=DIGEST, version_ids={"k": "v"}),
+            argvs = [commands.trainer(layout), commands.verify(m, layout, digest=DIGEST, version_ids={"k": "v"},
+                                                               observed_trainer=RAN),
                      *commands.serving(m, layout, digest=DIGEST).values()]
             found |= {a for argv in argvs for a in argv if a.startswith("--")}
     return found
@@ -206,7 +220,8 @@ def _flags():
 def test_no_process_flag_is_written_outside_the_command_builder():
     flags = _flags()
     assert {"--gates", "--provenance-policy", "--model-dir", "--expect-digest", "--api-keys", "--version-ids",
-            "--termination-log", "--metrics-host", "--config", "--tls-cert", "--cpu-threads"} <= flags
+            "--termination-log", "--metrics-host", "--config", "--tls-cert", "--cpu-threads",
+            *KUBELET_RECORD["verify"]} <= flags
     for path in (OPERATOR / "manifests" / "objects.py", OPERATOR / "local.py"):
         text = path.read_text()
         written = {flag for flag in flags if re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)}

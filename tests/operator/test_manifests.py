@@ -421,3 +421,52 @@ def test_the_provenance_policy_and_data_pin_reach_both_verifiers_and_the_trainer
     # no policy and no pin: nothing to enforce, no argument
     plain = build_verify_job(model())["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--provenance-policy" not in plain
+
+
+def trained_pod(m, image_id):
+    """The training Job's pod as the API server returns it once the kubelet ran it: the spec the operator built,
+    the status the kubelet wrote."""
+    job = build_training_job(m)
+    return {"metadata": {"name": f"{names(m).train}-x1", "creationTimestamp": "2026-11-22T05:00:00Z"},
+            "spec": job["spec"]["template"]["spec"],
+            "status": {"containerStatuses": [{"name": "trainer", "image": "ignored:by-the-operator",
+                                              "imageID": image_id}]}}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_both_verifiers_get_what_the_kubelet_ran_for_the_training_pod(version):
+    """Issue 27 point 4: the trainer signs its own provenance, so the verifiers are told what the kubelet ran,
+    the pod spec's reference and the status imageID of the one newest pod; the Deployment keeps it in an
+    annotation for a pod restarted after the training pods are gone. Without an observed pod, no flag."""
+    from hardened_operator.kube import container_image
+    from hardened_operator.manifests.objects import OBSERVED_TRAINER_ANNOTATION
+
+    m = model()
+    image_id = "ghcr.io/hardened-model/trainer@sha256:" + "ab" * 32
+    older = trained_pod(m, "ghcr.io/hardened-model/trainer@sha256:" + "00" * 32)
+    older["spec"] = {**older["spec"], "containers": [{**older["spec"]["containers"][0], "image": "old:1"}]}
+    ran = container_image([trained_pod(m, image_id), older], "trainer")  # job_pods' order: newest first
+    assert ran == {"image": m.spec.training.image, "imageID": image_id}
+    job = build_verify_job(m, observed_trainer=ran)
+    dep = build_deployment(m, digest="ab" * 32, version="v", observed_trainer=ran)
+    for obj in (job, dep):
+        kubernetes_validate.validate(obj, version, strict=True)
+    verify = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    init = dep["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    for args in (verify, init):
+        assert args[args.index("--observed-trainer-image") + 1] == m.spec.training.image
+        assert args[args.index("--observed-trainer-image-id") + 1] == image_id
+    assert json.loads(dep["metadata"]["annotations"][OBSERVED_TRAINER_ANNOTATION]) == ran
+    assert not any("--observed" in a for c in dep["spec"]["template"]["spec"]["containers"] for a in c["args"])
+    # no pod reported yet, or none given: no flags, no annotation
+    assert container_image([], "trainer") is None
+    assert container_image([{"status": {"containerStatuses": [{"name": "trainer"}]}}], "trainer") is None
+    plain_job, plain_dep = build_verify_job(m), build_deployment(m, digest="ab" * 32, version="v")
+    for args in (plain_job["spec"]["template"]["spec"]["containers"][0]["args"],
+                 plain_dep["spec"]["template"]["spec"]["initContainers"][0]["args"]):
+        assert not any(a.startswith("--observed-trainer") for a in args)
+    assert OBSERVED_TRAINER_ANNOTATION not in plain_dep["metadata"]["annotations"]
+    # a reference without an imageID (a runtime that reports none) passes the reference alone
+    only = build_verify_job(m, observed_trainer={"image": m.spec.training.image})
+    args = only["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--observed-trainer-image" in args and "--observed-trainer-image-id" not in args

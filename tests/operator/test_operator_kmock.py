@@ -124,12 +124,15 @@ async def create_signing_secret(k8s):
     assert resp.status == 200
 
 
-async def complete_job(k8s, name, message: dict | None, failed=False):
-    """Play the Job controller: a pod with a termination message, then the Job's final condition."""
+async def complete_job(k8s, name, message: dict | None, failed=False, ran: tuple[str, str] | None = None):
+    """Play the Job controller: a pod with a termination message, then the Job's final condition. ``ran``:
+    play the kubelet too, a trainer container given that (image reference, imageID)."""
+    container = {"name": "trainer" if ran else "c", **({"imageID": ran[1]} if ran else {})}
     await k8s.post(f"/api/v1/namespaces/{NS}/pods", json={
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-x1", "namespace": NS,
                                                          "labels": {"job-name": name}},
-        "status": {"containerStatuses": [{"name": "c", "state": {"terminated": {
+        **({"spec": {"containers": [{"name": "trainer", "image": ran[0]}]}} if ran else {}),
+        "status": {"containerStatuses": [{**container, "state": {"terminated": {
             "exitCode": 3 if failed else 0, "message": json.dumps(message) if message else ""}}}]}})
     cond = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
             "message": "Job has reached the specified backoff limit"} if failed else \
@@ -612,6 +615,67 @@ async def test_a_model_from_an_unlisted_trainer_image_is_refused_and_the_old_ver
         dep = get(k8s.objects, dep_key)
         assert dep["metadata"]["annotations"]["hardened.dev/digest"] == first_digest  # the old version serves
         assert status(k8s)["serving"]["trainerImageDigest"] == "sha256:" + "ab" * 32
+
+
+async def test_a_model_whose_provenance_claims_an_allowed_image_the_kubelet_did_not_run_is_refused(
+        k8s, keys, tmp_path):
+    """Issue 27 point 4: the trainer holds the signing key and writes its own provenance, so an image may claim
+    an allowed name. The (emulated) kubelet reports what the training pod ran; the operator passes it to the
+    verify Job and pins it for the init container; the real verifier, run with the arguments the operator
+    rendered, refuses a claim the kubelet contradicts, naming both images, and the old version keeps serving."""
+    from helpers import make_artifact
+
+    allowed = "ghcr.io/hardened-model/trainer:0.1.0"
+    allowed_id = "ghcr.io/hardened-model/trainer@sha256:" + "ab" * 32
+    evil, evil_id = "evil.io/trainer:1", "evil.io/trainer@sha256:" + "cd" * 32
+    good = make_artifact(tmp_path / "good", keys[0], trainer_image=allowed)
+    liar = make_artifact(tmp_path / "liar", keys[0], trainer_image=allowed, seed=1)  # says allowed; ran evil
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    signing = {"provenance": {"allowedTrainerImages": ["ghcr.io/hardened-model/"]}}
+    doc = manifest(training={"image": allowed}, signing=signing)
+    n = job_names(doc)
+    await create_signing_secret(k8s)
+    dep_key = ("apps/v1/deployments", NS, "digits-demo")
+    async with runner():
+        await create_model(k8s, doc)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.train)))
+        await complete_job(k8s, n.train, {"gatesPassed": True}, ran=(allowed, allowed_id))
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.verify)))
+        container = get(k8s.objects, ("batch/v1/jobs", NS, n.verify))["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"][container["args"].index("--observed-trainer-image-id") + 1] == allowed_id
+        verdict = await run_verifier(container, good, keys[1], logs)
+        assert verdict.pop("exitCode") == 0, verdict
+        assert verdict["observedTrainer"] == {"image": allowed, "imageID": allowed_id}
+        await complete_job(k8s, n.verify, verdict)
+        assert await wait_for(lambda: alive(k8s.objects, dep_key))
+        await deployment_ready(k8s)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Serving"), status(k8s)
+        first_digest = verdict["digest"]
+        init = get(k8s.objects, dep_key)["spec"]["template"]["spec"]["initContainers"][0]
+        assert init["args"][init["args"].index("--observed-trainer-image") + 1] == allowed
+        assert (await run_verifier(init, good, keys[1], logs))["exitCode"] == 0  # a restarted pod still verifies
+
+        # the next version: the spec names the allowed image, the provenance says so, the kubelet ran another
+        new = manifest(training={"image": allowed, "epochs": 21}, signing=signing)
+        await update_spec(k8s, new)
+        n2 = job_names(new)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2.train)))
+        await complete_job(k8s, n2.train, {"gatesPassed": True}, ran=(evil, evil_id))
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n2.verify)))
+        job = get(k8s.objects, ("batch/v1/jobs", NS, n2.verify))
+        verdict = await run_verifier(job["spec"]["template"]["spec"]["containers"][0], liar, keys[1], logs)
+        assert verdict.pop("exitCode") == 3, verdict
+        assert (f'the provenance says the model was trained by "{allowed}", but the kubelet ran "{evil}" '
+                f"(imageID {evil_id})") in verdict["reason"]
+        await complete_job(k8s, n2.verify, verdict, failed=True)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Failed"), status(k8s)
+        message = cond(k8s, "SignatureVerified")["message"]
+        assert allowed in message and evil in message
+        assert "keeps serving" in cond(k8s, "Ready")["message"]
+        dep = get(k8s.objects, dep_key)
+        assert dep["metadata"]["annotations"]["hardened.dev/digest"] == first_digest  # the old version serves
+        assert json.loads(dep["metadata"]["annotations"]["hardened.dev/observed-trainer"])["imageID"] == allowed_id
 
 
 def evil_digest(artifact) -> str:

@@ -1,6 +1,8 @@
 """decide(): the pure heart of the operator, without a cluster."""
+import dataclasses
 import json
 
+from hardened_operator.manifests import objects
 from hardened_operator.reconcile import Observed, decide
 from hardened_model.spec import parse_manifest, to_wire
 from helpers import example
@@ -314,6 +316,31 @@ def test_status_shows_the_data_digest_and_trainer_image_of_the_served_version_ev
     later = decide(m, Observed(deployment=rolled_out(dep)), d.status, now=LATER)
     assert later.status["serving"]["dataDigest"] == "d" * 64
     assert later.status["serving"]["trainerImageDigest"] == "sha256:" + "e" * 64
+
+
+def test_the_kubelets_record_of_the_training_pod_reaches_the_verify_job_and_stays_in_the_deployment():
+    """Issue 27 point 4: the training pod's reference and imageID go to the verify Job; the Deployment's init
+    container gets what that verifier checked (its report echoes it), pinned in an annotation, so a later pass
+    with the Jobs gone builds the same Deployment (no rollout) and a restarted pod still checks them."""
+    m = model(serving={"replicas": 1})
+    ran = {"image": m.spec.training.image, "imageID": "ghcr.io/x/trainer@sha256:" + "e" * 64}
+    trained = Observed(train_job=job("Complete"), train_image=ran["image"], train_image_id=ran["imageID"])
+    verify_job = next(o for o in decide(m, trained, {}, now=NOW).ensure
+                      if o["kind"] == "Job" and o["metadata"]["name"] == objects.names(m).verify)
+    args = verify_job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--observed-trainer-image") + 1] == ran["image"]
+    assert args[args.index("--observed-trainer-image-id") + 1] == ran["imageID"]
+    obs = dataclasses.replace(trained, verify_job=job("Complete"), verify_message={**VERIFIED, "observedTrainer": ran})
+    d = decide(m, obs, {}, now=NOW)
+    dep = next(o for o in d.ensure if o["kind"] == "Deployment")
+    init = dep["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert init[init.index("--observed-trainer-image-id") + 1] == ran["imageID"]
+    later = decide(m, Observed(deployment=rolled_out(dep)), d.status, now=LATER)
+    assert next(o for o in later.ensure if o["kind"] == "Deployment") == dep
+    # no pod record (the verifier then checks the claim alone): no flag
+    bare = decide(m, Observed(train_job=job("Complete")), {}, now=NOW)
+    job_args = next(o for o in bare.ensure if o["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--observed-trainer-image" not in job_args
 
 
 # ------------------------------------------------------------ HardenedModelPolicy (issue 27)

@@ -170,6 +170,95 @@ def test_bad_policy_json_exits_2(trained, keys, capsys):
     assert code == 2 and "--provenance-policy" in out["reason"]
 
 
+# ------------------------------------------- the kubelet's record (issue 27 point 4)
+EVIL = "evil.io/trainer:1"
+REPO_ID = "ghcr.io/hardened-model/trainer@sha256:" + "ab" * 32
+
+
+def statement_naming(image):
+    """A statement whose trainer image is ``image`` (the rest as the trainer builds it; no model files)."""
+    return {"_type": prov.STATEMENT_TYPE, "predicateType": prov.PREDICATE_TYPE, "subject": [], "predicate": {
+        "buildDefinition": {"externalParameters": {}, "internalParameters": {}, "resolvedDependencies": [
+            {"name": "data", "uri": "builtin:digits", "digest": {"sha256": "d" * 64}},
+            *([{"name": "trainer-image", "uri": f"oci://{image}",
+                **({"digest": {"sha256": image.split("@sha256:")[1]}} if "@sha256:" in image else {})}]
+              if image else [])]},
+        "runDetails": {"builder": {"id": prov.BUILDER_ID}, "metadata": {}}}}
+
+
+@pytest.mark.parametrize("claim, image, image_id, refused", [
+    (IMAGE, IMAGE, REPO_ID, None),                                          # what it says is what ran
+    (IMAGE, IMAGE, "docker-pullable://" + REPO_ID, None),                   # Docker's form of the imageID
+    (IMAGE, IMAGE, "sha256:" + "99" * 32, None),     # a config digest (a locally imported image): not comparable
+    (IMAGE, IMAGE, None, None),
+    ("ghcr.io/hardened-model/trainer:1", "ghcr.io/hardened-model/trainer:1", REPO_ID, None),  # a tag: reference only
+    (IMAGE, EVIL, "docker.io/evil/trainer@sha256:" + "cd" * 32, "kubelet ran"),  # claims an allowed image
+    (IMAGE, IMAGE, "ghcr.io/hardened-model/trainer@sha256:" + "cd" * 32, "digest sha256:" + "cd" * 32),
+    (None, IMAGE, REPO_ID, "names no trainer image"),
+])
+def test_the_provenance_must_name_what_the_kubelet_ran(claim, image, image_id, refused):
+    got = prov.check_policy(statement_naming(claim), {}, observed_image=image, observed_image_id=image_id)
+    if refused is None:
+        assert got == []
+    else:
+        assert len(got) == 1 and refused in got[0] and f'the kubelet ran "{image}"' in got[0], got
+        assert got[0].startswith("signing.provenance: the provenance ")
+
+
+def test_the_refusal_names_both_images_and_the_image_id():
+    image_id = "docker.io/evil/trainer@sha256:" + "cd" * 32
+    got = prov.check_policy(statement_naming("ghcr.io/acme/trainer:1"), {"allowedTrainerImages": ["ghcr.io/acme/"]},
+                            observed_image=EVIL, observed_image_id=image_id)
+    assert got[0] == ('signing.provenance: the provenance says the model was trained by "ghcr.io/acme/trainer:1", '
+                      f'but the kubelet ran "{EVIL}" (imageID {image_id})')
+    # and the allowed images judge what ran, not the claim
+    assert got[1].startswith(f'signing.provenance.allowedTrainerImages: the model was trained by "{EVIL}" '
+                             "(the kubelet ran it for the training pod), which matches none of")
+
+
+def test_allowed_images_judge_the_observed_reference_not_the_claim():
+    # an honest claim of an unlisted image is refused for the image alone
+    got = prov.check_policy(statement_naming(EVIL), {"allowedTrainerImages": ["ghcr.io/acme/"]},
+                            observed_image=EVIL)
+    assert len(got) == 1 and "allowedTrainerImages" in got[0] and EVIL in got[0]
+    assert prov.check_policy(statement_naming("ghcr.io/acme/trainer:1"), {"allowedTrainerImages": ["ghcr.io/acme/"]},
+                             observed_image="ghcr.io/acme/trainer:1") == []
+    # a tag the kubelet ran cannot match a digest entry, and the refusal says why
+    got = prov.check_policy(statement_naming("ghcr.io/acme/trainer:1"),
+                            {"allowedTrainerImages": ["ghcr.io/acme/trainer@sha256:" + "ab" * 32]},
+                            observed_image="ghcr.io/acme/trainer:1", observed_image_id=REPO_ID)
+    assert len(got) == 1 and "give the trainer image by digest" in got[0]
+
+
+def test_a_missing_provenance_with_an_observed_image_is_refused_only_when_required():
+    assert prov.check_policy(None, {}, observed_image=IMAGE, observed_image_id=REPO_ID) == []
+    got = prov.check_policy(None, {"required": True}, observed_image=IMAGE)
+    assert len(got) == 1 and "has no provenance.json" in got[0]
+
+
+def test_kubelet_repo_digests():
+    assert prov.kubelet_repo_digest(REPO_ID) == "sha256:" + "ab" * 32
+    assert prov.kubelet_repo_digest("docker-pullable://" + REPO_ID) == "sha256:" + "ab" * 32
+    assert prov.kubelet_repo_digest("sha256:" + "ab" * 32) is None           # a config digest
+    assert prov.kubelet_repo_digest("docker://sha256:" + "ab" * 32) is None
+    assert prov.kubelet_repo_digest(None) is None
+
+
+def test_the_verifier_refuses_a_claim_the_kubelet_contradicts_exit_3(trained, keys, capsys):
+    """The command line: exit 3 and the result JSON as every provenance refusal; the observed record echoed."""
+    tmp, _, _ = trained
+    code, out = verify(tmp / "out", keys[1], "--observed-trainer-image", IMAGE, "--observed-trainer-image-id",
+                       REPO_ID, capsys=capsys)
+    assert code == 0 and out["observedTrainer"] == {"image": IMAGE, "imageID": REPO_ID}
+    code, out = verify(tmp / "out", keys[1], "--observed-trainer-image", EVIL, "--provenance-policy",
+                       json.dumps({"allowedTrainerImages": ["ghcr.io/hardened-model/"]}), capsys=capsys)
+    assert code == 3 and out["verified"] is False and "digest" in out and "files" not in out
+    assert out["reason"].startswith("signature verified; provenance refused: signing.provenance: the provenance "
+                                    f'says the model was trained by "{IMAGE}", but the kubelet ran "{EVIL}"')
+    code, out = verify(tmp / "out", keys[1], "--observed-trainer-image-id", REPO_ID, capsys=capsys)
+    assert code == 2 and "--observed-trainer-image" in out["reason"]
+
+
 def test_image_reference_parsing():
     assert prov.image_repository("localhost:5000/trainer:1") == "localhost:5000/trainer"
     assert prov.image_repository("trainer@sha256:" + "0" * 64) == "trainer"

@@ -87,10 +87,13 @@ def trainer(layout: Layout) -> list[str]:
 
 
 def verify(model: HardenedModel, layout: Layout, *, digest: str | None = None, gates: bool = True,
-           version_ids: dict[str, str] | None = None) -> list[str]:
+           version_ids: dict[str, str] | None = None, observed_trainer: dict[str, str] | None = None) -> list[str]:
     """The verification Job and `up` check the gates; the serving pod's init container checks signature and
     pinned digest only (the gates held at rollout; a tightened gate stops the next rollout, not a running one).
-    ``version_ids``: the S3 object versions the trainer uploaded, to download exactly those."""
+    ``version_ids``: the S3 object versions the trainer uploaded, to download exactly those.
+    ``observed_trainer``: {"image", "imageID"} the kubelet ran for the training pod (issue 27), which the
+    provenance must match; the cluster's callers have it, `up` has no kubelet and passes none. It is not a
+    Layout's: where a process runs does not decide it, what was observed does."""
     s = model.spec
     args = [*layout.server, "verify", *_trust(model, layout)]
     if layout.verify_termination_log:
@@ -102,6 +105,10 @@ def verify(model: HardenedModel, layout: Layout, *, digest: str | None = None, g
     policy = provenance_policy(s)
     if policy:  # every verifier enforces it
         args += ["--provenance-policy", json_arg(policy)]
+    if observed_trainer and observed_trainer.get("image"):
+        args += ["--observed-trainer-image", observed_trainer["image"]]
+        if observed_trainer.get("imageID"):
+            args += ["--observed-trainer-image-id", observed_trainer["imageID"]]
     args += ["--artifact", layout.artifact]
     if layout.artifact_uri:
         args += ["--uri", layout.artifact_uri]

@@ -311,16 +311,18 @@ def _trust_volumes(model: HardenedModel) -> tuple[list[dict], list[dict]]:
 
 
 def _verify_container(model: HardenedModel, *, digest: str | None, verifier_image: str, version: str | None = None,
-                      gates: bool = True, version_ids: dict[str, str] | None = None) -> tuple[dict, list[dict]]:
+                      gates: bool = True, version_ids: dict[str, str] | None = None,
+                      observed_trainer: dict[str, str] | None = None) -> tuple[dict, list[dict]]:
     """The verification Job's container (``gates``) or the serving pod's init container (``digest``); see
     commands.verify. An s3:// version is downloaded into the ``models`` emptyDir. It runs ``verifier_image``,
-    the platform's (DEFAULT_VERIFIER_IMAGE), never spec.serving.image."""
+    the platform's (DEFAULT_VERIFIER_IMAGE), never spec.serving.image; ``observed_trainer``: commands.verify."""
     layout = cluster_layout(model, version)
     volumes, mounts = _trust_volumes(model)
     if layout.artifact_uri:
         mounts = mounts + [{"name": "models", "mountPath": MODELS_MOUNT}]
     store_volumes, store_mounts = _store_volume(model, read_only=True)
-    argv = commands.verify(model, layout, digest=digest, gates=gates, version_ids=version_ids)
+    argv = commands.verify(model, layout, digest=digest, gates=gates, version_ids=version_ids,
+                           observed_trainer=observed_trainer)
     container = {"name": "verify", "image": verifier_image, **_program(argv, SERVER_COMMAND),
                  "env": [{"name": "HOME", "value": "/tmp"}, *_aws_env(model)],
                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
@@ -331,12 +333,14 @@ def _verify_container(model: HardenedModel, *, digest: str | None, verifier_imag
 
 
 def build_verify_job(model: HardenedModel, *, version_ids: dict[str, str] | None = None,
-                     colocate: bool = False, verifier_image: str = DEFAULT_VERIFIER_IMAGE) -> dict:
+                     colocate: bool = False, verifier_image: str = DEFAULT_VERIFIER_IMAGE,
+                     observed_trainer: dict[str, str] | None = None) -> dict:
     """``version_ids``: the S3 object versions the trainer reported (s3:// stores), to pin the download;
-    ``colocate``: the pvc:// store is ReadWriteOnce (see _colocated); ``verifier_image``: see _verify_container."""
+    ``colocate``: the pvc:// store is ReadWriteOnce (see _colocated); ``verifier_image``: see _verify_container;
+    ``observed_trainer``: {"image", "imageID"} of the training pod's trainer container (kube.container_image)."""
     n = names(model)
     container, volumes = _verify_container(model, digest=None, version_ids=version_ids,
-                                           verifier_image=verifier_image)
+                                           verifier_image=verifier_image, observed_trainer=observed_trainer)
     volumes = volumes + [{"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}}]
     pod = {"restartPolicy": "Never", "securityContext": POD_SECURITY, "automountServiceAccountToken": False,
            "containers": [container], "volumes": volumes}
@@ -358,20 +362,24 @@ def build_serving_configmap(model: HardenedModel) -> dict:
 
 
 PROVENANCE_ANNOTATION = "hardened.dev/provenance"
+OBSERVED_TRAINER_ANNOTATION = "hardened.dev/observed-trainer"
 
 
 def build_deployment(model: HardenedModel, *, digest: str, version: str,
                      version_ids: dict[str, str] | None = None, colocate: bool = False,
-                     provenance: dict | None = None, verifier_image: str = DEFAULT_VERIFIER_IMAGE) -> dict:
+                     provenance: dict | None = None, verifier_image: str = DEFAULT_VERIFIER_IMAGE,
+                     observed_trainer: dict[str, str] | None = None) -> dict:
     """The serving Deployment for one verified version (``digest`` pinned in every container, and for s3://
     stores the object ``version_ids`` pinned in the init container's download and kept in an annotation;
     ``colocate``: the pvc:// store is ReadWriteOnce, see _colocated). The init container runs the platform's
-    ``verifier_image``; the model server and its sidecars run spec.serving.image."""
+    ``verifier_image``; the model server and its sidecars run spec.serving.image. ``observed_trainer``: what
+    the kubelet ran for the version's training pod, as its verify Job checked it; the init container checks
+    the same, and the annotation keeps it for later passes, when the training pods may be gone."""
     s, n = model.spec, names(model)
     layout = cluster_layout(model, version)
     local = layout.artifact_uri is None  # a pvc:// version, read in place
     init, volumes = _verify_container(model, digest=digest, version=version, gates=False, version_ids=version_ids,
-                                      verifier_image=verifier_image)
+                                      verifier_image=verifier_image, observed_trainer=observed_trainer)
     init = {**init, "name": "verify-model"}
     volumes = volumes + [
         {"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}},
@@ -435,7 +443,10 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                                           if version_ids else {}),
                                        # the served version's data digest and trainer image (status.serving)
                                        **({PROVENANCE_ANNOTATION: json.dumps(provenance, sort_keys=True)}
-                                          if provenance else {})}),
+                                          if provenance else {}),
+                                       # what the kubelet ran for its training pod (the init container checks it)
+                                       **({OBSERVED_TRAINER_ANNOTATION: json.dumps(observed_trainer, sort_keys=True)}
+                                          if observed_trainer else {})}),
         "spec": {
             "replicas": s.serving.replicas,
             "selector": {"matchLabels": serving_selector(model)},
