@@ -38,26 +38,23 @@ LABELS = {"app.kubernetes.io/name": "hardened-model-operator", "app.kubernetes.i
 def build_crd() -> dict:
     """The HardenedModel CustomResourceDefinition (apiextensions.k8s.io/v1)."""
     root = s.openapi_schema(status=build_schema(HardenedModelStatus))
+    return _crd(kind=s.KIND, plural=s.PLURAL, singular=s.SINGULAR, short_names=s.SHORT_NAMES, scope="Namespaced",
+                version={"subresources": {"status": {}}, "additionalPrinterColumns": PRINTER_COLUMNS,
+                         "schema": {"openAPIV3Schema": root}})
+
+
+def _crd(*, kind: str, plural: str, singular: str, short_names: list[str], scope: str, version: dict) -> dict:
+    """A CustomResourceDefinition of group hardened.dev with one served, stored version."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{s.PLURAL}.{s.API_GROUP}",
-            "labels": dict(LABELS),
-        },
+        "metadata": {"name": f"{plural}.{s.API_GROUP}", "labels": dict(LABELS)},
         "spec": {
             "group": s.API_GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": s.KIND, "listKind": f"{s.KIND}List", "plural": s.PLURAL,
-                      "singular": s.SINGULAR, "shortNames": list(s.SHORT_NAMES)},
-            "versions": [{
-                "name": s.API_VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": root},
-            }],
+            "scope": scope,
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
+                      "shortNames": list(short_names)},
+            "versions": [{"name": s.API_VERSION, "served": True, "storage": True, **version}],
         },
     }
 
@@ -65,24 +62,10 @@ def build_crd() -> dict:
 def build_policy_crd() -> dict:
     """The HardenedModelPolicy CustomResourceDefinition: cluster-scoped, so only who may write cluster objects
     (the platform team) writes one, and no status: a policy is read, never reconciled."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{pol.POLICY_PLURAL}.{s.API_GROUP}", "labels": dict(LABELS)},
-        "spec": {
-            "group": s.API_GROUP,
-            "scope": "Cluster",
-            "names": {"kind": pol.POLICY_KIND, "listKind": f"{pol.POLICY_KIND}List", "plural": pol.POLICY_PLURAL,
-                      "singular": pol.POLICY_SINGULAR, "shortNames": list(pol.POLICY_SHORT_NAMES)},
-            "versions": [{
-                "name": s.API_VERSION,
-                "served": True,
-                "storage": True,
-                "additionalPrinterColumns": POLICY_PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": pol.policy_schema()},
-            }],
-        },
-    }
+    return _crd(kind=pol.POLICY_KIND, plural=pol.POLICY_PLURAL, singular=pol.POLICY_SINGULAR,
+                short_names=pol.POLICY_SHORT_NAMES, scope="Cluster",
+                version={"additionalPrinterColumns": POLICY_PRINTER_COLUMNS,
+                         "schema": {"openAPIV3Schema": pol.policy_schema()}})
 
 
 def render_crd_yaml(kind: str = s.KIND) -> str:
