@@ -218,6 +218,41 @@ def images(cluster: Cluster) -> dict[str, str]:
     return {n: v["image"] for n, v in json.loads(out_file.read_text()).items()}
 
 
+def build_image(name: str, dockerfile: pathlib.Path, context: pathlib.Path, *, base: str | None = None,
+                timeout: float = 600) -> str:
+    """Build a Dockerfile with the shared cluster's buildah helper (``build-image``), which also imports it into
+    the node's containerd; returns the reference pods use (``localhost/NAME:TAG``). ``base``: the image its
+    FROM names. buildah cannot pull it (no registry), so when its storage lacks it (an image that
+    scripts/build-images reused from its archive) it is put there from that archive first."""
+    env = {**os.environ, "KUBE_HOME": str(KUBE_HOME)}
+    if base is not None:
+        storage = KUBE_HOME / "buildah"
+        buildah = ["buildah", "--root", str(storage / "storage"), "--runroot", str(storage / "run"),
+                   "--storage-driver", "overlay"]
+        benv = {**env, "TMPDIR": str(storage / "tmp")}
+        if subprocess.run([*buildah, "inspect", "--type", "image", base], capture_output=True, env=benv,
+                          timeout=120).returncode != 0:
+            # build-image's archive name: the reference without localhost/, '/' and ':' as '_'
+            archive = KUBE_HOME / "images" / (base.removeprefix("localhost/").replace("/", "_").replace(":", "_")
+                                              + ".tar")
+            out = subprocess.run([*buildah, "pull", "--quiet", f"oci-archive:{archive}"], capture_output=True,
+                                 text=True, env=benv, timeout=timeout)
+            if out.returncode == 0:  # named as it was pushed, or not at all: name it
+                out = subprocess.run([*buildah, "tag", out.stdout.strip().splitlines()[-1], base],
+                                     capture_output=True, text=True, env=benv, timeout=120)
+            if out.returncode != 0:
+                raise AssertionError(f"{base} is not in buildah's storage, and {archive} did not load: {out.stderr}")
+    out = subprocess.run([str(KUBE_DIR / "build-image"), "-t", name, "-f", str(dockerfile), str(context)],
+                         capture_output=True, text=True, env=env, timeout=timeout)
+    if out.returncode != 0:
+        raise AssertionError(f"build-image {name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n"
+                             f"{out.stderr[-3000:]}")
+    first = name.split("/", 1)[0]
+    if "/" not in name or ("." not in first and ":" not in first and first != "localhost"):
+        name = f"localhost/{name}"
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
 def image_parts(ref: str) -> tuple[str, str]:
     repo, _, tag = ref.rpartition(":")
     return repo, tag

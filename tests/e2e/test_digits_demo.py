@@ -18,7 +18,7 @@ import pytest
 
 from cluster import KUBE_HOME, OPERATOR_NS, Cluster, wait
 from hardened_model.signing import MODEL_DIR_NAME, generate_key_pem
-from helpers import example, http, infer_body
+from helpers import TINY, example, http, infer_body, merge_patch
 
 NS = "e2e-demo"
 DUMP_NAMESPACES = [NS]
@@ -302,6 +302,156 @@ def test_a_tampered_artifact_is_refused_while_the_previous_pod_keeps_serving(dem
         api.kubectl("-n", NS, "delete", "pod", pod["metadata"]["name"], "--wait=false")
     api.kubectl("-n", NS, "wait", "--for=condition=Ready", f"hm/{MODEL}", "--timeout=300s", timeout=360)
     assert status(api)["phase"] == "Serving" and "lastFailure" not in status(api)
+
+
+FORGER_WRAPPER = """#!/bin/sh
+# The forger: the operator sets HARDENED_TRAINER_IMAGE to the training pod's own image; this claims the
+# genuine trainer's instead, in the provenance the trainer writes and signs with the key it holds.
+export HARDENED_TRAINER_IMAGE='{genuine}'
+PATH=${{PATH#/opt/forge/bin:}}
+exec python "$@"
+"""
+
+
+def undo_merge_patch(before: dict, patch: dict) -> dict:
+    """The merge patch that puts back in ``before`` what ``patch`` changes (null: a member it added)."""
+    return {k: undo_merge_patch(before[k], v) if isinstance(v, dict) and isinstance(before.get(k), dict)
+            else before.get(k) for k, v in patch.items()}
+
+
+def settled(api: Cluster, version: str, type_: str) -> dict | None:
+    """Condition ``type_`` once it is True or False for training version ``version`` (None before)."""
+    st = status(api)
+    if (st.get("training") or {}).get("configDigest") != version:
+        return None
+    c = next((c for c in st.get("conditions", []) if c["type"] == type_), {})
+    return c if c.get("status") in ("True", "False") else None
+
+
+def build_forging_trainer(genuine: str, workdir: pathlib.Path) -> str:
+    """A trainer image derived from the genuine one that writes the genuine image's name into its provenance.
+    The training Job's command is `python -m hardened_trainer` (objects.TRAINER_COMMAND), found through PATH:
+    here `python` is the wrapper, first on PATH, which sets the claim and runs the real python."""
+    from cluster import build_image, image_parts
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    wrapper = workdir / "python"
+    wrapper.write_text(FORGER_WRAPPER.format(genuine=genuine))
+    wrapper.chmod(0o755)
+    (workdir / "Dockerfile").write_text(
+        f"FROM {genuine}\n"
+        "COPY python /opt/forge/bin/python\n"
+        "ENV PATH=/opt/forge/bin:$PATH\n"
+        'ENTRYPOINT ["/opt/forge/bin/python", "-m", "hardened_trainer"]\n')
+    return build_image(f"localhost/hardened-model/forging-trainer:{image_parts(genuine)[1]}",
+                       workdir / "Dockerfile", workdir, base=genuine)
+
+
+def test_a_trainer_that_forges_its_provenance_is_refused_while_the_served_version_keeps_serving(
+        demo: Demo, tmp_path):
+    """Issue 27 point 4 on the real cluster: the trainer holds the signing key and writes its own provenance, so
+    an image may claim an allowed name. A derived trainer image claims the genuine e2e trainer's reference; the
+    spec allows the genuine trainer's repository only. Training succeeds; the verify Job, given what the kubelet
+    ran for the training pod, refuses the version naming both images; the served digest keeps serving through
+    the Service. Then the spec goes back: its version (the genuine trainer's) serves again without training."""
+    from cluster import image_parts
+    from hardened_model.provenance import read as read_provenance
+    from hardened_model.provenance import summarize
+
+    api = demo.api
+    genuine = demo.images["trainer"]
+    t0 = time.monotonic()
+    forger = build_forging_trainer(genuine, tmp_path / "forger")
+    FIGURES["forger_build_s"] = time.monotonic() - t0
+    assert forger != genuine and image_parts(forger)[0] != image_parts(genuine)[0]
+
+    before = status(api)
+    served, version_before = before["serving"]["servedDigest"], before["training"]["configDigest"]
+    spec = api.get("hm", MODEL, NS)["spec"]
+    trainings_before = {j["metadata"]["name"] for j in api.items("jobs", NS, TRAIN_SELECTOR)}
+    generation = before["observedGeneration"]
+    # A new version (training.image is training-relevant), trained small to be quick (helpers.TINY: 300 digits,
+    # 2 epochs, gates a tiny run passes: the trainer itself fails on a missed gate); its trainer requests a
+    # quarter CPU, to fit beside the two serving pods (0.7 CPU each) on a 2-CPU node
+    forged = {"spec": merge_patch(TINY, {
+        "training": {"image": forger, "resources": {"cpu": "250m"}},
+        "signing": {"provenance": {"allowedTrainerImages": [image_parts(genuine)[0]]}}})}
+    restore = {"spec": undo_merge_patch(spec, forged["spec"])}
+    t0 = time.monotonic()
+    api.kubectl("-n", NS, "patch", "hm", MODEL, "--type=merge", "-p", json.dumps(forged))
+    try:
+        wait(lambda: status(api).get("observedGeneration") == generation + 1, 60, "the operator to see the forger")
+        version = status(api)["training"]["configDigest"]
+        assert version != version_before
+        job = f"{MODEL}-train-{version}"
+        wait(lambda: api.get("job", job, NS), 60, f"the training Job {job}")
+        trained = wait(lambda: settled(api, version, "TrainingSucceeded"), 900, "the forger's training to end",
+                       interval=2)
+        assert trained["status"] == "True", trained
+        FIGURES["forger_patch_to_trained_s"] = time.monotonic() - t0
+        pod = api.items("pods", NS, f"job-name={job}")[0]
+        assert pod["spec"]["containers"][0]["image"] == forger  # what the kubelet ran
+        # the forgery itself: the signed provenance of the new version claims the genuine image
+        claim = summarize(read_provenance(demo.store / MODEL / version / MODEL_DIR_NAME))
+        assert claim.trainer_image == genuine, claim
+
+        t1 = time.monotonic()
+        verified = wait(lambda: settled(api, version, "SignatureVerified"), 300, "the verify Job's verdict",
+                        interval=1)
+        assert (verified["status"], verified["reason"]) == ("False", "VerificationFailed"), verified
+        FIGURES["forger_trained_to_refused_s"] = time.monotonic() - t1
+        st = status(api)
+        message = verified["message"]
+        assert (f'the provenance says the model was trained by "{genuine}", but the kubelet ran "{forger}"'
+                in message), message
+        assert (f'signing.provenance.allowedTrainerImages: the model was trained by "{forger}" (the kubelet ran it '
+                "for the training pod), which matches none of") in message, message
+        assert (cond(api, "GatesPassed")["status"], cond(api, "GatesPassed")["reason"]) == ("Unknown", "NotChecked")
+        assert st["phase"] == "Failed" and cond(api, "Ready")["status"] == "False"
+        assert st["lastFailure"]["stage"] == "verification" and st["lastFailure"]["reason"] == "VerificationFailed"
+        assert f'but the kubelet ran "{forger}"' in st["lastFailure"]["message"]
+        assert f"version {version_before} keeps serving" in cond(api, "Ready")["message"]
+        events = json.loads(api.kubectl("-n", NS, "get", "events", f"--field-selector=involvedObject.name={MODEL}",
+                                        "-o", "json").stdout)["items"]
+        assert any(e["type"] == "Warning" and f'but the kubelet ran "{forger}"' in e.get("message", "")
+                   for e in events), [e.get("message") for e in events][-5:]
+
+        # the served version keeps serving: same digest in status, the Deployment and every pod, and answers.
+        # The new provenance policy reaches the init containers (a rollout of the same digest): wait it out.
+        t1 = time.monotonic()
+        wait(lambda: cond(api, "ServingReady").get("status") == "True", 600,
+             "the served version's pods to be ready under the new provenance policy", interval=2)
+        FIGURES["forger_refused_to_serving_ready_s"] = time.monotonic() - t1
+        assert status(api)["serving"]["servedDigest"] == served
+        assert api.get("deployment", MODEL, NS)["metadata"]["annotations"]["hardened.dev/digest"] == served
+        for p in serving_pods(api):
+            args = next(c for c in p["spec"]["containers"] if c["name"] == "model")["args"]
+            assert args[args.index("--expect-digest") + 1] == served, p["metadata"]["name"]
+        # kube-proxy follows the rollout's endpoints a moment later (seconds on a busy node)
+        wait(lambda: demo.infer(infer_body(digits(1)))[0] == 200, 60, "the Service to answer 200", interval=1)
+        codes = []
+        for _ in range(5):
+            codes.append(demo.infer(infer_body(digits(1)))[0])
+            time.sleep(0.3)
+        assert codes == [200] * 5, codes
+        assert status(api)["phase"] == "Failed" and status(api)["serving"]["servedDigest"] == served
+    finally:
+        t1 = time.monotonic()
+        api.kubectl("-n", NS, "patch", "hm", MODEL, "--type=merge", "-p", json.dumps(restore))
+    wait(lambda: status(api).get("observedGeneration") == generation + 2, 60, "the operator to see the spec back")
+    api.kubectl("-n", NS, "wait", "--for=condition=Ready", f"hm/{MODEL}", "--timeout=600s", timeout=660)
+    FIGURES["forger_restored_to_ready_s"] = time.monotonic() - t1
+    st = status(api)
+    assert st["phase"] == "Serving" and st["training"]["configDigest"] == version_before
+    assert st["serving"]["servedDigest"] == served and "lastFailure" not in st
+    # no training for the version back: the forger's Job is the only new one
+    assert {j["metadata"]["name"] for j in api.items("jobs", NS, TRAIN_SELECTOR)} == trainings_before | {job}
+    wait(lambda: demo.infer(infer_body(digits(1)))[0] == 200, 60, "the Service to answer 200", interval=1)
+    print(f"forging trainer: build {FIGURES['forger_build_s']:.1f}s, patch -> trained "
+          f"{FIGURES['forger_patch_to_trained_s']:.1f}s, trained -> refused "
+          f"{FIGURES['forger_trained_to_refused_s']:.1f}s, refused -> served version ready "
+          f"{FIGURES['forger_refused_to_serving_ready_s']:.1f}s, spec restored -> Ready "
+          f"{FIGURES['forger_restored_to_ready_s']:.1f}s")
 
 
 def test_deleting_the_model_garbage_collects_every_child(demo: Demo):
