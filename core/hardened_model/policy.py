@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .provenance import image_allowed
-from .spec import HardenedModel, SpecError, go_value, load_yaml_documents, prune_nulls, to_wire
+from .spec import HardenedModel, SpecError, go_value, prune_nulls, read_yaml_file, to_wire
 from .spec.cel import CelRule, walk_cel
 from .spec.errors import problems_of
 from .spec.sections import API_GROUP, API_VERSION, DNS_LABEL, TRAINER_IMAGE_RULE, Fraction, _Base, _obj
@@ -91,6 +91,13 @@ class SigningRules(_Base):
     require_data_digest: bool = Field(default=False, description="data.sha256 must pin the training data.")
 
 
+# A tag pins nothing: image_allowed matches a repository entry on any tag, so ghcr.io/acme/trainer:1.0 would
+# admit ghcr.io/acme/trainer:evil; an admin who writes a tag means a pin, and is told how to write one.
+_UNTAGGED = "self.%s.all(i, i.startsWith('sha256:') || i.contains('@') || !i.matches(':[^/]*$'))"
+_TAG_HELP = ("an entry may not carry a tag (a tag can be moved, and an entry matches its repository on any tag): "
+             "give a repository, repo@sha256:..., a digest or a prefix ending in /")
+
+
 class ImageRules(_Base):
     """Allowed images, in signing.provenance.allowedTrainerImages' forms: a digest, repo@sha256:..., a
     repository (any tag or digest of it) or a prefix ending in /. Absent: any image."""
@@ -99,6 +106,9 @@ class ImageRules(_Base):
                                             description="Allowed training.image values.")
     server: list[ImageRule] | None = Field(default=None, min_length=1, max_length=64,
                                            description="Allowed serving.image values.")
+
+    cel_rules = (CelRule(f"!has(self.trainer) || {_UNTAGGED % 'trainer'}", _TAG_HELP, "trainer"),
+                 CelRule(f"!has(self.server) || {_UNTAGGED % 'server'}", _TAG_HELP, "server"))
 
 
 class HardenedModelPolicySpec(_Base):
@@ -269,8 +279,7 @@ def parse_policy(data: Any) -> HardenedModelPolicy:
 def load_policies(path: str) -> list[HardenedModelPolicy]:
     """Every HardenedModelPolicy of a YAML file (one or more documents). A problem names the file, the
     document (1-based) and the field: ``policies.yaml: document 2: spec.gates.maxEpsilon: Invalid value: ...``."""
-    with open(path, encoding="utf-8") as fh:
-        docs = load_yaml_documents(fh.read())
+    docs = read_yaml_file(path)
     if not docs:
         raise SpecError([(path, "Invalid value: 0: expected one or more HardenedModelPolicy documents")])
     policies, problems, seen = [], [], set()

@@ -100,6 +100,18 @@ def test_validate_refuses_a_bad_policy_file_naming_document_and_field(tmp_path, 
                                        "spec.gates.maxEpsilon in body should be less than or equal to 100\n")
 
 
+@pytest.mark.parametrize("content, says", [(b"a: [\n", "Invalid value: not YAML at line 2, column 1: expected the "
+                                                            "node content, but found '<stream end>'"),
+                                           (b"\xff\xfe", "Invalid value: not UTF-8 text (byte 0)")])
+def test_a_file_that_is_not_yaml_is_refused_naming_it_not_a_traceback(tmp_path, capsys, content, says):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    assert main(["validate", "--policy", str(bad), DEMO]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err == f"{bad}: {says}\n"
+    assert main(["validate", str(bad)]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip() == f"{bad}: manifest: {says}"
+
+
 def test_validate_missing_policy_file(tmp_path, capsys):
     assert main(["validate", "--policy", str(tmp_path / "nope.yaml"), DEMO]) == EXIT_BAD_INPUT
     assert "nope.yaml: cannot read: No such file or directory" in capsys.readouterr().err

@@ -307,7 +307,7 @@ class TestPolicyCrd:
                 rules += 1
             if "default" in node and node.get("x-kubernetes-validations"):
                 assert CrdAdmission.cel_on_default(node) == [], path
-        assert rules == 2  # the label selector requirement's values
+        assert rules == 4  # the label selector requirement's values; no tag in images.trainer or images.server
 
     def test_gate_bounds_have_the_gates_ranges(self, policy_crd, crd):
         bounds = policy_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
@@ -327,6 +327,8 @@ class TestPolicyCrd:
         ({"gates": {"minCleanAccuracy": 1.5}}, "spec.gates.minCleanAccuracy"),
         ({"images": {"trainer": []}}, "spec.images.trainer"),
         ({"images": {"server": ["Not An Image"]}}, "spec.images.server[0]"),
+        ({"images": {"trainer": ["ghcr.io/acme/trainer:1.0"]}}, "spec.images.trainer"),
+        ({"images": {"server": ["localhost:5000/server", "localhost:5000/server:2"]}}, "spec.images.server"),
         ({"serviceAccounts": ["Bad_Name"]}, "spec.serviceAccounts[0]"),
         ({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Has"}]}},
          "spec.namespaceSelector.matchExpressions[0].operator"),

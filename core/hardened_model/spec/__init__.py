@@ -15,7 +15,7 @@ rules and their engine), ``sections`` (the pydantic models), ``schema`` (models 
 from .cel import CelRule, _cel_program, cel_eval, check_cel, submodels
 from .errors import SpecError, go_value
 from .load import (LIST_MAPS, load_manifest, load_yaml_documents, parse_manifest, parse_spec, prune_nulls,
-                   yaml_loader)
+                   read_yaml_file, yaml_loader)
 from .schema import openapi_schema
 from .sections import (API_GROUP, API_VERSION, CLAIM, DNS_LABEL, FEATURE_NAME, IMAGE, JWT_ALGORITHMS, KIND,
                        MAX_NAME_LENGTH, PICKLE_HELP, PLURAL, QUANTITY, SHORT_NAMES, SINGULAR, TRAINER_IMAGE_RULE,
@@ -39,6 +39,7 @@ __all__ = [
     # errors, cel, schema, load
     "SpecError", "go_value", "CelRule", "cel_eval", "check_cel", "submodels", "openapi_schema", "LIST_MAPS",
     "prune_nulls", "parse_spec", "parse_manifest", "yaml_loader", "load_yaml_documents", "load_manifest",
+    "read_yaml_file",
 ]
 # tests/operator/test_crd.py compiles every rule of the generated CRD with the engine's own (cached) compiler
 __all__ += ["_cel_program"]

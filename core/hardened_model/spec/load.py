@@ -117,10 +117,26 @@ def load_yaml_documents(text: str) -> list[Any]:
     return [d for d in yaml.load_all(text, Loader=yaml_loader()) if d is not None]  # noqa: S506 - SafeLoader subclass
 
 
+def read_yaml_file(path: str, *, field: str | None = None) -> list[Any]:
+    """The documents of a YAML file; a file that is not UTF-8 or not YAML is a SpecError at ``field`` (default:
+    the path) saying where (OSError passes: the caller says it cannot read the file)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return load_yaml_documents(fh.read())
+    except UnicodeDecodeError as exc:
+        raise SpecError([(field or path, f"Invalid value: not UTF-8 text (byte {exc.start})")]) from exc
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise SpecError([(field or path, f"Invalid value: not YAML{at}: {getattr(exc, 'problem', None) or exc}")]) \
+            from exc
+
+
 def load_manifest(path: str) -> HardenedModel:
     """Read one HardenedModel from a YAML file."""
-    with open(path, encoding="utf-8") as fh:
-        docs = load_yaml_documents(fh.read())
+    docs = read_yaml_file(path, field="manifest")
     if len(docs) != 1:
         raise SpecError([("manifest", f"Invalid value: {path}: expected one YAML document, found {len(docs)}")])
     return parse_manifest(docs[0])
