@@ -37,10 +37,13 @@ def login(**kwargs):
 def configure(settings: kopf.OperatorSettings, logger, **_):
     from hardened_operator import peering
     from hardened_operator.kube import load_config
+    from hardened_operator.countersigning import platform_key
     from hardened_operator.reconcile import verifier_image
 
-    try:  # a bad verifier image stops the operator at start, not each model at its verify Job
+    try:  # a bad verifier image or platform key stops the operator at start, not each model at its verify Job
         logger.info(f"Verifier image: {verifier_image()}")
+        key = platform_key()
+        logger.info(f"Platform countersignature: key {key.keyid}" if key else "Platform countersignature: off")
     except ValueError as exc:
         raise kopf.PermanentError(str(exc)) from exc
     if peering.CHOSEN is not None:

@@ -25,11 +25,14 @@ from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 
+from . import countersigning
 from .manifests import monitoring, objects
+from hardened_model.countersign import PlatformKey
 from hardened_model.contracts import training_version
 from hardened_model.policy import HardenedModelPolicy, parse_policy, selects, violations
 from hardened_model.signing import generate_key_pem
-from hardened_model.spec import IMAGE, HardenedModel, SpecError, parse_manifest
+from hardened_model.gates import check_gates
+from hardened_model.spec import IMAGE, GatesSection, HardenedModel, SpecError, parse_manifest, to_wire
 from .status import (PHASES, POLICY_KIND, Cond, JobState, ServingTarget, artifact_status, build_status,
                      current_phase, is_verified, job_state, last_failure, metrics_status, pod_problems,
                      policy_condition, ready_condition, serving_condition, serving_status, training_condition,
@@ -124,8 +127,31 @@ def release(verification: JobState, report: dict, *, warn_mode: bool) -> tuple[b
     (with a Warning); the signature never may: an unverified artifact has no digest to pin."""
     if not is_verified(verification, report):
         return False, False
-    warned = warn_mode and verification.state == "failed" and report.get("gatesPassed") is False
-    return warned or (verification.state == "succeeded" and report.get("gatesPassed") is True), warned
+    warned = warn_mode and report.get("gatesPassed") is False
+    return warned or report.get("gatesPassed") is True, warned
+
+
+def judged(report: dict, gates: GatesSection, verify_job: dict | None) -> dict:
+    """The verifier's report, its gates judged again when the spec's gates changed since its Job started.
+
+    The version (and so the verify Job) does not cover spec.gates, so a verdict reached with the gates of
+    the Job's ``--gates`` would otherwise be released after the gates changed: e.g. loosened below a
+    HardenedModelPolicy's floor while the Job ran, refused, then raised again (issue 27). The metrics are the
+    signed metrics.json as the platform's verifier read it, and a gate is a pure function of them."""
+    if report.get("verified") is not True or not isinstance(report.get("metrics"), dict):
+        return report
+    args = [a for c in ((verify_job or {}).get("spec", {}).get("template", {}).get("spec", {})
+                        .get("containers") or []) for a in (c.get("args") or [])]
+    checked = args[args.index("--gates") + 1] if "--gates" in args[:-1] else None
+    if checked is None or json.loads(checked) == to_wire(gates):
+        return report
+    results = check_gates(report["metrics"], gates)
+    out = {**report, "gates": [r.describe() for r in results], "gatesPassed": all(r.passed for r in results)}
+    out.pop("reason", None)
+    if not out["gatesPassed"]:  # the verifier's own words for a failed gate
+        out["reason"] = "signature verified; gates failed: " + "; ".join(r.describe() for r in results
+                                                                          if not r.passed)
+    return out
 
 
 def observed_trainer(obs: Observed) -> dict[str, str] | None:
@@ -189,7 +215,8 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
     deployment = objects.build_deployment(model, digest=target.digest, version=target.version,
                                           version_ids=target.version_ids, colocate=obs.colocate,
                                           provenance=target.provenance, verifier_image=verifier_image,
-                                          observed_trainer=target.observed_trainer)
+                                          observed_trainer=target.observed_trainer,
+                                          countersignature=target.countersignature)
     ensure += [objects.build_serving_configmap(model), deployment,
                objects.build_service(model), objects.build_metrics_service(model),
                objects.build_network_policy(model), objects.build_pdb(model)]
@@ -204,7 +231,8 @@ _REFUSED = JobState("pending", "NotStarted", "not started: a HardenedModelPolicy
 
 
 def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
-           verifier_image: str = objects.DEFAULT_VERIFIER_IMAGE) -> Decision:
+           verifier_image: str = objects.DEFAULT_VERIFIER_IMAGE,
+           platform_key: PlatformKey | None = None) -> Decision:
     """One pass's children, status and Events, from what it observed (pure, the clock injected: a test
     replays any world, a restarted operator reaches the same answer).
 
@@ -214,6 +242,8 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
     for what changed since ``previous``. A spec a policy refuses changes nothing: no Job, no child ensured
     (a Deployment rebuilt from the refused spec could run a refused server image), no release; status
     reports the Deployment as it is. ``verifier_image``: what the verify Job and the init container run.
+    ``platform_key``: the operator's, when it countersigns verified versions (countersigning.py); injected
+    like the clock, so decide stays a function of its arguments.
     """
     spec, n, previous = model.spec, objects.names(model), previous or {}
     version = training_version(spec)
@@ -222,12 +252,14 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
     if refusals:  # what has not started will not start
         training = training if obs.train_job else _REFUSED
         verification = verification if obs.verify_job or training.state != "succeeded" else _REFUSED
-    report = obs.verify_message or {}
+    report = judged(obs.verify_message or {}, spec.gates, obs.verify_job)
     released, warned = release(verification, report, warn_mode=spec.signing.mode == "Warn")
     released, warned = released and not refusals, warned and not refusals
     verified_report = report if is_verified(verification, report) else None
     uploaded_ids = uploaded_version_ids(obs.train_message)
     target = serving_target(obs.deployment, version, report if released else None, uploaded_ids)
+    target = countersigning.countersigned(target, model, obs.deployment, report if released else None,
+                                          platform_key, now=now)
     ensure, desired_dep = ([], None) if refusals else desired_children(model, obs, training, target, uploaded_ids,
                                                                       verifier_image=verifier_image)
     complete, ready_replicas = rollout_complete(obs.deployment, desired_dep, spec.serving.replicas)
@@ -476,7 +508,8 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
         metrics.reconciles.labels("waiting").inc()
         raise kopf.TemporaryError(message, delay=retry_seconds(30))
     obs.colocate = needs_colocation(pvc)
-    decision = decide(model, obs, previous, now=now(), verifier_image=verifier_image())
+    decision = decide(model, obs, previous, now=now(), verifier_image=verifier_image(),
+                      platform_key=countersigning.platform_key())
     rejected = []
     for obj in decision.ensure:
         try:

@@ -132,13 +132,15 @@ class ServingTarget:
     S3 object versions they download (s3:// stores), the signed provenance summary. It is carried in the
     Deployment's annotations, so a later pass knows what is served after the Jobs and their messages are gone.
     ``observed_trainer``: what the kubelet ran for the version's training pod, which the init container checks
-    the provenance against (issue 27)."""
+    the provenance against (issue 27). ``countersignature``: the platform's envelope for this version and the
+    key's public PEM (manifests.commands.Countersignature), when the operator has a platform key."""
 
     digest: str
     version: str
     version_ids: dict[str, str] | None = None
     provenance: dict | None = None
     observed_trainer: dict | None = None
+    countersignature: object | None = None
 
 
 def condition(previous: list[dict], type_: str, status: str, reason: str, message: str, *, generation: int,

@@ -88,6 +88,14 @@ def add_commands(sub) -> None:
     p.add_argument("--observed-trainer-image-id",
                    help="the training pod's imageID as the kubelet resolved it; a repo digest (...@sha256:...) must "
                         "equal a digest the provenance records (default: none)")
+    p.add_argument("--countersignature",
+                   help="the platform's DSSE envelope (JSON) for this model: refuse unless it verifies with "
+                        "--platform-public-key-pem, its subject is the digest computed here and it names "
+                        "--expect-model (default: none: not required)")
+    p.add_argument("--platform-public-key-pem", help="the platform key's public PEM itself, not a path "
+                                                     "(needed with --countersignature) (default: none)")
+    p.add_argument("--expect-model", help="NAMESPACE/NAME the countersignature must name (needed with "
+                                          "--countersignature) (default: none)")
     p.add_argument("--explain", action="store_true",
                    help="print the verdict and the signed provenance (data, trainer image, versions) for people "
                         "instead of JSON (default: off)")

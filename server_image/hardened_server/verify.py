@@ -46,6 +46,13 @@ def verify(args) -> tuple[int, dict]:
     if args.expect_digest and res.digest != args.expect_digest:
         out.update(verified=False, reason=f"digest {res.digest} is not the pinned {args.expect_digest}")
         return 3, out
+    code, refusal = _countersignature(args, res.digest)
+    if code:
+        out.update(verified=False, reason=refusal)
+        out.pop("files", None)
+        return code, out
+    if refusal:
+        out["countersignature"] = refusal
     # the provenance is inside the signed directory: trusted from here on (hardened_model.provenance)
     from hardened_model import provenance as prov
 
@@ -108,6 +115,35 @@ def _observed_trainer(args) -> dict | None:
     if not image:
         return {"error": "--observed-trainer-image-id needs --observed-trainer-image (the reference it resolved)"}
     return {"image": image, **({"imageID": image_id} if image_id else {})}
+
+
+def _countersignature(args, digest: str) -> tuple[int, str | dict | None]:
+    """(0, {"keyid", "time"}) when the platform's countersignature (issue 27, hardened_model.countersign)
+    verifies with the platform key, names this digest (the one computed here from the bytes about to be
+    served, not the pinned one) and this model; (3, reason) when it does not; (2, reason) for flags given
+    without the others; (0, None) when none is given (`hardened-model up`, or the feature off). The tenant's
+    signature was checked before this, and still must hold."""
+    from hardened_model import countersign
+
+    given = [getattr(args, k, None) for k in ("countersignature", "platform_public_key_pem", "expect_model")]
+    if not any(given):
+        return 0, None
+    if not all(given) or "/" not in args.expect_model:
+        return 2, ("--countersignature, --platform-public-key-pem and --expect-model NAMESPACE/NAME go together")
+    namespace, name = args.expect_model.split("/", 1)
+    try:
+        countersign.keyid(args.platform_public_key_pem)
+    except countersign.CountersignError as exc:
+        return 2, f"--platform-public-key-pem: {exc}"
+    try:
+        statement = countersign.verify(args.countersignature, args.platform_public_key_pem)
+    except countersign.CountersignError as exc:
+        return 3, f"signature verified; countersignature refused: {exc}"
+    refused = countersign.check(statement, digest=digest, namespace=namespace, name=name)
+    if refused:
+        return 3, "signature verified; countersignature refused: " + "; ".join(refused)
+    return 0, {"keyid": countersign.keyid(args.platform_public_key_pem),
+               "time": (statement.get("predicate") or {}).get("time")}
 
 
 def run(args) -> int:

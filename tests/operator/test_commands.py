@@ -154,6 +154,16 @@ def test_only_the_cluster_passes_the_kubelets_record_of_the_training_pod(tmp_pat
     assert not any(a.startswith("--observed") for argv in here.values() for a in argv)
 
 
+# Flags only the serving pods' init container gets, and only with the operator's platform key (issue 27): the
+# verify Job makes the report the platform signs, and `up` has no platform step. The init container is not
+# among the processes compared above (its command line is the verify Job's with the gates left out).
+COUNTERSIGNATURE = ("--countersignature", "--platform-public-key-pem", "--expect-model")
+
+
+def test_neither_up_nor_the_verify_job_passes_the_platform_countersignature(tmp_path, monkeypatch):
+    cluster, here, _, _ = both("provenance", tmp_path, monkeypatch)
+    assert not any(a in COUNTERSIGNATURE for argv in [*cluster.values(), *here.values()] for a in argv)
+
 @pytest.mark.parametrize("name", SPECS)
 def test_local_command_lines_parse_with_the_programs_own_parsers(name, tmp_path):
     from hardened_operator.cli import build_parser

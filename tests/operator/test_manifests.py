@@ -470,3 +470,40 @@ def test_both_verifiers_get_what_the_kubelet_ran_for_the_training_pod(version):
     only = build_verify_job(m, observed_trainer={"image": m.spec.training.image})
     args = only["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--observed-trainer-image" in args and "--observed-trainer-image-id" not in args
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_platform_countersignature_reaches_only_the_init_container_and_only_when_on(version):
+    """Issue 27 point 4: with the operator's platform key, the Deployment pins the platform's envelope in an
+    annotation and its verify-model init container gets the envelope, the key's public PEM (never the private
+    key, no Secret mounted for it) and the model it must name. Off (no countersignature), nothing of it."""
+    from hardened_model import countersign
+    from hardened_model.countersign import PlatformKey
+    from hardened_model.signing import generate_key_pem
+    from hardened_operator.manifests.commands import Countersignature
+    from hardened_operator.manifests.objects import COUNTERSIGNATURE_ANNOTATION
+
+    m = model(namespace="ml")
+    key = PlatformKey.from_pem(generate_key_pem()[0])
+    envelope = key.sign(countersign.build_statement(digest="ab" * 32, namespace="ml", name="digits-demo",
+                                                    version="v", verdict={"verified": True},
+                                                    observed_trainer=None, time="2026-12-03T10:00:00Z"))
+    dep = build_deployment(m, digest="ab" * 32, version="v", countersignature=Countersignature(envelope,
+                                                                                                key.public_pem))
+    kubernetes_validate.validate(dep, version, strict=True)
+    pod = dep["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]["args"]
+    assert json.loads(init[init.index("--countersignature") + 1]) == envelope
+    assert init[init.index("--platform-public-key-pem") + 1] == key.public_pem
+    assert init[init.index("--expect-model") + 1] == "ml/digits-demo"
+    assert json.loads(dep["metadata"]["annotations"][COUNTERSIGNATURE_ANNOTATION]) == envelope
+    assert "PRIVATE" not in json.dumps(dep)
+    assert not any(a in ("--countersignature", "--platform-public-key-pem") for c in pod["containers"]
+                   for a in c["args"])
+    plain = build_deployment(m, digest="ab" * 32, version="v")
+    assert plain["spec"]["template"]["spec"]["volumes"] == pod["volumes"]  # no volume for the platform key
+    assert COUNTERSIGNATURE_ANNOTATION not in plain["metadata"]["annotations"]
+    assert not any(a.startswith(("--countersignature", "--platform-public", "--expect-model"))
+                   for a in plain["spec"]["template"]["spec"]["initContainers"][0]["args"])
+    job = build_verify_job(m)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--countersignature" not in job  # the verify Job makes the report the platform then signs

@@ -678,6 +678,78 @@ async def test_a_model_whose_provenance_claims_an_allowed_image_the_kubelet_did_
         assert json.loads(dep["metadata"]["annotations"]["hardened.dev/observed-trainer"])["imageID"] == allowed_id
 
 
+async def test_a_platform_key_countersigns_the_verified_version_and_the_init_container_requires_it(
+        k8s, keys, tmp_path, monkeypatch):
+    """Issue 27 point 4: the operator, configured with a platform key (HARDENED_PLATFORM_KEY_FILE), signs the
+    version its verifier accepted; the Deployment carries the envelope and the init container's flags, and the
+    real verifier, run with those rendered arguments, accepts the artifact. An artifact replaced after
+    countersigning is refused by that same init-container run, also when its pinned digest is rewritten to
+    match: the platform never countersigned that digest. The private key is in no object the operator wrote."""
+    from hardened_model import countersign
+    from hardened_model.countersign import PlatformKey
+    from hardened_model.signing import generate_key_pem
+    from hardened_operator.manifests.objects import COUNTERSIGNATURE_ANNOTATION
+    from helpers import make_artifact
+
+    private_pem = generate_key_pem()[0]
+    key_file = tmp_path / "platform.pem"
+    key_file.write_text(private_pem)
+    monkeypatch.setenv("HARDENED_PLATFORM_KEY_FILE", str(key_file))
+    platform = PlatformKey.from_pem(private_pem)
+    image, image_id = "ghcr.io/hardened-model/trainer:0.1.0", "ghcr.io/hardened-model/trainer@sha256:" + "ab" * 32
+    good = make_artifact(tmp_path / "good", keys[0], trainer_image=image)
+    swapped = make_artifact(tmp_path / "swapped", keys[0], trainer_image=image, seed=1)  # tenant-signed too
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    doc = manifest(training={"image": image})
+    n = job_names(doc)
+    dep_key = ("apps/v1/deployments", NS, "digits-demo")
+    await create_signing_secret(k8s)
+    async with runner():
+        await create_model(k8s, doc)
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.train)))
+        await complete_job(k8s, n.train, {"gatesPassed": True}, ran=(image, image_id))
+        assert await wait_for(lambda: alive(k8s.objects, ("batch/v1/jobs", NS, n.verify)))
+        container = get(k8s.objects, ("batch/v1/jobs", NS, n.verify))["spec"]["template"]["spec"]["containers"][0]
+        assert "--countersignature" not in container["args"]  # the verify Job makes what the platform signs
+        verdict = await run_verifier(container, good, keys[1], logs)
+        assert verdict.pop("exitCode") == 0, verdict
+        await complete_job(k8s, n.verify, verdict)
+        assert await wait_for(lambda: alive(k8s.objects, dep_key))
+        await deployment_ready(k8s)
+        assert await wait_for(lambda: status(k8s).get("phase") == "Serving"), status(k8s)
+        dep = get(k8s.objects, dep_key)
+        envelope = json.loads(dep["metadata"]["annotations"][COUNTERSIGNATURE_ANNOTATION])
+        statement = countersign.verify(envelope, platform.public_pem)
+        assert statement["subject"][0]["digest"]["sha256"] == verdict["digest"]
+        assert statement["predicate"]["model"] == {"namespace": NS, "name": "digits-demo", "version": n.version}
+        assert statement["predicate"]["observedTrainer"] == {"image": image, "imageID": image_id}
+        init = dep["spec"]["template"]["spec"]["initContainers"][0]
+        args = init["args"]
+        assert json.loads(args[args.index("--countersignature") + 1]) == envelope
+        assert args[args.index("--platform-public-key-pem") + 1] == platform.public_pem
+        assert args[args.index("--expect-model") + 1] == f"{NS}/digits-demo"
+        accepted = await run_verifier(init, good, keys[1], logs)
+        assert accepted["exitCode"] == 0 and accepted["countersignature"]["keyid"] == platform.keyid, accepted
+
+        # the store's bytes replaced after countersigning by another model the tenant's key signed
+        refused = await run_verifier(init, swapped, keys[1], logs)
+        assert refused["exitCode"] == 3 and "is not the pinned" in refused["reason"], refused
+        other = evil_digest(swapped)
+        repinned = init | {"args": [other if a == verdict["digest"] else a for a in args]}
+        refused = await run_verifier(repinned, swapped, keys[1], logs)
+        assert refused["exitCode"] == 3, refused
+        assert refused["reason"] == ("signature verified; countersignature refused: the platform countersigned "
+                                     f"digest {verdict['digest']}, not this model's {other}")
+        # later passes keep the one envelope (no rollout), and the private key is in nothing the operator wrote
+        await deployment_ready(k8s)
+        await asyncio.sleep(1)
+        assert get(k8s.objects, dep_key)["metadata"]["annotations"][COUNTERSIGNATURE_ANNOTATION] == \
+            dep["metadata"]["annotations"][COUNTERSIGNATURE_ANNOTATION]
+        body = private_pem.strip().splitlines()[1]
+        for key in list(k8s.objects):
+            assert body not in json.dumps(get(k8s.objects, key) or {}, default=dict), key
+
 def evil_digest(artifact) -> str:
     from hardened_model.signing import read_signed_manifest
 

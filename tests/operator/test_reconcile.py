@@ -343,6 +343,67 @@ def test_the_kubelets_record_of_the_training_pod_reaches_the_verify_job_and_stay
     assert "--observed-trainer-image" not in job_args
 
 
+def test_a_platform_key_countersigns_the_released_version_once_and_later_passes_reuse_it():
+    """Issue 27 point 4: decide takes the platform key as it takes the clock. The released version's
+    Deployment carries an envelope over the verifier's digest and the kubelet's record; a later pass (Jobs
+    gone, another time) builds the same Deployment (no rollout); a rotated key signs it again, if the report
+    is there to sign; no key: the Deployment as without the feature."""
+    from hardened_model import countersign
+    from hardened_model.countersign import PlatformKey
+    from hardened_model.signing import generate_key_pem
+
+    m = model(serving={"replicas": 1})
+    key = PlatformKey.from_pem(generate_key_pem()[0])
+    ran = {"image": m.spec.training.image, "imageID": "ghcr.io/x/trainer@sha256:" + "e" * 64}
+    obs = Observed(train_job=job("Complete"), verify_job=job("Complete"), verify_message={**VERIFIED,
+                                                                                          "observedTrainer": ran})
+    d = decide(m, obs, {}, now=NOW, platform_key=key)
+    dep = next(o for o in d.ensure if o["kind"] == "Deployment")
+    envelope = json.loads(dep["metadata"]["annotations"][objects.COUNTERSIGNATURE_ANNOTATION])
+    statement = countersign.verify(envelope, key.public_pem)
+    assert countersign.check(statement, digest=DIGEST, namespace=m.metadata.namespace, name=m.metadata.name) == []
+    assert statement["predicate"]["observedTrainer"] == ran and statement["predicate"]["time"] == NOW
+    assert statement["predicate"]["verification"] == {"verified": True, "gatesPassed": True, "signer": "s"}
+    later = decide(m, Observed(deployment=rolled_out(dep)), d.status, now=LATER, platform_key=key)
+    assert next(o for o in later.ensure if o["kind"] == "Deployment") == dep
+    again = decide(m, dataclasses.replace(obs, deployment=rolled_out(dep)), d.status, now=LATER, platform_key=key)
+    assert next(o for o in again.ensure if o["kind"] == "Deployment") == dep  # the report still there: reused
+    rotated = PlatformKey.from_pem(generate_key_pem()[0])
+    resigned = next(o for o in decide(m, dataclasses.replace(obs, deployment=rolled_out(dep)), d.status,
+                                      now=LATER, platform_key=rotated).ensure if o["kind"] == "Deployment")
+    countersign.verify(json.loads(resigned["metadata"]["annotations"][objects.COUNTERSIGNATURE_ANNOTATION]),
+                       rotated.public_pem)
+    plain = next(o for o in decide(m, obs, {}, now=NOW).ensure if o["kind"] == "Deployment")
+    assert objects.COUNTERSIGNATURE_ANNOTATION not in plain["metadata"]["annotations"]
+    assert "--countersignature" not in plain["spec"]["template"]["spec"]["initContainers"][0]["args"]
+
+
+def test_the_platform_key_comes_from_the_operators_environment(tmp_path, monkeypatch):
+    """HARDENED_PLATFORM_KEY_FILE: unset or empty, off; a missing or wrong file, an error naming both."""
+    import pytest
+
+    from hardened_model.signing import generate_key_pem
+    from hardened_operator.countersigning import PLATFORM_KEY_ENV, platform_key
+
+    monkeypatch.delenv(PLATFORM_KEY_ENV, raising=False)
+    assert platform_key() is None
+    monkeypatch.setenv(PLATFORM_KEY_ENV, "")
+    assert platform_key() is None
+    missing = tmp_path / "absent.pem"
+    monkeypatch.setenv(PLATFORM_KEY_ENV, str(missing))
+    with pytest.raises(ValueError, match=f"{PLATFORM_KEY_ENV}: cannot read {missing}"):
+        platform_key()
+    public = tmp_path / "public.pem"
+    public.write_text(generate_key_pem()[1])
+    monkeypatch.setenv(PLATFORM_KEY_ENV, str(public))
+    with pytest.raises(ValueError, match=f"{PLATFORM_KEY_ENV}: {public}: not an unencrypted PEM private key"):
+        platform_key()
+    private = tmp_path / "private.pem"
+    private.write_text(generate_key_pem()[0])
+    monkeypatch.setenv(PLATFORM_KEY_ENV, str(private))
+    assert platform_key().keyid.startswith("sha256:")
+
+
 # ------------------------------------------------------------ HardenedModelPolicy (issue 27)
 def policy(name="strict", labels=None, **spec):
     from hardened_model.policy import parse_policy
@@ -513,3 +574,40 @@ def test_the_verifier_image_comes_from_the_operators_environment(monkeypatch):
     monkeypatch.setenv("HARDENED_VERIFIER_IMAGE", "Not An Image")
     with pytest.raises(ValueError, match="HARDENED_VERIFIER_IMAGE: Invalid value: 'Not An Image'"):
         verifier_image()
+
+
+def _verify_job_of(m, done):
+    """The verify Job objects.py builds for ``m`` (its --gates are the spec's gates then), finished."""
+    return {**objects.build_verify_job(m), "status": job(done)["status"]}
+
+
+def test_a_verdict_reached_with_older_gates_is_judged_again_with_the_spec_gates_of_this_pass():
+    """The version does not cover spec.gates, so the verify Job is not run again when they change: the verdict
+    its --gates gave must not roll out a model the current gates refuse (issue 27: a tenant loosened a gate
+    below a policy's floor while the Job ran, then raised it again), nor hold back one they accept."""
+    loose = model(gates={"minRobustAccuracy": 0.3}, serving={"replicas": 1})
+    strict = model(gates={"minRobustAccuracy": 0.5}, serving={"replicas": 1})
+    metrics = {"cleanAccuracy": 0.95, "robustAccuracy": 0.31, "epsilon": 7.9, "membershipAUC": 0.52}
+    passed = {**VERIFIED, "metrics": metrics, "gates": ["minRobustAccuracy: 0.3100 (passed, threshold 0.3)"]}
+
+    # verified with the loose gates; the spec now asks 0.5: judged again, refused, nothing rolls out
+    d = decide(strict, Observed(train_job=job("Complete"), verify_job=_verify_job_of(loose, "Complete"),
+                                verify_message=passed), {}, now=NOW)
+    assert not [o for o in d.ensure if o["kind"] == "Deployment"]
+    gates = next(c for c in d.status["conditions"] if c["type"] == "GatesPassed")
+    assert gates["status"] == "False" and "minRobustAccuracy: 0.3100 (FAILED, threshold 0.5)" in gates["message"]
+
+    # the same verdict with the gates it was reached with: rolls out as before
+    d = decide(loose, Observed(train_job=job("Complete"), verify_job=_verify_job_of(loose, "Complete"),
+                               verify_message=passed), {}, now=NOW)
+    assert [o for o in d.ensure if o["kind"] == "Deployment"]
+
+    # refused by the strict gates (the Job failed, exit 3); the spec loosened to 0.3: judged again, released
+    failed = {**passed, "gatesPassed": False,
+              "reason": "signature verified; gates failed: minRobustAccuracy: 0.3100 (FAILED, threshold 0.5)"}
+    d = decide(loose, Observed(train_job=job("Complete"), verify_job=_verify_job_of(strict, "Failed"),
+                               verify_message=failed), {}, now=NOW)
+    dep = [o for o in d.ensure if o["kind"] == "Deployment"]
+    assert dep and dep[0]["metadata"]["annotations"]["hardened.dev/digest"] == DIGEST
+    gates = next(c for c in d.status["conditions"] if c["type"] == "GatesPassed")
+    assert gates["status"] == "True"

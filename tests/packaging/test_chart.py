@@ -168,6 +168,34 @@ def test_the_operator_is_given_the_verifier_image_a_digest_winning_over_the_tag(
     assert out.returncode != 0 and "digest" in out.stderr
 
 
+def test_the_platform_key_is_mounted_into_the_operator_only_when_set_and_rbac_is_unchanged():
+    """Issue 27 point 4: platformSigning.secretName mounts that Secret read-only into the operator pod and
+    names the file in HARDENED_PLATFORM_KEY_FILE; off by default (no env, no volume). The operator reads it
+    from the mount, so RBAC is the same with it on: no Secret read is added."""
+    def operator_pod(*sets):
+        objs = render(*sets)
+        dep = next(o for o in objs if o["kind"] == "Deployment")
+        return dep["spec"]["template"]["spec"], objs
+
+    plain, plain_objs = operator_pod()
+    (c,) = plain["containers"]
+    assert "HARDENED_PLATFORM_KEY_FILE" not in {e["name"] for e in c["env"]}
+    assert "platform-signing" not in {v["name"] for v in plain["volumes"]}
+    pod, objs = operator_pod("platformSigning.secretName=hm-platform-key", "platformSigning.key=ec.pem")
+    (c,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["HARDENED_PLATFORM_KEY_FILE"] == "/var/run/secrets/hardened/platform-signing/ec.pem"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "platform-signing")
+    assert mount == {"name": "platform-signing", "mountPath": "/var/run/secrets/hardened/platform-signing",
+                     "readOnly": True}
+    volume = next(v for v in pod["volumes"] if v["name"] == "platform-signing")
+    assert volume["secret"] == {"secretName": "hm-platform-key", "defaultMode": 0o440,
+                                "items": [{"key": "ec.pem", "path": "ec.pem"}]}
+    assert rules_of(objs) == rules_of(plain_objs)
+    assert [o for o in objs if o["kind"] != "Deployment"] == [o for o in plain_objs if o["kind"] != "Deployment"]
+    out = helm("template", "hm", str(CHART), "--set", "platformSigning.secretName=Bad_Name", check=False)
+    assert out.returncode != 0 and "secretName" in out.stderr
+
 def test_values_schema_rejects_unknown_and_mistyped_values():
     for bad, field in [("imagee.tag=x", "imagee"), ("metrics.prot=1", "prot"), ("healthPort=0", "healthPort"),
                        ("image.pullPolicy=Sometimes", "pullPolicy"), ("watchNamespaces={Bad_NS}", "watchNamespaces"),

@@ -50,6 +50,16 @@ class Layout:
     ratelimit_metrics_port: int
 
 
+@dataclass(frozen=True)
+class Countersignature:
+    """What the serving pods' init container holds a version against when the operator has a platform key
+    (issue 27, hardened_model.countersign): the DSSE envelope the operator signed for it and the key's public
+    PEM. Only the cluster has it: `up` runs no platform step."""
+
+    envelope: dict
+    public_key_pem: str
+
+
 def json_arg(value, *, spaced: bool = False) -> str:
     """The one form of a JSON flag: sorted keys, so equal values give equal pod specs (and no rollout).
     ``spaced``: json's default separators, which the verification Job's ``--gates`` has always carried;
@@ -87,13 +97,15 @@ def trainer(layout: Layout) -> list[str]:
 
 
 def verify(model: HardenedModel, layout: Layout, *, digest: str | None = None, gates: bool = True,
-           version_ids: dict[str, str] | None = None, observed_trainer: dict[str, str] | None = None) -> list[str]:
+           version_ids: dict[str, str] | None = None, observed_trainer: dict[str, str] | None = None,
+           countersignature: Countersignature | None = None) -> list[str]:
     """The verification Job and `up` check the gates; the serving pod's init container checks signature and
     pinned digest only (the gates held at rollout; a tightened gate stops the next rollout, not a running one).
     ``version_ids``: the S3 object versions the trainer uploaded, to download exactly those.
     ``observed_trainer``: {"image", "imageID"} the kubelet ran for the training pod (issue 27), which the
     provenance must match; the cluster's callers have it, `up` has no kubelet and passes none. It is not a
-    Layout's: where a process runs does not decide it, what was observed does."""
+    Layout's: where a process runs does not decide it, what was observed does. ``countersignature``: the
+    init container's, with the operator's platform key (the envelope inline: the Deployment carries it)."""
     s = model.spec
     args = [*layout.server, "verify", *_trust(model, layout)]
     if layout.verify_termination_log:
@@ -109,6 +121,10 @@ def verify(model: HardenedModel, layout: Layout, *, digest: str | None = None, g
         args += ["--observed-trainer-image", observed_trainer["image"]]
         if observed_trainer.get("imageID"):
             args += ["--observed-trainer-image-id", observed_trainer["imageID"]]
+    if countersignature is not None:
+        args += ["--countersignature", json_arg(countersignature.envelope),
+                 "--platform-public-key-pem", countersignature.public_key_pem,
+                 "--expect-model", f"{model.metadata.namespace}/{model.metadata.name}"]
     args += ["--artifact", layout.artifact]
     if layout.artifact_uri:
         args += ["--uri", layout.artifact_uri]

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 from hardened_model.artifacts import StoreURI
 from hardened_model.spec import API_GROUP, API_VERSION, KIND, HardenedModel, to_wire
-from hardened_model.contracts import build_serving_config
-from hardened_model.contracts import build_trainer_config, training_version
+from hardened_model.contracts import build_serving_config, build_trainer_config, training_version
 from .. import __version__
 from . import commands
-from .commands import Layout
+from .commands import Countersignature, Layout
 
 MANAGED_BY = "hardened-model-operator"
 TRAINER_CONFIG_MOUNT = "/etc/hardened/train"
@@ -312,7 +311,8 @@ def _trust_volumes(model: HardenedModel) -> tuple[list[dict], list[dict]]:
 
 def _verify_container(model: HardenedModel, *, digest: str | None, verifier_image: str, version: str | None = None,
                       gates: bool = True, version_ids: dict[str, str] | None = None,
-                      observed_trainer: dict[str, str] | None = None) -> tuple[dict, list[dict]]:
+                      observed_trainer: dict[str, str] | None = None,
+                      countersignature: Countersignature | None = None) -> tuple[dict, list[dict]]:
     """The verification Job's container (``gates``) or the serving pod's init container (``digest``); see
     commands.verify. An s3:// version is downloaded into the ``models`` emptyDir. It runs ``verifier_image``,
     the platform's (DEFAULT_VERIFIER_IMAGE), never spec.serving.image; ``observed_trainer``: commands.verify."""
@@ -322,7 +322,7 @@ def _verify_container(model: HardenedModel, *, digest: str | None, verifier_imag
         mounts = mounts + [{"name": "models", "mountPath": MODELS_MOUNT}]
     store_volumes, store_mounts = _store_volume(model, read_only=True)
     argv = commands.verify(model, layout, digest=digest, gates=gates, version_ids=version_ids,
-                           observed_trainer=observed_trainer)
+                           observed_trainer=observed_trainer, countersignature=countersignature)
     container = {"name": "verify", "image": verifier_image, **_program(argv, SERVER_COMMAND),
                  "env": [{"name": "HOME", "value": "/tmp"}, *_aws_env(model)],
                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
@@ -363,23 +363,26 @@ def build_serving_configmap(model: HardenedModel) -> dict:
 
 PROVENANCE_ANNOTATION = "hardened.dev/provenance"
 OBSERVED_TRAINER_ANNOTATION = "hardened.dev/observed-trainer"
+COUNTERSIGNATURE_ANNOTATION = "hardened.dev/countersignature"  # the platform's DSSE envelope (issue 27)
 
 
 def build_deployment(model: HardenedModel, *, digest: str, version: str,
                      version_ids: dict[str, str] | None = None, colocate: bool = False,
                      provenance: dict | None = None, verifier_image: str = DEFAULT_VERIFIER_IMAGE,
-                     observed_trainer: dict[str, str] | None = None) -> dict:
+                     observed_trainer: dict[str, str] | None = None,
+                     countersignature: Countersignature | None = None) -> dict:
     """The serving Deployment for one verified version (``digest`` pinned in every container, and for s3://
     stores the object ``version_ids`` pinned in the init container's download and kept in an annotation;
     ``colocate``: the pvc:// store is ReadWriteOnce, see _colocated). The init container runs the platform's
     ``verifier_image``; the model server and its sidecars run spec.serving.image. ``observed_trainer``: what
     the kubelet ran for the version's training pod, as its verify Job checked it; the init container checks
-    the same, and the annotation keeps it for later passes, when the training pods may be gone."""
+    the same; the annotations keep it and the platform's ``countersignature`` for passes after the pods go."""
     s, n = model.spec, names(model)
     layout = cluster_layout(model, version)
     local = layout.artifact_uri is None  # a pvc:// version, read in place
     init, volumes = _verify_container(model, digest=digest, version=version, gates=False, version_ids=version_ids,
-                                      verifier_image=verifier_image, observed_trainer=observed_trainer)
+                                      verifier_image=verifier_image, observed_trainer=observed_trainer,
+                                      countersignature=countersignature)
     init = {**init, "name": "verify-model"}
     volumes = volumes + [
         {"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}},
@@ -438,15 +441,13 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(model, n.serving, "serving",
-                          annotations={"hardened.dev/digest": digest, "hardened.dev/version": version,
-                                       **({VERSION_IDS_ANNOTATION: json.dumps(version_ids, sort_keys=True)}
-                                          if version_ids else {}),
-                                       # the served version's data digest and trainer image (status.serving)
-                                       **({PROVENANCE_ANNOTATION: json.dumps(provenance, sort_keys=True)}
-                                          if provenance else {}),
-                                       # what the kubelet ran for its training pod (the init container checks it)
-                                       **({OBSERVED_TRAINER_ANNOTATION: json.dumps(observed_trainer, sort_keys=True)}
-                                          if observed_trainer else {})}),
+                          # the served version's pins, which a later pass reads back (reconcile.serving_target)
+                          annotations={"hardened.dev/digest": digest, "hardened.dev/version": version, **{
+                              k: json.dumps(v, sort_keys=True) for k, v in (
+                                  (VERSION_IDS_ANNOTATION, version_ids), (PROVENANCE_ANNOTATION, provenance),
+                                  (OBSERVED_TRAINER_ANNOTATION, observed_trainer),
+                                  (COUNTERSIGNATURE_ANNOTATION, countersignature and countersignature.envelope))
+                              if v}}),
         "spec": {
             "replicas": s.serving.replicas,
             "selector": {"matchLabels": serving_selector(model)},
