@@ -43,10 +43,24 @@ def e2e_images(cluster):
         pytest.skip(f"e2e: {exc}")
 
 
+PLATFORM_KEY_SECRET = "hardened-platform-signing"
+
+
 @pytest.fixture(scope="session")
 def operator(cluster, e2e_images):
-    """The operator, installed by the chart and running in the cluster (standalone, one replica)."""
-    install_operator(cluster, e2e_images["operator"], verifier_image=e2e_images["server"])
+    """The operator, installed by the chart and running in the cluster (standalone, one replica), with the
+    platform countersignature on (issue 27): every model the suite serves is countersigned by the operator,
+    and each serving pod's init container refuses one the platform did not sign. The key is made here, as a
+    cluster admin would make it, in the operator's namespace only."""
+    from hardened_model.signing import generate_key_pem
+
+    cluster.namespace(OPERATOR_NS)
+    private_pem, _ = generate_key_pem()
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"name": PLATFORM_KEY_SECRET, "namespace": OPERATOR_NS},
+                   "stringData": {"private.pem": private_pem}})
+    install_operator(cluster, e2e_images["operator"], f"platformSigning.secretName={PLATFORM_KEY_SECRET}",
+                     verifier_image=e2e_images["server"])
     return e2e_images
 
 

@@ -146,6 +146,20 @@ def test_apply_to_ready_with_the_operator_restarted_mid_training(demo: Demo):
     assert st["artifact"]["digest"] == st["serving"]["servedDigest"]
     assert 0 < st["metrics"]["epsilon"] <= 8.0 and len(str(st["metrics"]["epsilon"])) <= 6  # rounded for display
     assert len(api.items("jobs", NS, TRAIN_SELECTOR)) == 1
+    # the suite runs with the platform countersignature on (conftest): the operator signed this version, and
+    # every Ready serving pod's init container verified that envelope with the platform key, for this model
+    # and the digest it computed, before its server started
+    from hardened_model.countersign import verify as verify_envelope
+
+    dep = api.get("deployment", MODEL, NS)
+    envelope = dep["metadata"]["annotations"]["hardened.dev/countersignature"]
+    init = next(c for c in dep["spec"]["template"]["spec"]["initContainers"] if c["name"] == "verify-model")
+    args = init["args"]
+    assert args[args.index("--countersignature") + 1] == envelope
+    assert args[args.index("--expect-model") + 1] == f"{NS}/{MODEL}"
+    statement = verify_envelope(envelope, args[args.index("--platform-public-key-pem") + 1])
+    assert statement["subject"][0]["digest"]["sha256"] == st["serving"]["servedDigest"]
+    assert api.get("secret", "hardened-platform-signing", NS) is None  # the platform's key stays with the operator
     printed = api.kubectl("-n", NS, "get", "hm", MODEL).stdout
     assert str(st["metrics"]["epsilon"]) in printed and "Serving" in printed
     secret = api.get("secret", f"{MODEL}-api-keys", NS)
