@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .provenance import image_allowed
 from .spec import HardenedModel, SpecError, go_value, prune_nulls, read_yaml_file, to_wire
@@ -111,6 +111,56 @@ class ImageRules(_Base):
                  CelRule(f"!has(self.server) || {_UNTAGGED % 'server'}", _TAG_HELP, "server"))
 
 
+def _ec_public_key(pem: str) -> str:
+    """A trust.publicKeys entry must be a public key the verifiers can use (model_signing's elliptic-curve
+    verifier); the CRD's pattern checks the PEM armour, this the key inside (its own error type, so the
+    message says what is wrong with the key rather than quoting the pattern it matched)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from pydantic_core import PydanticCustomError
+
+    try:
+        key = load_pem_public_key(pem.encode())
+    except ValueError as exc:
+        raise PydanticCustomError("public_key", "not a PEM public key: {why}", {"why": str(exc)}) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise PydanticCustomError("public_key", "{kind}: the verifiers take elliptic-curve keys (P-256/384/521)",
+                                  {"kind": type(key).__name__.lstrip("_")})
+    return pem
+
+
+PEM_PUBLIC_KEY = r"^\s*-----BEGIN PUBLIC KEY-----[A-Za-z0-9+/=\s]+-----END PUBLIC KEY-----\s*$"
+PublicKeyPem = Annotated[str, Field(pattern=PEM_PUBLIC_KEY, max_length=4096), AfterValidator(_ec_public_key)]
+
+
+class KeylessIdentity(_Base):
+    """A Sigstore certificate identity the platform trusts, with its issuer (spec.signing.keyless' fields)."""
+
+    identity: str = Field(min_length=1, max_length=1024, description="Certificate identity (SAN).")
+    oidc_issuer: str = Field(pattern=r"^https://[^\s]+$", max_length=1024, description="OIDC issuer URL.")
+
+
+class TrustRules(_Base):
+    """The trust root of the verifiers in the selected namespaces, held here, in a cluster-scoped object the
+    tenant cannot write, instead of in the model's namespace (issue 27). With publicKeys the verify Job, the
+    serving pods' init container and the model server verify with these keys, never with
+    spec.signing.publicKeySecret, so a tenant who swaps the public key Secret together with the artifact
+    gets its model refused; with keyless the model's identity and issuer must be one of these. Absent:
+    the model's own signing section decides, as without a policy."""
+
+    public_keys: list[PublicKeyPem] | None = Field(
+        default=None, min_length=1, max_length=8,
+        description="PEM public keys (EC P-256/384/521) a signing.method key model must be signed with, any of "
+                    "them (two during a rotation). With several policies, only keys all of them list are trusted.")
+    keyless: list[KeylessIdentity] | None = Field(
+        default=None, min_length=1, max_length=16,
+        description="Identities a signing.method keyless model may sign with, verified against Sigstore's "
+                    "public-good root (a trust config from the model's namespace is refused).")
+    require_countersignature: bool = Field(
+        default=False, description="The operator must countersign every version with the platform key (chart value "
+                                   "platformSigning.secretName); without it no model in these namespaces trains.")
+
+
 class HardenedModelPolicySpec(_Base):
     """What every HardenedModel in the selected namespaces must meet; each rule left out asks nothing."""
 
@@ -124,6 +174,7 @@ class HardenedModelPolicySpec(_Base):
         default=None, max_length=64,
         description="Allowed aws.serviceAccountName values (each carries an IRSA role); absent: any; empty: "
                     "none, so no model may name a ServiceAccount. A model naming none is always allowed.")
+    trust: TrustRules = _obj(TrustRules)
 
 
 class PolicyMeta(BaseModel):
@@ -232,19 +283,93 @@ def _check(model: HardenedModel, policy: HardenedModelPolicy) -> list[tuple[str,
         out.append(("spec.aws.serviceAccountName",
                     f"{_value(account)} is not among the policy's service accounts {_value(list(allowed))}"
                     if allowed else f"{_value(account)}; the policy allows none"))
-    return out
+    return out + _check_trust(spec.signing, rules.trust)
+
+
+def _check_trust(signing, trust: TrustRules) -> list[tuple[str, str]]:
+    """spec.signing against the policy's trust root; one line at most, the first that fails (a wrong method
+    makes the rest meaningless)."""
+    if trust.public_keys is None and trust.keyless is None:
+        return []
+    if signing.method == "key" and trust.public_keys is None:
+        return [("spec.signing.method", '"key"; the policy trusts keyless identities only (trust.keyless)')]
+    if signing.method == "keyless" and trust.keyless is None:
+        return [("spec.signing.method", '"keyless"; the policy trusts its public keys only (trust.publicKeys)')]
+    if signing.method == "key":
+        if signing.private_key_secret is None:
+            return [("spec.signing.privateKeySecret", "not set; a key pair made for the model would not verify "
+                                                      "with the policy's trust.publicKeys: name the Secret with the "
+                                                      "platform's signing key")]
+        return []
+    k = signing.keyless
+    if not any(e.identity == k.identity and e.oidc_issuer == k.oidc_issuer for e in trust.keyless):
+        return [("spec.signing.keyless", f"identity {_value(k.identity)} with issuer {_value(k.oidc_issuer)} is "
+                                         "none of the policy's trust.keyless identities")]
+    if k.trust_config is not None:
+        return [("spec.signing.keyless.trustConfig", "set; under the policy's trust.keyless the verifiers trust "
+                                                     "Sigstore's public-good root, not one from the model's namespace")]
+    return []
+
+
+def _der(pem: str) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_public_key(pem.encode()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def trusted_public_keys(policies: list[HardenedModelPolicy],
+                        namespace_labels: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The public keys every policy selecting the namespace trusts (trust.publicKeys; several policies: the
+    keys all of them list), as canonical PEMs sorted by their DER; None when no selecting policy lists keys
+    (the model's own publicKeySecret is trusted, as without a policy); () when the lists share no key."""
+    lists = [p.spec.trust.public_keys for p in policies if selects(p, namespace_labels) and p.spec.trust.public_keys]
+    if not lists:
+        return None
+    from cryptography.hazmat.primitives import serialization
+
+    common = set.intersection(*({_der(pem) for pem in keys} for keys in lists))
+    return tuple(serialization.load_der_public_key(der).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        for der in sorted(common))
+
+
+def _cross_policy(model: HardenedModel, policies: list[HardenedModelPolicy],
+                  namespace_labels: Mapping[str, str]) -> list[Violation]:
+    """What only all the policies together refuse (an admission evaluates one policy at a time)."""
+    if model.spec.signing.method != "key" or trusted_public_keys(policies, namespace_labels) != ():
+        return []
+    # each policy named "HardenedModelPolicy NAME", as in every line (status.governing_policies reads them back)
+    names = f", {POLICY_KIND} ".join(sorted(p.metadata.name for p in policies
+                                            if selects(p, namespace_labels) and p.spec.trust.public_keys))
+    return [Violation(names, "spec.signing", "the policies' trust.publicKeys share no key, so no model signed with a "
+                                             "key can verify in this namespace")]
 
 
 def violations(model: HardenedModel, policies: list[HardenedModelPolicy],
                namespace_labels: Mapping[str, str]) -> list[Violation]:
     """Every violation of every policy that selects the model's namespace, by policy name, then in field order
-    (gates, signing.mode, provenance, data digest, training image, serving image, service account). Each
+    (gates, signing.mode, provenance, data digest, training image, serving image, service account, trust), and
+    last what only the policies together refuse (trust.publicKeys sharing no key). Each
     policy applies on its own, so with several the strictest bound is the one that refuses."""
     out = []
     for policy in sorted(policies, key=lambda p: p.metadata.name):
         if selects(policy, namespace_labels):
             out += [Violation(policy.metadata.name, f, m) for f, m in _check(model, policy)]
-    return out
+    return out + _cross_policy(model, policies, namespace_labels)
+
+
+def countersignature_refusals(policies: list[HardenedModelPolicy], namespace_labels: Mapping[str, str], *,
+                              countersigning: bool) -> list[Violation]:
+    """trust.requireCountersignature of each selecting policy, when the operator has no platform key. Only the
+    operator knows whether it has one, so neither the admission policy nor `validate --policy` says this."""
+    if countersigning:
+        return []
+    return [Violation(p.metadata.name, "trust.requireCountersignature",
+                      "the operator has no platform signing key (chart value platformSigning.secretName), so "
+                      "no version could be countersigned")
+            for p in sorted(policies, key=lambda p: p.metadata.name)
+            if selects(p, namespace_labels) and p.spec.trust.require_countersignature]
 
 
 # ----------------------------------------------------------------- reading

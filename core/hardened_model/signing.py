@@ -33,13 +33,17 @@ class TrustPolicy:
     """What a verifier trusts: a public key, or a Sigstore identity + OIDC issuer."""
 
     public_key: str | None = None          # path to a PEM public key (EC P-256/384/521)
+    # the PEMs themselves, any of which may verify: a HardenedModelPolicy's trust.publicKeys, which the
+    # operator passes inline (they live in the cluster-scoped policy, not in a Secret the pod could mount)
+    public_keys_pem: tuple[str, ...] = ()
     identity: str | None = None            # keyless: certificate SAN
     oidc_issuer: str | None = None         # keyless: issuer URL
     trust_config: str | None = None        # keyless: a Sigstore ClientTrustConfig JSON (offline, private)
 
     def __post_init__(self):
-        if bool(self.public_key) == bool(self.identity):
-            raise ValueError("a trust policy needs exactly one of public_key or identity (+ oidc_issuer)")
+        if sum(map(bool, (self.public_key, self.public_keys_pem, self.identity))) != 1:
+            raise ValueError("a trust policy needs exactly one of --public-key, --public-key-pem (repeatable) or "
+                             "--identity (+ --oidc-issuer)")
         if self.identity and not self.oidc_issuer:
             raise ValueError("keyless trust needs oidc_issuer beside identity")
 
@@ -162,6 +166,8 @@ def verify_model(model_dir: pathlib.Path, signature: pathlib.Path, policy: Trust
         return VerificationResult(False, f"model directory {model_dir} does not exist")
     if not signature.is_file():
         return VerificationResult(False, f"signature {signature} does not exist")
+    if policy.public_keys_pem:
+        return _verify_with_any_key(model_dir, signature, policy.public_keys_pem)
     config = model_signing.verifying.Config()
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -177,8 +183,39 @@ def verify_model(model_dir: pathlib.Path, signature: pathlib.Path, policy: Trust
             config.verify(model_dir, signature)
         except Exception as exc:  # noqa: BLE001 - model_signing raises ValueError and sigstore/crypto errors alike
             return VerificationResult(False, _reason(exc))
+    return _verified(signature, signer)
+
+
+def _verified(signature: pathlib.Path, signer: str) -> VerificationResult:
     try:
         digest, files = read_signed_manifest(signature)
     except (KeyError, IndexError, ValueError) as exc:
         return VerificationResult(False, f"signed statement has no sha256 subject: {exc}")
     return VerificationResult(True, "signature and every file verified", digest=digest, signer=signer, files=files)
+
+
+def _verify_with_any_key(model_dir: pathlib.Path, signature: pathlib.Path, pems: tuple[str, ...]) -> VerificationResult:
+    """Verified when one of the keys verifies the signature and every file (a rotation trusts two). A file
+    changed after signing fails with every key: that reason is the one given; else each key's."""
+    import model_signing
+
+    reasons = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, pem in enumerate(pems):
+            path = pathlib.Path(tmp) / f"trusted-{i}.pem"
+            path.write_text(pem)
+            try:
+                fingerprint = public_key_fingerprint(pem.encode())
+                config = model_signing.verifying.Config()
+                config.use_elliptic_key_verifier(public_key=path)
+                config.verify(model_dir, signature)
+            except Exception as exc:  # noqa: BLE001 - as verify_model
+                reasons.append(_reason(exc))
+                if reasons[-1].startswith("files changed after signing"):
+                    return VerificationResult(False, reasons[-1])
+                continue
+            return _verified(signature, fingerprint)
+    if len(pems) == 1:
+        return VerificationResult(False, reasons[0])
+    return VerificationResult(False, f"none of the {len(pems)} trusted public keys verifies the signature: "
+                                     + "; ".join(f"key {i + 1}: {r}" for i, r in enumerate(reasons)))

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from kubernetes.client.exceptions import ApiException
 
 from . import countersigning
-from .manifests import monitoring, objects
+from .manifests import jobs, monitoring, objects
 from hardened_model.countersign import PlatformKey
 from hardened_model.contracts import training_version
-from hardened_model.policy import HardenedModelPolicy, parse_policy, selects, violations
+from hardened_model.policy import (HardenedModelPolicy, countersignature_refusals, parse_policy, selects,
+                                   trusted_public_keys, violations)
 from hardened_model.signing import generate_key_pem
 from hardened_model.gates import check_gates
 from hardened_model.spec import IMAGE, GatesSection, HardenedModel, SpecError, parse_manifest, to_wire
@@ -188,11 +189,14 @@ def serving_target(deployment: dict | None, version: str, released: dict | None,
     return None
 
 
-def policy_refusals(model: HardenedModel, obs: Observed) -> tuple[list[str], list[str]]:
+def policy_refusals(model: HardenedModel, obs: Observed, *, countersigning: bool) -> tuple[list[str], list[str]]:
     """(every refusal line, the names of the policies that select the model's namespace). A policy the operator
     cannot read refuses every model (fail closed, as sigstore's policy-controller does): a rule it does not
-    understand, from a newer CRD say, is not one it may skip."""
-    refusals = [str(v) for v in violations(model, obs.policies, obs.namespace_labels)] + obs.unreadable_policies
+    understand, from a newer CRD say, is not one it may skip. ``countersigning``: the operator has a platform
+    key (trust.requireCountersignature)."""
+    refusals = [str(v) for v in violations(model, obs.policies, obs.namespace_labels)
+                + countersignature_refusals(obs.policies, obs.namespace_labels, countersigning=countersigning)]
+    refusals += obs.unreadable_policies
     selecting = sorted(p.metadata.name for p in obs.policies if selects(p, obs.namespace_labels))
     return refusals, selecting
 
@@ -202,21 +206,24 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
                      verifier_image: str) -> tuple[list[dict], dict | None]:
     """The children to ensure, in order, and the Deployment among them (None until a version is verified).
     Each Job is created once, when missing (their names carry the training version); the serving children are
-    ensured on every pass, so drift is put back."""
+    ensured on every pass, so drift is put back. The verifiers trust the policies' public keys of this pass
+    (trust.publicKeys), when any selecting policy lists some."""
+    trusted = trusted_public_keys(obs.policies, obs.namespace_labels)
     ensure: list[dict] = []
     if obs.train_job is None:  # the NetworkPolicy first: the Job's pods are fenced in before they start
-        ensure += [objects.build_jobs_network_policy(model), objects.build_training_configmap(model),
-                   objects.build_training_job(model, colocate=obs.colocate)]
+        ensure += [objects.build_jobs_network_policy(model), jobs.build_training_configmap(model),
+                   jobs.build_training_job(model, colocate=obs.colocate)]
     if training.state == "succeeded" and obs.verify_job is None:
-        ensure.append(objects.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate,
-                                               verifier_image=verifier_image, observed_trainer=observed_trainer(obs)))
+        ensure.append(jobs.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate,
+                                            verifier_image=verifier_image, observed_trainer=observed_trainer(obs),
+                                            trusted_keys=trusted))
     if target is None:
         return ensure, None
     deployment = objects.build_deployment(model, digest=target.digest, version=target.version,
                                           version_ids=target.version_ids, colocate=obs.colocate,
                                           provenance=target.provenance, verifier_image=verifier_image,
                                           observed_trainer=target.observed_trainer,
-                                          countersignature=target.countersignature)
+                                          countersignature=target.countersignature, trusted_keys=trusted)
     ensure += [objects.build_serving_configmap(model), deployment,
                objects.build_service(model), objects.build_metrics_service(model),
                objects.build_network_policy(model), objects.build_pdb(model)]
@@ -247,7 +254,7 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
     """
     spec, n, previous = model.spec, objects.names(model), previous or {}
     version = training_version(spec)
-    refusals, selecting = policy_refusals(model, obs)
+    refusals, selecting = policy_refusals(model, obs, countersigning=platform_key is not None)
     training, verification = job_states(obs)
     if refusals:  # what has not started will not start
         training = training if obs.train_job else _REFUSED
@@ -495,7 +502,9 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
         raise kopf.PermanentError(f"invalid spec: {message}")
     obs = observe(kube, model)
     # a refused spec gets nothing, generated Secrets included; its status names the policy, not a missing Secret
-    missing, pvc = ([], None) if policy_refusals(model, obs)[0] else ensure_prerequisites(kube, model)
+    key = countersigning.platform_key()
+    refused = policy_refusals(model, obs, countersigning=key is not None)[0]
+    missing, pvc = ([], None) if refused else ensure_prerequisites(kube, model)
     if missing:
         message = "; ".join(missing)
         status = build_status(previous, generation=gen, phase=previous.get("phase") or "Pending", now=now(),
@@ -508,8 +517,7 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
         metrics.reconciles.labels("waiting").inc()
         raise kopf.TemporaryError(message, delay=retry_seconds(30))
     obs.colocate = needs_colocation(pvc)
-    decision = decide(model, obs, previous, now=now(), verifier_image=verifier_image(),
-                      platform_key=countersigning.platform_key())
+    decision = decide(model, obs, previous, now=now(), verifier_image=verifier_image(), platform_key=key)
     rejected = []
     for obj in decision.ensure:
         try:

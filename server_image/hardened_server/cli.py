@@ -37,8 +37,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _trust_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("trust policy (exactly one of --public-key or --identity)")
+    g = p.add_argument_group("trust policy (exactly one of --public-key, --public-key-pem or --identity)")
     g.add_argument("--public-key", help="PEM public key the signature must verify with (default: none)")
+    g.add_argument("--public-key-pem", action="append", default=[],
+                   help="a trusted public key's PEM itself, not a path (a HardenedModelPolicy's trust.publicKeys); "
+                        "repeated: any of them may verify (default: none)")
     g.add_argument("--identity", help="Sigstore keyless: expected certificate identity (default: none)")
     g.add_argument("--oidc-issuer", help="Sigstore keyless: expected OIDC issuer URL (default: none)")
     g.add_argument("--trust-config", help="Sigstore ClientTrustConfig JSON; default: the production trust root "

@@ -280,8 +280,12 @@ async def run(args) -> int:
     # model's pass takes the same wall time with torch's default of 2 threads as with 1, and twice the CPU
     # (267 against 125 us at batch 1; benchmarks/serving_micro.py).
     torch.set_num_threads(args.cpu_threads)
-    policy = TrustPolicy(public_key=args.public_key, identity=args.identity, oidc_issuer=args.oidc_issuer,
-                         trust_config=args.trust_config)
+    try:
+        policy = TrustPolicy(public_key=args.public_key, public_keys_pem=tuple(args.public_key_pem),
+                             identity=args.identity, oidc_issuer=args.oidc_issuer, trust_config=args.trust_config)
+    except ValueError as exc:  # the flags contradict each other: say which, as verify does
+        log_fields(logger, logging.ERROR, "bad trust flags", reason=str(exc))
+        return 2
     try:
         model = load_verified(pathlib.Path(args.model_dir), pathlib.Path(args.signature), policy,
                               expect_digest=args.expect_digest, device=args.device)

@@ -35,7 +35,8 @@ def verify(args) -> tuple[int, dict]:
         except StoreError as exc:
             return 3, {"verified": False, "reason": str(exc)}
     try:
-        policy = TrustPolicy(public_key=args.public_key, identity=args.identity, oidc_issuer=args.oidc_issuer,
+        policy = TrustPolicy(public_key=args.public_key, public_keys_pem=tuple(args.public_key_pem),
+                             identity=args.identity, oidc_issuer=args.oidc_issuer,
                              trust_config=args.trust_config)
     except ValueError as exc:
         return 2, {"verified": False, "reason": str(exc)}

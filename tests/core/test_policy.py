@@ -360,3 +360,98 @@ def test_loosening_a_policy_never_adds_violations(floors, gates, data):
     strict = policy(gates=GateBounds(**floors).model_dump(by_alias=True, exclude_none=True), **rules)
     loose = policy(gates=GateBounds(**looser).model_dump(by_alias=True, exclude_none=True), **kept)
     assert {v.field for v in violations(m, [loose], {})} <= {v.field for v in violations(m, [strict], {})}
+
+
+class TestTrust:
+    """trust: the platform's keys and identities (issue 27 point 3)."""
+
+    IDENTITY = {"identity": "trainer@ml.example.com", "oidcIssuer": "https://token.actions.githubusercontent.com"}
+    KEYLESS = {"signing": {"method": "keyless", "keyless": IDENTITY, "privateKeySecret": None,
+                           "publicKeySecret": None}}
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def pems(cls):
+        from hardened_model.signing import generate_key_pem
+
+        return [generate_key_pem()[1] for _ in range(3)]
+
+    def test_a_model_that_names_its_signing_secret_meets_a_key_policy(self, pems):
+        assert lines(model(), policy(trust={"publicKeys": [pems[0]]})) == []
+
+    def test_each_way_a_model_escapes_the_platforms_trust_is_refused_with_its_line(self, pems):
+        keys, keyless = policy(trust={"publicKeys": [pems[0]]}), policy(trust={"keyless": [self.IDENTITY]})
+        assert lines(model({"signing": {"privateKeySecret": None, "publicKeySecret": None}}), keys) == [
+            "HardenedModelPolicy strict: spec.signing.privateKeySecret: not set; a key pair made for the model would "
+            "not verify with the policy's trust.publicKeys: name the Secret with the platform's signing key"]
+        assert lines(model(self.KEYLESS), keys) == [
+            'HardenedModelPolicy strict: spec.signing.method: "keyless"; the policy trusts its public keys only '
+            '(trust.publicKeys)']
+        assert lines(model(), keyless) == [
+            'HardenedModelPolicy strict: spec.signing.method: "key"; the policy trusts keyless identities only '
+            '(trust.keyless)']
+        other = model({**self.KEYLESS, "signing": {**self.KEYLESS["signing"], "keyless": {
+            **self.IDENTITY, "identity": "me@evil.example"}}})
+        assert lines(other, keyless) == [
+            'HardenedModelPolicy strict: spec.signing.keyless: identity "me@evil.example" with issuer '
+            '"https://token.actions.githubusercontent.com" is none of the policy\'s trust.keyless identities']
+        own_root = model({"signing": {**self.KEYLESS["signing"], "keyless": {
+            **self.IDENTITY, "trustConfig": {"kind": "ConfigMap", "name": "root", "key": "trust.json"}}}})
+        assert lines(own_root, keyless) == [
+            "HardenedModelPolicy strict: spec.signing.keyless.trustConfig: set; under the policy's trust.keyless the "
+            "verifiers trust Sigstore's public-good root, not one from the model's namespace"]
+        assert lines(model(self.KEYLESS), keyless) == []
+
+    def test_several_policies_trust_only_the_keys_all_of_them_list(self, pems):
+        from hardened_model.policy import trusted_public_keys
+
+        a = policy("a", trust={"publicKeys": [pems[0], pems[1]]})
+        b = policy("b", trust={"publicKeys": [pems[1], pems[2]]})
+        gates_only = policy("c", gates={"maxEpsilon": 8})
+        assert trusted_public_keys([gates_only], {}) is None  # the model's own key Secret, as without a policy
+        assert trusted_public_keys([a, gates_only], {}) == trusted_public_keys([a], {})
+        assert len(trusted_public_keys([a], {})) == 2
+        assert trusted_public_keys([a, b], {}) == (pems[1],)  # canonical PEM: generate_key_pem's own form
+        elsewhere = policy("d", namespaceSelector={"matchLabels": {"tier": "prod"}}, trust={"publicKeys": [pems[2]]})
+        assert trusted_public_keys([a, elsewhere], {"tier": "dev"}) == trusted_public_keys([a], {})
+        assert trusted_public_keys([a, elsewhere], {"tier": "prod"}) == ()
+        assert lines(model(), a, elsewhere, labels={"tier": "prod"}) == [
+            "HardenedModelPolicy a, HardenedModelPolicy d: spec.signing: the policies' trust.publicKeys share no "
+            "key, so no model signed with a key can verify in this namespace"]
+
+    def test_a_key_policy_compares_keys_not_their_text(self, pems):
+        from hardened_model.policy import trusted_public_keys
+
+        reflowed = pems[0].replace("\n", "\n\n", 1)  # the same key, other whitespace
+        assert trusted_public_keys([policy("a", trust={"publicKeys": [pems[0]]}),
+                                    policy("b", trust={"publicKeys": [reflowed]})], {}) == (pems[0],)
+
+    def test_require_countersignature_refuses_only_an_operator_without_a_platform_key(self):
+        from hardened_model.policy import countersignature_refusals
+
+        p = policy(trust={"requireCountersignature": True})
+        assert [str(v) for v in countersignature_refusals([p], {}, countersigning=False)] == [
+            "HardenedModelPolicy strict: trust.requireCountersignature: the operator has no platform signing key "
+            "(chart value platformSigning.secretName), so no version could be countersigned"]
+        assert countersignature_refusals([p], {}, countersigning=True) == []
+        assert lines(model(), p) == []  # not for admission or `validate --policy`: only the operator knows
+
+    @pytest.mark.parametrize("key, message", [
+        ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "not a PEM public key: "),
+        ("ssh-ed25519 AAAA", "should match"),
+    ])
+    def test_a_trust_key_that_is_no_ec_public_key_is_refused_naming_the_entry(self, key, message):
+        with pytest.raises(SpecError) as err:
+            policy(trust={"publicKeys": [key]})
+        (field, text), = err.value.problems
+        assert field == "spec.trust.publicKeys[0]" and message in text, text
+
+    def test_an_rsa_key_is_refused_saying_the_verifiers_take_ec_keys(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        with pytest.raises(SpecError) as err:
+            policy(trust={"publicKeys": [pem]})
+        assert "RSAPublicKey: the verifiers take elliptic-curve keys (P-256/384/521)" in str(err.value)

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from cluster import CHART, Cluster
-from hardened_operator.manifests.objects import build_deployment, build_training_job, build_verify_job
+from hardened_operator.manifests.jobs import build_training_job, build_verify_job
+from hardened_operator.manifests.objects import build_deployment
 from hardened_operator.manifests.render import build_all
 from hardened_model.spec import parse_manifest, to_wire
 from helpers import EXAMPLES, ROOT, example, merge_patch

@@ -18,6 +18,7 @@ import yaml
 
 from cluster import CHART, Cluster, helm, wait, wait_for_admission
 from hardened_model.policy import parse_policy, violations
+from hardened_model.signing import generate_key_pem
 from hardened_model.spec import parse_manifest
 from helpers import example, merge_patch
 
@@ -35,6 +36,8 @@ POLICY_SPEC = {
     "signing": {"requireEnforce": True, "requireProvenance": True, "requireDataDigest": True},
     "images": {"trainer": ["ghcr.io/hardened-model/"], "server": ["ghcr.io/hardened-model/server"]},
     "serviceAccounts": ["ml-reader"],
+    # the platform's key: a model signed with any other never verifies (tests/server/test_verify_policy_keys.py)
+    "trust": {"publicKeys": [generate_key_pem()[1]]},
 }
 # digits-demo, made to meet the policy
 COMPLIANT = {"data": {"sha256": "c" * 64}, "signing": {"provenance": {"required": True}},
@@ -60,6 +63,12 @@ BREAKING = {
     "service-account": ({"aws": {"serviceAccountName": "ml-admin"}},
                         'spec.aws.serviceAccountName: "ml-admin" is not among the policy\'s service accounts '
                         '["ml-reader"]'),
+    "trust-generated-key": ({"signing": {"privateKeySecret": None, "publicKeySecret": None}},
+                            "spec.signing.privateKeySecret: not set; a key pair made for the model would not verify "
+                            "with the policy's trust.publicKeys: name the Secret with the platform's signing key"),
+    "trust-keyless": ({"signing": {"method": "keyless", "privateKeySecret": None, "publicKeySecret": None,
+                                   "keyless": {"identity": "me@example.com", "oidcIssuer": "https://issuer.example"}}},
+                      'spec.signing.method: "keyless"; the policy trusts its public keys only (trust.publicKeys)'),
 }
 PARAM_SYNC_S = 120  # a VAP whose paramKind CRD is new refuses everything until its informer syncs
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from chart_support import render
 from hardened_model.policy import GateBounds, parse_policy, violations
 from hardened_model.provenance import image_allowed
+from hardened_model.signing import generate_key_pem
 from hardened_model.spec import parse_manifest, to_wire
 from helpers import example, merge_patch
 
@@ -95,6 +96,10 @@ def _policy(spec: dict, name: str = "platform") -> dict:
             "spec": spec}
 
 
+PEM = generate_key_pem()[1]
+IDENTITY = {"identity": "trainer@ml.example.com", "oidcIssuer": "https://token.actions.githubusercontent.com"}
+KEYLESS = {"signing": {"method": "keyless", "keyless": IDENTITY, "privateKeySecret": None, "publicKeySecret": None}}
+GENERATED = {"signing": {"privateKeySecret": None, "publicKeySecret": None}}  # a key pair made for the model
 D = "sha256:" + "a" * 64
 E = "sha256:" + "b" * 64
 TRAINER = "ghcr.io/hardened-model/trainer"
@@ -219,6 +224,29 @@ CASES = [
          "image": "ghcr.io/platform/trainer:1"}, "serving": {"image": "ghcr.io/platform/server:1"}},
      "spec.aws.serviceAccountName"),
     ("empty-policy", {}, {}, "digits-demo", {"signing": {"mode": "Warn"}}, None),
+    # trust: the platform's keys or identities (policy._check_trust)
+    ("trust-keys-own-secret", {"trust": {"publicKeys": [PEM]}}, {}, "digits-demo", {}, None),
+    ("trust-keys-generated-pair", {"trust": {"publicKeys": [PEM]}}, {}, "digits-demo", GENERATED,
+     "spec.signing.privateKeySecret"),
+    ("trust-keys-keyless-model", {"trust": {"publicKeys": [PEM]}}, {}, "digits-demo", KEYLESS,
+     "spec.signing.method"),
+    ("trust-keyless-key-model", {"trust": {"keyless": [IDENTITY]}}, {}, "eks-s3-irsa", {}, "spec.signing.method"),
+    ("trust-keyless-match", {"trust": {"keyless": [{"identity": "x@example.com", "oidcIssuer": "https://a"},
+                                                   IDENTITY]}}, {}, "digits-demo", KEYLESS, None),
+    ("trust-keyless-other-identity", {"trust": {"keyless": [{**IDENTITY, "identity": "other@example.com"}]}}, {},
+     "digits-demo", KEYLESS, "spec.signing.keyless"),
+    ("trust-keyless-other-issuer", {"trust": {"keyless": [{**IDENTITY, "oidcIssuer": "https://evil.example"}]}}, {},
+     "digits-demo", KEYLESS, "spec.signing.keyless"),
+    ("trust-keyless-swapped", {"trust": {"keyless": [{"identity": IDENTITY["identity"], "oidcIssuer": "https://a"},
+                                                     {"identity": "x", "oidcIssuer": IDENTITY["oidcIssuer"]}]}}, {},
+     "digits-demo", KEYLESS, "spec.signing.keyless"),
+    ("trust-keyless-tenant-root", {"trust": {"keyless": [IDENTITY]}}, {}, "digits-demo",
+     {"signing": {**KEYLESS["signing"], "keyless": {**IDENTITY, "trustConfig": {"kind": "ConfigMap", "name": "root",
+                                                                                "key": "trust.json"}}}},
+     "spec.signing.keyless.trustConfig"),
+    ("trust-both-keyless-model", {"trust": {"publicKeys": [PEM], "keyless": [IDENTITY]}}, {}, "digits-demo", KEYLESS,
+     None),
+    ("trust-countersignature-only", {"trust": {"requireCountersignature": True}}, {}, "digits-demo", {}, None),
 ]
 
 

@@ -14,7 +14,7 @@ import pytest
 from hardened_model.spec import parse_manifest
 from hardened_operator import local
 from hardened_operator.local import PORT_FIELDS, LocalRunner
-from hardened_operator.manifests import commands, objects
+from hardened_operator.manifests import commands, jobs, objects
 from hardened_operator.manifests.objects import names
 from helpers import EXAMPLES, example
 
@@ -73,9 +73,9 @@ def placeholders(layout):
 
 def cluster_processes(m):
     """Each process's arguments in the pods the operator creates (without the image's program)."""
-    verify = objects.build_verify_job(m, version_ids={"k": "v"},
+    verify = jobs.build_verify_job(m, version_ids={"k": "v"},
                                       observed_trainer=RAN)["spec"]["template"]["spec"]["containers"][0]
-    trainer = objects.build_training_job(m)["spec"]["template"]["spec"]["containers"][0]
+    trainer = jobs.build_training_job(m)["spec"]["template"]["spec"]["containers"][0]
     pod = objects.build_deployment(m, digest=DIGEST, version=names(m).version)["spec"]["template"]["spec"]
     assert verify["command"] == objects.SERVER_COMMAND and trainer["command"] == objects.TRAINER_COMMAND
     assert all(c["command"] == objects.SERVER_COMMAND for c in pod["containers"])
@@ -124,6 +124,7 @@ def both(name, tmp_path, monkeypatch):
         return placeholders(seen["local"])
 
     monkeypatch.setattr(objects, "cluster_layout", cluster_layout)
+    monkeypatch.setattr(jobs, "cluster_layout", cluster_layout)  # imported by name there
     monkeypatch.setattr(local, "local_layout", local_layout)
     return cluster_processes(m), local_processes(m, tmp_path / ".hardened"), seen["cluster"], seen["local"]
 

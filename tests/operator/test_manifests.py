@@ -6,7 +6,8 @@ import kubernetes_validate
 import pytest
 
 from hardened_operator.manifests.monitoring import build_rule_groups
-from hardened_operator.manifests.objects import (build_deployment, build_training_job, build_verify_job, names)
+from hardened_operator.manifests.jobs import build_training_job, build_verify_job
+from hardened_operator.manifests.objects import build_deployment, names
 from hardened_operator.manifests.render import build_all
 from hardened_model.contracts import training_version
 from hardened_model.spec import parse_manifest
@@ -346,7 +347,7 @@ def test_render_command_prints_every_object(capsys):
 
 
 def test_initial_weights_on_another_claim_are_mounted_read_only_and_named_in_the_trainer_config():
-    from hardened_operator.manifests.objects import build_training_configmap
+    from hardened_operator.manifests.jobs import build_training_configmap
 
     doc = example("digits-demo")
     doc["metadata"]["uid"] = "0d5c3f0e-1111-2222-3333-444455556666"
@@ -383,7 +384,7 @@ def test_a_private_sigstore_trust_config_reaches_the_trainer_and_every_verifier(
     job = build_training_job(m)["spec"]["template"]["spec"]
     assert {"name": "sigstore-trust", "secret": {"secretName": "private-sigstore", "items": [
         {"key": "trust.json", "path": "trust_config.json"}]}} in job["volumes"]
-    from hardened_operator.manifests.objects import build_training_configmap
+    from hardened_operator.manifests.jobs import build_training_configmap
     cfg = parse_config(json.loads(build_training_configmap(m)["data"]["train.json"]))
     assert cfg.signing.trust_config_path == "/var/run/hardened/sigstore-trust/trust_config.json"
     assert any(v["mountPath"] == "/var/run/hardened/sigstore-trust" for v in job["containers"][0]["volumeMounts"])

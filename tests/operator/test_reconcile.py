@@ -2,7 +2,7 @@
 import dataclasses
 import json
 
-from hardened_operator.manifests import objects
+from hardened_operator.manifests import jobs, objects
 from hardened_operator.reconcile import Observed, decide
 from hardened_model.spec import parse_manifest, to_wire
 from helpers import example
@@ -578,7 +578,7 @@ def test_the_verifier_image_comes_from_the_operators_environment(monkeypatch):
 
 def _verify_job_of(m, done):
     """The verify Job objects.py builds for ``m`` (its --gates are the spec's gates then), finished."""
-    return {**objects.build_verify_job(m), "status": job(done)["status"]}
+    return {**jobs.build_verify_job(m), "status": job(done)["status"]}
 
 
 def test_a_verdict_reached_with_older_gates_is_judged_again_with_the_spec_gates_of_this_pass():
@@ -611,3 +611,45 @@ def test_a_verdict_reached_with_older_gates_is_judged_again_with_the_spec_gates_
     assert dep and dep[0]["metadata"]["annotations"]["hardened.dev/digest"] == DIGEST
     gates = next(c for c in d.status["conditions"] if c["type"] == "GatesPassed")
     assert gates["status"] == "True"
+
+
+def test_under_a_key_policy_every_verifier_trusts_the_policys_keys_and_mounts_no_key_secret():
+    """trust.publicKeys (issue 27 point 3): the verify Job, the init container and the model server take the
+    policy's keys inline, never spec.signing.publicKeySecret (the tenant's Secret, which a tenant who replaces
+    the artifact can replace too); the keys of each pass are rendered, so a rotation reaches the pods."""
+    from hardened_model.signing import generate_key_pem
+
+    pems = [generate_key_pem()[1] for _ in range(2)]
+    obs = Observed(train_job=job("Complete"), policies=[policy(trust={"publicKeys": pems})])
+    verify_job = next(o for o in decide(model(), obs, {}, now=NOW).ensure if o["kind"] == "Job")
+    obs.verify_job, obs.verify_message = job("Complete"), VERIFIED
+    dep = next(o for o in decide(model(), obs, {}, now=NOW).ensure if o["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    verifiers = [verify_job["spec"]["template"]["spec"]["containers"][0], pod["initContainers"][0],
+                 pod["containers"][0]]
+    for c in verifiers:
+        args = c["args"]
+        assert "--public-key" not in args, c["name"]
+        keys = [args[i + 1] for i, a in enumerate(args) if a == "--public-key-pem"]
+        assert sorted(keys) == sorted(pems), c["name"]
+        assert "trust" not in {m["name"] for m in c["volumeMounts"]}, c["name"]
+    assert "trust" not in {v["name"] for v in pod["volumes"]}
+    # without the policy: the model's own public key Secret, as before
+    obs.policies = []
+    plain = next(o for o in decide(model(), obs, {}, now=NOW).ensure if o["kind"] == "Deployment")
+    assert "--public-key" in plain["spec"]["template"]["spec"]["initContainers"][0]["args"]
+
+
+def test_require_countersignature_refuses_a_model_while_the_operator_has_no_platform_key():
+    from hardened_model.countersign import PlatformKey
+    from hardened_model.signing import generate_key_pem
+
+    obs = Observed(policies=[policy(trust={"requireCountersignature": True})])
+    d = decide(model(), obs, {}, now=NOW)
+    assert d.ensure == [] and d.failure == "policy"
+    assert conditions(d)["PolicyAllowed"]["message"] == (
+        "HardenedModelPolicy strict: trust.requireCountersignature: the operator has no platform signing key "
+        "(chart value platformSigning.secretName), so no version could be countersigned")
+    with_key = decide(model(), obs, {}, now=NOW, platform_key=PlatformKey.from_pem(generate_key_pem()[0]))
+    assert kinds(with_key) == ["NetworkPolicy", "ConfigMap", "Job"]
+    assert conditions(with_key)["PolicyAllowed"]["status"] == "True"

@@ -74,8 +74,13 @@ def _need(layout: Layout, field: str) -> str:
     return value
 
 
-def _trust(model: HardenedModel, layout: Layout) -> list[str]:
+def _trust(model: HardenedModel, layout: Layout, trusted_keys: tuple[str, ...] | None = None) -> list[str]:
+    """What the verifier trusts. ``trusted_keys``: the public keys the HardenedModelPolicies selecting the
+    namespace hold (policy.trusted_public_keys), inline, in place of spec.signing.publicKeySecret: the tenant
+    writes that Secret, the cluster admin the policy (issue 27). Only the cluster has policies."""
     s = model.spec.signing
+    if s.method == "key" and trusted_keys is not None:
+        return [arg for pem in trusted_keys for arg in ("--public-key-pem", pem)]
     if s.method == "keyless":
         args = ["--identity", s.keyless.identity, "--oidc-issuer", s.keyless.oidc_issuer]
         if s.keyless.trust_config is not None:  # else Sigstore's public-good root, bundled with sigstore-python
@@ -98,16 +103,18 @@ def trainer(layout: Layout) -> list[str]:
 
 def verify(model: HardenedModel, layout: Layout, *, digest: str | None = None, gates: bool = True,
            version_ids: dict[str, str] | None = None, observed_trainer: dict[str, str] | None = None,
-           countersignature: Countersignature | None = None) -> list[str]:
+           countersignature: Countersignature | None = None,
+           trusted_keys: tuple[str, ...] | None = None) -> list[str]:
     """The verification Job and `up` check the gates; the serving pod's init container checks signature and
     pinned digest only (the gates held at rollout; a tightened gate stops the next rollout, not a running one).
     ``version_ids``: the S3 object versions the trainer uploaded, to download exactly those.
     ``observed_trainer``: {"image", "imageID"} the kubelet ran for the training pod (issue 27), which the
     provenance must match; the cluster's callers have it, `up` has no kubelet and passes none. It is not a
     Layout's: where a process runs does not decide it, what was observed does. ``countersignature``: the
-    init container's, with the operator's platform key (the envelope inline: the Deployment carries it)."""
+    init container's, with the operator's platform key (the envelope inline: the Deployment carries it).
+    ``trusted_keys``: see _trust."""
     s = model.spec
-    args = [*layout.server, "verify", *_trust(model, layout)]
+    args = [*layout.server, "verify", *_trust(model, layout, trusted_keys)]
     if layout.verify_termination_log:
         args += ["--termination-log", layout.verify_termination_log]
     if gates:
@@ -137,8 +144,10 @@ def verify(model: HardenedModel, layout: Layout, *, digest: str | None = None, g
     return args
 
 
-def serve(model: HardenedModel, layout: Layout, *, digest: str) -> list[str]:
-    args = [*layout.server, "serve", "--artifact", layout.artifact, *_trust(model, layout), "--expect-digest", digest]
+def serve(model: HardenedModel, layout: Layout, *, digest: str,
+          trusted_keys: tuple[str, ...] | None = None) -> list[str]:
+    args = [*layout.server, "serve", "--artifact", layout.artifact, *_trust(model, layout, trusted_keys),
+            "--expect-digest", digest]
     if layout.cpu_threads:
         args += ["--cpu-threads", layout.cpu_threads]
     return args + _listen(layout, layout.host, layout.model_port, layout.model_metrics_port)
@@ -166,7 +175,9 @@ def ratelimit_proxy(model: HardenedModel, layout: Layout) -> list[str]:
                    *_listen(layout, layout.public_host, layout.ratelimit_port, layout.ratelimit_metrics_port)]
 
 
-def serving(model: HardenedModel, layout: Layout, *, digest: str) -> dict[str, list[str]]:
+def serving(model: HardenedModel, layout: Layout, *, digest: str,
+            trusted_keys: tuple[str, ...] | None = None) -> dict[str, list[str]]:
     """The serving chain, in start order: model server, validation sidecar, rate-limit sidecar."""
-    return {"model": serve(model, layout, digest=digest), "validation": validate_proxy(layout),
+    return {"model": serve(model, layout, digest=digest, trusted_keys=trusted_keys),
+            "validation": validate_proxy(layout),
             "ratelimit": ratelimit_proxy(model, layout)}

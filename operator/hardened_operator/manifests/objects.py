@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 
 from hardened_model.artifacts import StoreURI
-from hardened_model.spec import API_GROUP, API_VERSION, KIND, HardenedModel, to_wire
-from hardened_model.contracts import build_serving_config, build_trainer_config, training_version
+from hardened_model.spec import API_GROUP, API_VERSION, KIND, HardenedModel
+from hardened_model.contracts import build_serving_config, training_version
 from .. import __version__
 from . import commands
 from .commands import Countersignature, Layout
@@ -199,89 +199,6 @@ def signing_secret_name(model: HardenedModel) -> str:
     return ref.name if ref else names(model).signing_secret
 
 
-# --------------------------------------------------------------- training
-def build_training_configmap(model: HardenedModel) -> dict:
-    s = model.spec
-    _, local = version_location(model)
-    key_ref = s.signing.private_key_secret
-    config = build_trainer_config(
-        model, output_dir=local or "/work/artifact",
-        private_key_path=f"{SIGNING_MOUNT}/{key_ref.key if key_ref else 'private.pem'}"
-        if s.signing.method == "key" else None,
-        identity_token_path="/var/run/secrets/sigstore/token" if s.signing.method == "keyless" else None,
-        trust_config_path=cluster_layout(model).trust_config if _sigstore_trust(model) else None,
-        volumes=_weights_volume(model)[2])
-    n = names(model)
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(model, n.train, "training"),
-            "data": {"train.json": json.dumps(config, indent=2, sort_keys=True)}}
-
-
-def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
-    """``colocate``: the pvc:// store is ReadWriteOnce (see _colocated)."""
-    s, n = model.spec, names(model)
-    t = s.training
-    volumes = [{"name": "config", "configMap": {"name": n.train}},
-               {"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
-    mounts = [{"name": "config", "mountPath": TRAINER_CONFIG_MOUNT, "readOnly": True},
-              {"name": "work", "mountPath": "/work"}, {"name": "tmp", "mountPath": "/tmp"}]
-    if s.signing.method == "key":
-        key = s.signing.private_key_secret
-        volumes.append({"name": "signing", "secret": {"secretName": signing_secret_name(model), "defaultMode": 0o400,
-                                                      "items": [{"key": key.key if key else "private.pem",
-                                                                 "path": key.key if key else "private.pem"}]}})
-        mounts.append({"name": "signing", "mountPath": SIGNING_MOUNT, "readOnly": True})
-    else:  # Sigstore keyless: a projected service-account token with audience "sigstore"
-        volumes.append({"name": "sigstore-token", "projected": {"sources": [{"serviceAccountToken": {
-            "audience": "sigstore", "expirationSeconds": 3600, "path": "token"}}]}})
-        mounts.append({"name": "sigstore-token", "mountPath": "/var/run/secrets/sigstore", "readOnly": True})
-        if _sigstore_trust(model):
-            volumes.append(_sigstore_trust(model))
-            mounts.append({"name": "sigstore-trust", "mountPath": SIGSTORE_TRUST_MOUNT, "readOnly": True})
-    store_volumes, store_mounts = _store_volume(model, read_only=False)
-    weight_volumes, weight_mounts, _ = _weights_volume(model)
-    volumes += store_volumes + weight_volumes
-    mounts += store_mounts + weight_mounts
-    layout = cluster_layout(model)
-    pod = {
-        "restartPolicy": "Never",
-        "securityContext": POD_SECURITY,
-        "automountServiceAccountToken": False,
-        "containers": [{
-            "name": "trainer",
-            "image": t.image,
-            **_program(commands.trainer(layout), list(TRAINER_COMMAND)),
-            # the image reference and the pod name go into the signed provenance (the Downward API cannot
-            # expose the image's digest: give the image by digest, repo@sha256:..., to have it recorded)
-            "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MPLCONFIGDIR", "value": "/tmp"},
-                    {"name": "HARDENED_TRAINER_IMAGE", "value": t.image},
-                    {"name": "HARDENED_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                    *_aws_env(model)],
-            "resources": _resources(t.resources, gpu=True),
-            "securityContext": CONTAINER_SECURITY,
-            "volumeMounts": mounts,
-            "terminationMessagePolicy": "File",
-        }],
-        "volumes": volumes,
-    }
-    if t.node_selector:
-        pod["nodeSelector"] = dict(t.node_selector)
-    if t.tolerations:
-        pod["tolerations"] = [to_wire(tol) for tol in t.tolerations]
-    if s.aws.service_account_name:
-        # IRSA: the EKS pod identity webhook injects its own projected token (audience sts.amazonaws.com), so
-        # the API-server token stays unmounted: a compromised trainer cannot call the Kubernetes API.
-        pod["serviceAccountName"] = s.aws.service_account_name
-    pod_labels = labels(model, "training")
-    _colocated(model, pod, pod_labels, colocate)
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": _meta(model, n.train, "training",
-                          annotations={"hardened.dev/version": n.version}),
-        "spec": {"backoffLimit": t.backoff_limit, "activeDeadlineSeconds": t.active_deadline_seconds,
-                 "template": {"metadata": {"labels": pod_labels}, "spec": pod}},
-    }
-
-
 # ----------------------------------------------------------- verification
 def _sigstore_trust(model: HardenedModel) -> dict | None:
     """The volume of signing.keyless.trustConfig (a private Sigstore's ClientTrustConfig), if any."""
@@ -294,9 +211,12 @@ def _sigstore_trust(model: HardenedModel) -> dict | None:
                                          else {"configMap": {"name": ref.name, "items": items}})}
 
 
-def _trust_volumes(model: HardenedModel) -> tuple[list[dict], list[dict]]:
-    """(volumes, mounts) of what the verifiers trust: the public key, or a private Sigstore's trust config."""
+def _trust_volumes(model: HardenedModel, trusted_keys: tuple[str, ...] | None) -> tuple[list[dict], list[dict]]:
+    """(volumes, mounts) of what the verifiers trust: the public key, or a private Sigstore's trust config.
+    ``trusted_keys``: a HardenedModelPolicy's (commands.verify), passed inline, so no key Secret is mounted."""
     s = model.spec.signing
+    if s.method == "key" and trusted_keys is not None:
+        return [], []
     if s.method == "keyless":
         volume = _sigstore_trust(model)
         if volume is None:  # Sigstore's public-good root, bundled with sigstore-python, used offline
@@ -312,17 +232,19 @@ def _trust_volumes(model: HardenedModel) -> tuple[list[dict], list[dict]]:
 def _verify_container(model: HardenedModel, *, digest: str | None, verifier_image: str, version: str | None = None,
                       gates: bool = True, version_ids: dict[str, str] | None = None,
                       observed_trainer: dict[str, str] | None = None,
-                      countersignature: Countersignature | None = None) -> tuple[dict, list[dict]]:
+                      countersignature: Countersignature | None = None,
+                      trusted_keys: tuple[str, ...] | None = None) -> tuple[dict, list[dict]]:
     """The verification Job's container (``gates``) or the serving pod's init container (``digest``); see
     commands.verify. An s3:// version is downloaded into the ``models`` emptyDir. It runs ``verifier_image``,
     the platform's (DEFAULT_VERIFIER_IMAGE), never spec.serving.image; ``observed_trainer``: commands.verify."""
     layout = cluster_layout(model, version)
-    volumes, mounts = _trust_volumes(model)
+    volumes, mounts = _trust_volumes(model, trusted_keys)
     if layout.artifact_uri:
         mounts = mounts + [{"name": "models", "mountPath": MODELS_MOUNT}]
     store_volumes, store_mounts = _store_volume(model, read_only=True)
     argv = commands.verify(model, layout, digest=digest, gates=gates, version_ids=version_ids,
-                           observed_trainer=observed_trainer, countersignature=countersignature)
+                           observed_trainer=observed_trainer, countersignature=countersignature,
+                           trusted_keys=trusted_keys)
     container = {"name": "verify", "image": verifier_image, **_program(argv, SERVER_COMMAND),
                  "env": [{"name": "HOME", "value": "/tmp"}, *_aws_env(model)],
                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
@@ -330,28 +252,6 @@ def _verify_container(model: HardenedModel, *, digest: str | None, verifier_imag
                      {"name": "tmp", "mountPath": "/tmp"}],
                  "terminationMessagePolicy": "File"}
     return container, volumes + store_volumes
-
-
-def build_verify_job(model: HardenedModel, *, version_ids: dict[str, str] | None = None,
-                     colocate: bool = False, verifier_image: str = DEFAULT_VERIFIER_IMAGE,
-                     observed_trainer: dict[str, str] | None = None) -> dict:
-    """``version_ids``: the S3 object versions the trainer reported (s3:// stores), to pin the download;
-    ``colocate``: the pvc:// store is ReadWriteOnce (see _colocated); ``verifier_image``: see _verify_container;
-    ``observed_trainer``: {"image", "imageID"} of the training pod's trainer container (kube.container_image)."""
-    n = names(model)
-    container, volumes = _verify_container(model, digest=None, version_ids=version_ids,
-                                           verifier_image=verifier_image, observed_trainer=observed_trainer)
-    volumes = volumes + [{"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}}]
-    pod = {"restartPolicy": "Never", "securityContext": POD_SECURITY, "automountServiceAccountToken": False,
-           "containers": [container], "volumes": volumes}
-    if model.spec.aws.service_account_name:
-        pod["serviceAccountName"] = model.spec.aws.service_account_name  # IRSA token: see build_training_job
-    pod_labels = labels(model, "verification")
-    _colocated(model, pod, pod_labels, colocate)
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": _meta(model, n.verify, "verification", annotations={"hardened.dev/version": n.version}),
-            "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600,
-                     "template": {"metadata": {"labels": pod_labels}, "spec": pod}}}
 
 
 # ---------------------------------------------------------------- serving
@@ -370,19 +270,23 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                      version_ids: dict[str, str] | None = None, colocate: bool = False,
                      provenance: dict | None = None, verifier_image: str = DEFAULT_VERIFIER_IMAGE,
                      observed_trainer: dict[str, str] | None = None,
-                     countersignature: Countersignature | None = None) -> dict:
+                     countersignature: Countersignature | None = None,
+                     trusted_keys: tuple[str, ...] | None = None) -> dict:
     """The serving Deployment for one verified version (``digest`` pinned in every container, and for s3://
     stores the object ``version_ids`` pinned in the init container's download and kept in an annotation;
     ``colocate``: the pvc:// store is ReadWriteOnce, see _colocated). The init container runs the platform's
     ``verifier_image``; the model server and its sidecars run spec.serving.image. ``observed_trainer``: what
     the kubelet ran for the version's training pod, as its verify Job checked it; the init container checks
-    the same; the annotations keep it and the platform's ``countersignature`` for passes after the pods go."""
+    the same; the annotations keep it and the platform's ``countersignature`` for passes after the pods go.
+    ``trusted_keys``: a HardenedModelPolicy's trust.publicKeys, which the init container and the model server
+    verify with (commands.verify); each pass renders the policies' keys of that moment, so a version signed
+    with a key no longer trusted starts no new pod."""
     s, n = model.spec, names(model)
     layout = cluster_layout(model, version)
     local = layout.artifact_uri is None  # a pvc:// version, read in place
     init, volumes = _verify_container(model, digest=digest, version=version, gates=False, version_ids=version_ids,
                                       verifier_image=verifier_image, observed_trainer=observed_trainer,
-                                      countersignature=countersignature)
+                                      countersignature=countersignature, trusted_keys=trusted_keys)
     init = {**init, "name": "verify-model"}
     volumes = volumes + [
         {"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}},
@@ -393,7 +297,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
     model_mounts = ([m for m in init["volumeMounts"] if m["name"] in ("artifacts", "trust", "sigstore-trust", "tmp")]
                     + ([{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}] if not local else []))
     cfg_mount = {"name": "serving-config", "mountPath": SERVING_CONFIG_MOUNT, "readOnly": True}
-    argv = commands.serving(model, layout, digest=digest)
+    argv = commands.serving(model, layout, digest=digest, trusted_keys=trusted_keys)
 
     def probe(port: int, path: str, period: int = 5, failures: int = 3) -> dict:
         return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 2,

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from hardened_model.spec import HardenedModel
+from .jobs import build_training_configmap, build_training_job, build_verify_job
 from .monitoring import build_prometheus_rule, build_service_monitor
 from .objects import (build_deployment, build_jobs_network_policy, build_metrics_service, build_network_policy,
-                      build_pdb, build_service, build_serving_configmap, build_training_configmap, build_training_job,
-                      build_verify_job, names)
+                      build_pdb, build_service, build_serving_configmap, names)
 
 # The Deployment pins the digest of a *verified* artifact, known only after the
 # verification Job; render shows where it goes.
