@@ -46,7 +46,7 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 def build_statement(*, digest: str, namespace: str, name: str, version: str, verdict: dict,
                     observed_trainer: dict | None, time: str) -> dict:
     """The statement the platform signs for one verified version. ``verdict``: what the verifier reported
-    (verified, gatesPassed, signer); ``observed_trainer``: {"image", "imageID"} the kubelet ran, or None."""
+    (verified, gatesPassed, signer); ``observed_trainer``: {"image", "imageID", "node"} the kubelet ran, or None."""
     return {"_type": STATEMENT_TYPE,
             "subject": [{"name": f"{namespace}/{name}@{version}", "digest": {"sha256": digest}}],
             "predicateType": PREDICATE_TYPE,

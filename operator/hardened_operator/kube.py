@@ -192,12 +192,15 @@ def termination_message(pods: list[dict]) -> dict | None:
 
 def container_image(pods: list[dict], container: str) -> dict[str, str] | None:
     """What the kubelet ran for ``container`` in the newest of a Job's pods (``job_pods``) that reports it:
-    {"image": the pod spec's reference, what the kubelet was told to run, "imageID": what it resolved}; both
-    from the one pod, so they describe one run. None before any pod reports an imageID."""
+    {"image": the pod spec's reference, what the kubelet was told to run, "imageID": what it resolved, "node":
+    the node the scheduler bound it to}; all from the one pod, so they describe one run. None before any pod
+    reports an imageID."""
     for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             if cs.get("name") == container and cs.get("imageID"):
                 spec = next((c for c in (pod.get("spec") or {}).get("containers") or []
                              if c.get("name") == container), {})
-                return {**({"image": spec["image"]} if spec.get("image") else {}), "imageID": cs["imageID"]}
+                node = (pod.get("spec") or {}).get("nodeName")
+                return {**({"image": spec["image"]} if spec.get("image") else {}), "imageID": cs["imageID"],
+                        **({"node": node} if node else {})}
     return None

@@ -48,6 +48,7 @@ class Observed:
     train_message: dict | None = None
     train_image_id: str | None = None           # the trainer container's imageID, as the kubelet reported it
     train_image: str | None = None              # its image reference in that pod's spec (what the kubelet ran)
+    train_node: str | None = None               # the node that pod ran on (spec.nodeName)
     verify_job: dict | None = None
     verify_message: dict | None = None
     deployment: dict | None = None
@@ -161,7 +162,8 @@ def observed_trainer(obs: Observed) -> dict[str, str] | None:
     cannot write. None without a pod that reports it (the verifier then checks the claim alone)."""
     if not obs.train_image:
         return None
-    return {"image": obs.train_image, **({"imageID": obs.train_image_id} if obs.train_image_id else {})}
+    return {"image": obs.train_image, **({"imageID": obs.train_image_id} if obs.train_image_id else {}),
+            **({"node": obs.train_node} if obs.train_node else {})}
 
 
 def uploaded_version_ids(train_message: dict | None) -> dict[str, str] | None:
@@ -340,7 +342,7 @@ def observe(kube, model: HardenedModel) -> Observed:
         pods = job_pods(kube, ns, n.train)  # one list for the trainer's message and its image
         obs.train_message = termination_message(pods)
         ran = container_image(pods, "trainer") or {}
-        obs.train_image, obs.train_image_id = ran.get("image"), ran.get("imageID")
+        obs.train_image, obs.train_image_id, obs.train_node = ran.get("image"), ran.get("imageID"), ran.get("node")
     if obs.verify_job is not None and job_state(obs.verify_job)[0] in ("succeeded", "failed"):
         obs.verify_message = termination_message(job_pods(kube, ns, n.verify))
     observe_policies(kube, model, obs)

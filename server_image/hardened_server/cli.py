@@ -91,6 +91,9 @@ def add_commands(sub) -> None:
     p.add_argument("--observed-trainer-image-id",
                    help="the training pod's imageID as the kubelet resolved it; a repo digest (...@sha256:...) must "
                         "equal a digest the provenance records (default: none)")
+    p.add_argument("--observed-trainer-node",
+                   help="the node the training pod ran on, as the scheduler bound it; echoed in the result's "
+                        "observedTrainer, which the platform countersignature states (default: none)")
     p.add_argument("--countersignature",
                    help="the platform's DSSE envelope (JSON) for this model: refuse unless it verifies with "
                         "--platform-public-key-pem, its subject is the digest computed here and it names "

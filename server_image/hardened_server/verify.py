@@ -111,11 +111,13 @@ def _observed_trainer(args) -> dict | None:
     says nothing without the reference it resolved."""
     image = getattr(args, "observed_trainer_image", None)
     image_id = getattr(args, "observed_trainer_image_id", None)
-    if image is None and image_id is None:
+    node = getattr(args, "observed_trainer_node", None)
+    if image is None and image_id is None and node is None:
         return None
     if not image:
-        return {"error": "--observed-trainer-image-id needs --observed-trainer-image (the reference it resolved)"}
-    return {"image": image, **({"imageID": image_id} if image_id else {})}
+        return {"error": "--observed-trainer-image-id and --observed-trainer-node need --observed-trainer-image "
+                         "(what ran there)"}
+    return {"image": image, **({"imageID": image_id} if image_id else {}), **({"node": node} if node else {})}
 
 
 def _countersignature(args, digest: str) -> tuple[int, str | dict | None]:

@@ -54,8 +54,9 @@ LAYOUT_SWITCHED = {"trainer": {"trainer_termination_log": ("--termination-log",)
 # Flags only the cluster's callers pass, from what the kubelet reported for the training pod (issue 27): `up`
 # runs no kubelet, so it has no record to pass. Not a Layout's: the same Layout gives them or not by what was
 # observed.
-KUBELET_RECORD = {"verify": ("--observed-trainer-image", "--observed-trainer-image-id")}
-RAN = {"image": "ghcr.io/hardened-model/trainer:0.1.0", "imageID": "ghcr.io/hardened-model/trainer@sha256:" + "ab" * 32}
+KUBELET_RECORD = {"verify": ("--observed-trainer-image", "--observed-trainer-image-id", "--observed-trainer-node")}
+RAN = {"image": "ghcr.io/hardened-model/trainer:0.1.0", "imageID": "ghcr.io/hardened-model/trainer@sha256:" + "ab" * 32,
+       "node": "ip-10-0-1-17.ec2.internal"}
 PROGRAMS = ("server", "trainer")
 
 

@@ -429,7 +429,7 @@ def trained_pod(m, image_id):
     the status the kubelet wrote."""
     job = build_training_job(m)
     return {"metadata": {"name": f"{names(m).train}-x1", "creationTimestamp": "2026-11-22T05:00:00Z"},
-            "spec": job["spec"]["template"]["spec"],
+            "spec": {**job["spec"]["template"]["spec"], "nodeName": "gpu-node-3"},
             "status": {"containerStatuses": [{"name": "trainer", "image": "ignored:by-the-operator",
                                               "imageID": image_id}]}}
 
@@ -447,7 +447,7 @@ def test_both_verifiers_get_what_the_kubelet_ran_for_the_training_pod(version):
     older = trained_pod(m, "ghcr.io/hardened-model/trainer@sha256:" + "00" * 32)
     older["spec"] = {**older["spec"], "containers": [{**older["spec"]["containers"][0], "image": "old:1"}]}
     ran = container_image([trained_pod(m, image_id), older], "trainer")  # job_pods' order: newest first
-    assert ran == {"image": m.spec.training.image, "imageID": image_id}
+    assert ran == {"image": m.spec.training.image, "imageID": image_id, "node": "gpu-node-3"}
     job = build_verify_job(m, observed_trainer=ran)
     dep = build_deployment(m, digest="ab" * 32, version="v", observed_trainer=ran)
     for obj in (job, dep):
@@ -457,6 +457,7 @@ def test_both_verifiers_get_what_the_kubelet_ran_for_the_training_pod(version):
     for args in (verify, init):
         assert args[args.index("--observed-trainer-image") + 1] == m.spec.training.image
         assert args[args.index("--observed-trainer-image-id") + 1] == image_id
+        assert args[args.index("--observed-trainer-node") + 1] == "gpu-node-3"
     assert json.loads(dep["metadata"]["annotations"][OBSERVED_TRAINER_ANNOTATION]) == ran
     assert not any("--observed" in a for c in dep["spec"]["template"]["spec"]["containers"] for a in c["args"])
     # no pod reported yet, or none given: no flags, no annotation

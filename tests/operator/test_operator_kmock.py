@@ -124,6 +124,9 @@ async def create_signing_secret(k8s):
     assert resp.status == 200
 
 
+NODE = "gpu-node-3"  # the node the played kubelet's training pod ran on
+
+
 async def complete_job(k8s, name, message: dict | None, failed=False, ran: tuple[str, str] | None = None):
     """Play the Job controller: a pod with a termination message, then the Job's final condition. ``ran``:
     play the kubelet too, a trainer container given that (image reference, imageID)."""
@@ -131,7 +134,7 @@ async def complete_job(k8s, name, message: dict | None, failed=False, ran: tuple
     await k8s.post(f"/api/v1/namespaces/{NS}/pods", json={
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-x1", "namespace": NS,
                                                          "labels": {"job-name": name}},
-        **({"spec": {"containers": [{"name": "trainer", "image": ran[0]}]}} if ran else {}),
+        **({"spec": {"containers": [{"name": "trainer", "image": ran[0]}], "nodeName": NODE}} if ran else {}),
         "status": {"containerStatuses": [{**container, "state": {"terminated": {
             "exitCode": 3 if failed else 0, "message": json.dumps(message) if message else ""}}}]}})
     cond = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
@@ -646,7 +649,7 @@ async def test_a_model_whose_provenance_claims_an_allowed_image_the_kubelet_did_
         assert container["args"][container["args"].index("--observed-trainer-image-id") + 1] == allowed_id
         verdict = await run_verifier(container, good, keys[1], logs)
         assert verdict.pop("exitCode") == 0, verdict
-        assert verdict["observedTrainer"] == {"image": allowed, "imageID": allowed_id}
+        assert verdict["observedTrainer"] == {"image": allowed, "imageID": allowed_id, "node": NODE}
         await complete_job(k8s, n.verify, verdict)
         assert await wait_for(lambda: alive(k8s.objects, dep_key))
         await deployment_ready(k8s)
@@ -723,7 +726,7 @@ async def test_a_platform_key_countersigns_the_verified_version_and_the_init_con
         statement = countersign.verify(envelope, platform.public_pem)
         assert statement["subject"][0]["digest"]["sha256"] == verdict["digest"]
         assert statement["predicate"]["model"] == {"namespace": NS, "name": "digits-demo", "version": n.version}
-        assert statement["predicate"]["observedTrainer"] == {"image": image, "imageID": image_id}
+        assert statement["predicate"]["observedTrainer"] == {"image": image, "imageID": image_id, "node": NODE}
         init = dep["spec"]["template"]["spec"]["initContainers"][0]
         args = init["args"]
         assert json.loads(args[args.index("--countersignature") + 1]) == envelope

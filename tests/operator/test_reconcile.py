@@ -323,13 +323,15 @@ def test_the_kubelets_record_of_the_training_pod_reaches_the_verify_job_and_stay
     container gets what that verifier checked (its report echoes it), pinned in an annotation, so a later pass
     with the Jobs gone builds the same Deployment (no rollout) and a restarted pod still checks them."""
     m = model(serving={"replicas": 1})
-    ran = {"image": m.spec.training.image, "imageID": "ghcr.io/x/trainer@sha256:" + "e" * 64}
-    trained = Observed(train_job=job("Complete"), train_image=ran["image"], train_image_id=ran["imageID"])
+    ran = {"image": m.spec.training.image, "imageID": "ghcr.io/x/trainer@sha256:" + "e" * 64, "node": "node-a"}
+    trained = Observed(train_job=job("Complete"), train_image=ran["image"], train_image_id=ran["imageID"],
+                       train_node=ran["node"])
     verify_job = next(o for o in decide(m, trained, {}, now=NOW).ensure
                       if o["kind"] == "Job" and o["metadata"]["name"] == objects.names(m).verify)
     args = verify_job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--observed-trainer-image") + 1] == ran["image"]
     assert args[args.index("--observed-trainer-image-id") + 1] == ran["imageID"]
+    assert args[args.index("--observed-trainer-node") + 1] == "node-a"
     obs = dataclasses.replace(trained, verify_job=job("Complete"), verify_message={**VERIFIED, "observedTrainer": ran})
     d = decide(m, obs, {}, now=NOW)
     dep = next(o for o in d.ensure if o["kind"] == "Deployment")

@@ -248,8 +248,8 @@ def test_the_verifier_refuses_a_claim_the_kubelet_contradicts_exit_3(trained, ke
     """The command line: exit 3 and the result JSON as every provenance refusal; the observed record echoed."""
     tmp, _, _ = trained
     code, out = verify(tmp / "out", keys[1], "--observed-trainer-image", IMAGE, "--observed-trainer-image-id",
-                       REPO_ID, capsys=capsys)
-    assert code == 0 and out["observedTrainer"] == {"image": IMAGE, "imageID": REPO_ID}
+                       REPO_ID, "--observed-trainer-node", "node-a", capsys=capsys)
+    assert code == 0 and out["observedTrainer"] == {"image": IMAGE, "imageID": REPO_ID, "node": "node-a"}
     code, out = verify(tmp / "out", keys[1], "--observed-trainer-image", EVIL, "--provenance-policy",
                        json.dumps({"allowedTrainerImages": ["ghcr.io/hardened-model/"]}), capsys=capsys)
     assert code == 3 and out["verified"] is False and "digest" in out and "files" not in out
@@ -257,6 +257,8 @@ def test_the_verifier_refuses_a_claim_the_kubelet_contradicts_exit_3(trained, ke
                                     f'says the model was trained by "{IMAGE}", but the kubelet ran "{EVIL}"')
     code, out = verify(tmp / "out", keys[1], "--observed-trainer-image-id", REPO_ID, capsys=capsys)
     assert code == 2 and "--observed-trainer-image" in out["reason"]
+    code, out = verify(tmp / "out", keys[1], "--observed-trainer-node", "node-a", capsys=capsys)
+    assert code == 2 and "need --observed-trainer-image" in out["reason"]
 
 
 def test_image_reference_parsing():

@@ -128,6 +128,8 @@ def verify(model: HardenedModel, layout: Layout, *, digest: str | None = None, g
         args += ["--observed-trainer-image", observed_trainer["image"]]
         if observed_trainer.get("imageID"):
             args += ["--observed-trainer-image-id", observed_trainer["imageID"]]
+        if observed_trainer.get("node"):  # echoed into the report, so the countersignature names the node
+            args += ["--observed-trainer-node", observed_trainer["node"]]
     if countersignature is not None:
         args += ["--countersignature", json_arg(countersignature.envelope),
                  "--platform-public-key-pem", countersignature.public_key_pem,
