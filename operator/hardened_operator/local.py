@@ -121,6 +121,7 @@ def local_layout(model: HardenedModel, paths: Paths, ports: dict[str, int] | Non
         tls_key=str(paths.secret(tls.secret_name, "tls.key")) if tls else None,
         client_ca=str(paths.secret(tls.client_ca_secret, "ca.crt")) if tls and tls.client_ca_secret else None,
         trainer_termination_log=str(home / "train.result.json"), verify_termination_log=None, cpu_threads=None,
+        rendezvous_host=None, node_rank=None,  # every rank of training.distributed runs on this machine
         host="127.0.0.1", public_host="127.0.0.1", metrics_host="127.0.0.1",
         **{f: (ports or {}).get(f, 0) for f in PORT_FIELDS})
 
@@ -223,7 +224,7 @@ class LocalRunner:
         return commands.verify(self.model, self.layout(), digest=expect_digest)
 
     def train_argv(self) -> list[str]:
-        return commands.trainer(self.layout())
+        return commands.trainer(self.model, self.layout())
 
     def serving_argvs(self, digest: str, ports: dict[str, int]) -> dict[str, list[str]]:
         return commands.serving(self.model, self.layout(ports), digest=digest)

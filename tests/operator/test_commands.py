@@ -47,7 +47,9 @@ SPECS = dict([(p.stem, example(p.stem)) for p in EXAMPLES] + [
 # (--uri and its region, endpoint and pinned object versions) and hands verdicts to the kubelet's termination
 # log; `up` serves its local copy and reads the verifier's stdout. Per process, they are compared only when
 # both Layouts have the field.
-LAYOUT_SWITCHED = {"trainer": {"trainer_termination_log": ("--termination-log",)},
+# training.distributed: the cluster's pods meet at node 0, `up` runs every rank here (test_the_world_is_the_same...)
+LAUNCH = ("--standalone", "--nnodes", "--nproc-per-node", "--node-rank", "--master-addr", "--master-port")
+LAYOUT_SWITCHED = {"trainer": {"trainer_termination_log": ("--termination-log",), "rendezvous_host": LAUNCH},
                    "verify": {"verify_termination_log": ("--termination-log",),
                               "artifact_uri": ("--uri", "--region", "--endpoint", "--version-ids")},
                    "model": {"cpu_threads": ("--cpu-threads",)}}
@@ -78,7 +80,9 @@ def cluster_processes(m):
                                       observed_trainer=RAN)["spec"]["template"]["spec"]["containers"][0]
     trainer = jobs.build_training_job(m)["spec"]["template"]["spec"]["containers"][0]
     pod = objects.build_deployment(m, digest=DIGEST, version=names(m).version)["spec"]["template"]["spec"]
-    assert verify["command"] == objects.SERVER_COMMAND and trainer["command"] == objects.TRAINER_COMMAND
+    distributed = commands.world(m) is not None
+    assert verify["command"] == objects.SERVER_COMMAND
+    assert trainer["command"] == (jobs.TORCHRUN_COMMAND if distributed else objects.TRAINER_COMMAND)
     assert all(c["command"] == objects.SERVER_COMMAND for c in pod["containers"])
     return {"trainer": trainer["args"], "verify": verify["args"], **{c["name"]: c["args"] for c in pod["containers"]}}
 
@@ -92,6 +96,8 @@ def local_processes(m, root):
              **runner.serving_argvs(DIGEST, ports)}
     for name, argv in argvs.items():
         program = layout.trainer if name == "trainer" else layout.server
+        if name == "trainer" and commands.world(m) is not None:  # torchrun with the trainer's Python
+            program = (layout.trainer[0], "-m", commands.TORCHRUN)
         assert tuple(argv[:len(program)]) == program, name
         argvs[name] = argv[len(program):]
     return argvs
@@ -175,7 +181,15 @@ def test_local_command_lines_parse_with_the_programs_own_parsers(name, tmp_path)
     ports = {f: 20000 + i for i, f in enumerate(PORT_FIELDS)}
     runner = LocalRunner(m, root=tmp_path)
     layout = runner.layout(ports)
-    get_args_parser().parse_args(runner.train_argv()[len(layout.trainer):])
+    train = runner.train_argv()
+    if commands.world(m) is not None:  # torchrun's own parser, then the trainer's with what it passes on
+        from torch.distributed.run import get_args_parser as torchrun_parser
+
+        launch = torchrun_parser().parse_args(train[3:])
+        assert (launch.module, launch.training_script, launch.max_restarts) == (True, "hardened_trainer", 0)
+        get_args_parser().parse_args(launch.training_script_args)
+    else:
+        get_args_parser().parse_args(train[len(layout.trainer):])
     parser = build_parser()
     parsed = {n: parser.parse_args(argv[len(layout.server):])
               for n, argv in {"verify": runner.verify_argv(), **runner.serving_argvs(DIGEST, ports)}.items()}
@@ -222,7 +236,7 @@ def _flags():
     for name in SPECS:
         m = model(name)
         for layout in (objects.cluster_layout(m), local.local_layout(m, local.Paths(pathlib.Path("state"), m))):
-            argvs = [commands.trainer(layout), commands.verify(m, layout, digest=DIGEST, version_ids={"k": "v"},
+            argvs = [commands.trainer(m, layout), commands.verify(m, layout, digest=DIGEST, version_ids={"k": "v"},
                                                                observed_trainer=RAN),
                      *commands.serving(m, layout, digest=DIGEST).values()]
             found |= {a for argv in argvs for a in argv if a.startswith("--")}
@@ -255,3 +269,36 @@ def test_a_flag_the_spec_needs_from_a_place_the_layout_lacks_is_an_error(tmp_pat
 def test_json_flags_have_one_form():
     assert commands.json_arg({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
     assert commands.json_arg({"b": 1, "a": 2}, spaced=True) == '{"a": 2, "b": 1}'
+
+
+def _flag(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_the_world_is_the_same_in_the_cluster_and_locally(tmp_path):
+    """training.distributed: the cluster runs nodes pods of processesPerNode ranks meeting at pod 0, `up` every
+    rank on this machine: the same world size, so the same shards, sample rate and model."""
+    m = model("digits-distributed")
+    cluster = cluster_processes(m)["trainer"]
+    here = local_processes(m, tmp_path / ".hardened")["trainer"]
+    assert int(_flag(cluster, "--nnodes")) * int(_flag(cluster, "--nproc-per-node")) == 2
+    assert _flag(cluster, "--node-rank") == "$(JOB_COMPLETION_INDEX)"
+    job = names(m).train
+    assert (_flag(cluster, "--master-addr"), _flag(cluster, "--master-port")) == (f"{job}-0.{job}", "29500")
+    assert "--standalone" in here and (_flag(here, "--nnodes"), _flag(here, "--nproc-per-node")) == ("1", "2")
+    for argv in (cluster, here):
+        assert argv[argv.index("--max-restarts"):argv.index("--config")] == [
+            "--max-restarts", "0", "--module", "hardened_trainer"]
+
+
+@pytest.mark.parametrize("distributed, gpus, launch", [
+    ({"nodes": 1, "processesPerNode": 2}, 0, ["--standalone", "--nnodes", "1", "--nproc-per-node", "2"]),
+    ({"nodes": 1}, 4, ["--standalone", "--nnodes", "1", "--nproc-per-node", "4"]),  # one rank per GPU
+    ({"nodes": 3}, 2, ["--nnodes", "3", "--nproc-per-node", "2"]),
+])
+def test_processes_per_node_defaults_to_the_pods_gpus(distributed, gpus, launch):
+    doc = copy.deepcopy(SPECS["digits-demo"])
+    doc["spec"]["training"].update(distributed=distributed, resources={"gpus": gpus})
+    m = parse_manifest(doc)
+    args = jobs.build_training_job(m)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:len(launch)] == launch

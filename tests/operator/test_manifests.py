@@ -509,3 +509,47 @@ def test_the_platform_countersignature_reaches_only_the_init_container_and_only_
                    for a in plain["spec"]["template"]["spec"]["initContainers"][0]["args"])
     job = build_verify_job(m)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--countersignature" not in job  # the verify Job makes the report the platform then signs
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_a_run_over_several_pods_is_an_indexed_job_behind_a_headless_service(version):
+    """Issue 28: two pods, one rank each, ranked by the completion index and meeting at pod 0 by its DNS name
+    (<job>-0.<job>: the Service's name is the pods' subdomain); a non-zero trainer exit fails the whole run;
+    the Job pods are opened to each other only."""
+    from hardened_operator.manifests.jobs import build_training_service
+    from hardened_operator.manifests.objects import build_jobs_network_policy
+
+    m = model("digits-distributed")
+    n = names(m)
+    job, svc, netpol = build_training_job(m), build_training_service(m), build_jobs_network_policy(m)
+    for obj in (job, svc, netpol):
+        kubernetes_validate.validate(obj, version, strict=True)
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["podFailurePolicy"] == {"rules": [{"action": "FailJob", "onExitCodes": {
+        "containerName": "trainer", "operator": "NotIn", "values": [0]}}]}
+    assert pod["subdomain"] == svc["metadata"]["name"] == n.train
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {"batch.kubernetes.io/job-name": n.train}
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    peers = {"podSelector": {"matchLabels": job["spec"]["template"]["metadata"]["labels"]}}
+    assert netpol["spec"]["ingress"] == [{"from": [peers]}] and {"to": [peers]} in netpol["spec"]["egress"]
+    assert not restricted_pss_violations(pod)
+    # one pod (or none distributed): a plain Job, no Service, no peer traffic
+    plain = model("digits-demo")
+    assert "completionMode" not in build_training_job(plain)["spec"] and build_training_service(plain) is None
+    assert build_jobs_network_policy(plain)["spec"]["ingress"] == []
+    one_pod = parse_manifest({**example("digits-demo"), "spec": {**example("digits-demo")["spec"], "training": {
+        **example("digits-demo")["spec"]["training"], "distributed": {"nodes": 1, "processesPerNode": 2}}}})
+    assert "completionMode" not in build_training_job(one_pod)["spec"] and build_training_service(one_pod) is None
+    assert [o["kind"] for o in build_all(m)][:4] == ["NetworkPolicy", "ConfigMap", "Service", "Job"]
+
+
+def test_gpu_ranks_in_one_pod_get_a_shared_memory_volume():
+    doc = example("digits-demo")
+    doc["spec"]["training"].update(distributed={"nodes": 1}, resources={"gpus": 4})
+    pod = build_training_job(parse_manifest(doc))["spec"]["template"]["spec"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in pod["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]

@@ -655,3 +655,12 @@ def test_require_countersignature_refuses_a_model_while_the_operator_has_no_plat
     with_key = decide(model(), obs, {}, now=NOW, platform_key=PlatformKey.from_pem(generate_key_pem()[0]))
     assert kinds(with_key) == ["NetworkPolicy", "ConfigMap", "Job"]
     assert conditions(with_key)["PolicyAllowed"]["status"] == "True"
+
+
+def test_a_run_over_several_pods_gets_its_headless_service_before_the_job():
+    doc = example("digits-distributed")
+    doc["metadata"].update(uid="u-1", generation=1)
+    d = decide(parse_manifest(doc), Observed(), {}, now=NOW)
+    assert kinds(d) == ["NetworkPolicy", "ConfigMap", "Service", "Job"]
+    service, job_ = d.ensure[2], d.ensure[3]
+    assert job_["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]

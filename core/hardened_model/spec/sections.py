@@ -310,6 +310,21 @@ class Augmentation(_Base):
     flip: bool = Field(default=False, description="Random horizontal flips: for photos, never for digits or text.")
 
 
+class Distributed(_Base):
+    """torch.distributed data-parallel training (torchrun): ``nodes`` pods of ``processesPerNode`` ranks each,
+    one model, one signature. DP-SGD stays one Poisson sample of the whole data set per step (each rank samples
+    its shard at the global rate; the clipped sums are all-reduced, the noise added once), so ε is what one
+    process would spend."""
+
+    nodes: int = Field(default=1, ge=1, le=64,
+                       description="Pods. More than one: an Indexed Job, rank 0's pod reached through a headless "
+                                   "Service.")
+    processes_per_node: int | None = Field(
+        default=None, ge=1, le=64,
+        description="Ranks per pod (torchrun --nproc-per-node). Absent: one per GPU the pod requests "
+                    "(resources.gpus), else 1.")
+
+
 class TrainingSection(_Base):
     """How the training Job runs."""
 
@@ -345,6 +360,8 @@ class TrainingSection(_Base):
     class_weight_values: dict[str, Annotated[float, Field(gt=0.0, le=1e6)]] | None = Field(
         default=None, description="classWeights manual: weight per class index (\"0\", \"1\", ...); absent ones "
                                   "weigh 1.", json_schema_extra={"maxProperties": 1000})
+    distributed: Distributed | None = Field(
+        default=None, description="Data-parallel training over several processes and pods; absent: one process.")
 
     cel_rules = (
         CelRule("(has(self.classWeights) && self.classWeights == 'manual') == has(self.classWeightValues)",
@@ -358,6 +375,14 @@ class TrainingSection(_Base):
                 "|| !has(self.privacy.clipping) || self.privacy.clipping == 'fast'",
                 "weightStandardization under DP-SGD needs the fast clipper (privacy.clipping fast or absent): "
                 "Opacus' ghost and hooks modes have no per-sample gradient for it", "weightStandardization"),
+        CelRule("!has(self.distributed) || self.distributed.nodes * (has(self.distributed.processesPerNode) ? "
+                "self.distributed.processesPerNode : (self.resources.gpus > 0 ? self.resources.gpus : 1)) > 1",
+                "a world of one process is no distributed run: give nodes > 1 or processesPerNode > 1 (or request "
+                "GPUs), or leave distributed out", "distributed"),
+        CelRule("!has(self.distributed) || !has(self.distributed.processesPerNode) || self.resources.gpus == 0 "
+                "|| self.distributed.processesPerNode <= self.resources.gpus",
+                "processesPerNode may not exceed resources.gpus: each rank drives one GPU",
+                "distributed.processesPerNode"),
     )
 
 

@@ -39,6 +39,11 @@ class Layout:
     trainer_termination_log: str | None
     verify_termination_log: str | None
     cpu_threads: str | None          # the model server's torch threads; None: the server's default
+    # training.distributed over several pods (the cluster's Indexed Job): node 0's host (RENDEZVOUS_PORT) and
+    # this pod's node rank; None: every rank on this machine (one pod, or `up`, which runs nodes x
+    # processesPerNode here)
+    rendezvous_host: str | None
+    node_rank: str | None
     host: str                        # the model server and validation sidecar listen here, and are called here
     public_host: str                 # the rate-limit sidecar, the only door
     metrics_host: str                # every admin port (/metrics, /healthz, /readyz)
@@ -94,11 +99,39 @@ def _listen(layout: Layout, host: str, port: int, metrics_port: int) -> list[str
             "--metrics-port", str(metrics_port)]
 
 
-def trainer(layout: Layout) -> list[str]:
-    args = [*layout.trainer, "--config", layout.trainer_config]
+# torchrun's module form: `python -m torch.distributed.run [launch flags] --module hardened_trainer ...`
+TORCHRUN = "torch.distributed.run"
+RENDEZVOUS_PORT = 29500
+
+
+def world(model: HardenedModel) -> tuple[int, int] | None:
+    """(nodes, processes per node) of training.distributed, None without it. Absent processesPerNode: one
+    rank per GPU the pod requests, else 1 (torchrun's own ``auto`` would count the node's GPUs, not the pod's)."""
+    t = model.spec.training
+    if t.distributed is None:
+        return None
+    return t.distributed.nodes, t.distributed.processes_per_node or max(t.resources.gpus, 1)
+
+
+def trainer(model: HardenedModel, layout: Layout) -> list[str]:
+    """The trainer; under training.distributed, torchrun starting it once per rank (``--max-restarts 0``: a
+    failed rank fails the run, which the Job reports; a restart that resumes is the Job's, from the checkpoint).
+    With ``layout.rendezvous_host`` the pods meet at node 0 (static rendezvous, the node rank from the Job's
+    completion index); without, every rank runs here (``--standalone``)."""
+    args = ["--config", layout.trainer_config]
     if layout.trainer_termination_log:
         args += ["--termination-log", layout.trainer_termination_log]
-    return args
+    shape = world(model)
+    if shape is None:
+        return [*layout.trainer, *args]
+    nodes, per_node = shape
+    python, flag, module = layout.trainer  # (python, "-m", "hardened_trainer")
+    if layout.rendezvous_host is None:
+        launch = ["--standalone", "--nnodes", "1", "--nproc-per-node", str(nodes * per_node)]
+    else:
+        launch = ["--nnodes", str(nodes), "--nproc-per-node", str(per_node), "--node-rank", _need(layout, "node_rank"),
+                  "--master-addr", layout.rendezvous_host, "--master-port", str(RENDEZVOUS_PORT)]
+    return [python, flag, TORCHRUN, *launch, "--max-restarts", "0", "--module", module, *args]
 
 
 def verify(model: HardenedModel, layout: Layout, *, digest: str | None = None, gates: bool = True,

@@ -16,6 +16,8 @@ from .objects import (CONTAINER_SECURITY, DEFAULT_VERIFIER_IMAGE, POD_SECURITY, 
                       _sigstore_trust, _store_volume, _verify_container, _weights_volume, cluster_layout, labels,
                       names, signing_secret_name, version_location)
 
+TORCHRUN_COMMAND = ["python", "-m", commands.TORCHRUN]  # the trainer image's Python, launching the ranks
+
 
 # --------------------------------------------------------------- training
 def build_training_configmap(model: HardenedModel) -> dict:
@@ -60,6 +62,15 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
     volumes += store_volumes + weight_volumes
     mounts += store_mounts + weight_mounts
     layout = cluster_layout(model)
+    shape = commands.world(model)
+    env = []
+    if shape and shape[0] > 1:  # the node rank: the Job controller's completion index of this pod
+        env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
+    if shape and shape[1] > 1 and t.resources.gpus:
+        # NCCL moves tensors between the pod's GPUs through /dev/shm, which the runtime caps at 64 MiB
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     pod = {
         "restartPolicy": "Never",
         "securityContext": POD_SECURITY,
@@ -67,13 +78,13 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
         "containers": [{
             "name": "trainer",
             "image": t.image,
-            **_program(commands.trainer(layout), list(TRAINER_COMMAND)),
+            **_program(commands.trainer(model, layout), list(TORCHRUN_COMMAND if shape else TRAINER_COMMAND)),
             # the image reference and the pod name go into the signed provenance (the Downward API cannot
             # expose the image's digest: give the image by digest, repo@sha256:..., to have it recorded)
             "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MPLCONFIGDIR", "value": "/tmp"},
                     {"name": "HARDENED_TRAINER_IMAGE", "value": t.image},
                     {"name": "HARDENED_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                    *_aws_env(model)],
+                    *env, *_aws_env(model)],
             "resources": _resources(t.resources, gpu=True),
             "securityContext": CONTAINER_SECURITY,
             "volumeMounts": mounts,
@@ -91,13 +102,35 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
         pod["serviceAccountName"] = s.aws.service_account_name
     pod_labels = labels(model, "training")
     _colocated(model, pod, pod_labels, colocate)
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": _meta(model, n.train, "training",
-                          annotations={"hardened.dev/version": n.version}),
-        "spec": {"backoffLimit": t.backoff_limit, "activeDeadlineSeconds": t.active_deadline_seconds,
-                 "template": {"metadata": {"labels": pod_labels}, "spec": pod}},
-    }
+    spec = {"backoffLimit": t.backoff_limit, "activeDeadlineSeconds": t.active_deadline_seconds,
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod}}
+    if shape and shape[0] > 1:
+        # One pod per node, each knowing its rank (Indexed), reachable as <job>-<index>.<job> (subdomain of the
+        # headless Service). A rank that exits non-zero fails the whole run at once, the Job controller then
+        # removes the other pods (no rank left hanging in a collective); the Job's message names the pod.
+        pod["subdomain"] = n.train
+        spec.update(completionMode="Indexed", completions=shape[0], parallelism=shape[0],
+                    podFailurePolicy={"rules": [{"action": "FailJob", "onExitCodes": {
+                        "containerName": "trainer", "operator": "NotIn", "values": [0]}}]})
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": _meta(model, n.train, "training", annotations={"hardened.dev/version": n.version}),
+            "spec": spec}
+
+
+def build_training_service(model: HardenedModel) -> dict | None:
+    """The headless Service of a training run over several pods (None otherwise): its name is the Job's and
+    the pods' subdomain, so node 0 resolves as <job>-0.<job> before any pod is Ready (publishNotReadyAddresses:
+    a training pod has no readiness probe, and the rendezvous happens while the pods start)."""
+    shape = commands.world(model)
+    if not shape or shape[0] == 1:
+        return None
+    n = names(model)
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": _meta(model, n.train, "training", annotations={"hardened.dev/version": n.version}),
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {"batch.kubernetes.io/job-name": n.train},
+                     "ports": [{"name": "rendezvous", "port": commands.RENDEZVOUS_PORT,
+                                "targetPort": commands.RENDEZVOUS_PORT}]}}
 
 
 

@@ -176,6 +176,8 @@ def cluster_layout(model: HardenedModel, version: str | None = None) -> Layout:
         trainer_termination_log=None, verify_termination_log="/dev/termination-log",
         # torch's CPU threads follow the container's CPU request (the Downward API rounds it up to whole cores)
         cpu_threads="$(CPU_REQUEST)",
+        # pods meet at node 0 of the Indexed Job (jobs.build_training_service: its DNS name), ranked by index
+        **_rendezvous(model),
         # Only the rate-limit sidecar takes traffic from outside the pod; the validation sidecar and the model
         # server listen on 127.0.0.1, so nothing reaches them around the key check. The kubelet probes the pod
         # IP, so every container's admin port (metrics, /healthz, /readyz) listens on all addresses; the
@@ -184,6 +186,16 @@ def cluster_layout(model: HardenedModel, version: str | None = None) -> Layout:
         model_port=PORTS["model"], model_metrics_port=PORTS["model-metrics"],
         validation_port=PORTS["validation"], validation_metrics_port=PORTS["validation-metrics"],
         ratelimit_port=PORTS["ratelimit"], ratelimit_metrics_port=PORTS["ratelimit-metrics"])
+
+
+def _rendezvous(model: HardenedModel) -> dict[str, str | None]:
+    """Layout.rendezvous_host and node_rank of the spec's training Job: more than one node meets at the Indexed
+    Job's pod 0, whose hostname is ``<job>-0`` in the headless Service ``<job>`` (its subdomain)."""
+    shape = commands.world(model)
+    if shape is None or shape[0] == 1:
+        return {"rendezvous_host": None, "node_rank": None}
+    job = names(model).train
+    return {"rendezvous_host": f"{job}-0.{job}", "node_rank": "$(JOB_COMPLETION_INDEX)"}
 
 
 def _program(argv: list[str], program: list[str]) -> dict:
@@ -457,7 +469,8 @@ def build_network_policy(model: HardenedModel) -> dict:
 
 def build_jobs_network_policy(model: HardenedModel) -> dict:
     """The training and verify Job pods accept no connection at all; they reach out only to DNS and, when the
-    spec needs it (s3:// data or store, Sigstore keyless signing), HTTPS."""
+    spec needs it (s3:// data or store, Sigstore keyless signing), HTTPS. A training run over several pods
+    also opens its pods to each other, and to no one else."""
     s = model.spec
     egress = [DNS_EGRESS]
     if (StoreURI.parse(s.artifacts.store).scheme == "s3" or s.data.source.startswith("s3://")
@@ -467,9 +480,16 @@ def build_jobs_network_policy(model: HardenedModel) -> dict:
     selector = {"matchLabels": {"hardened.dev/model": model.metadata.name},
                 "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
                                       "values": ["training", "verification"]}]}
+    ingress = []
+    shape = commands.world(model)
+    if shape and shape[0] > 1:  # the pods of one distributed run talk to each other (rendezvous, gloo, NCCL)
+        peers = [{"podSelector": {"matchLabels": labels(model, "training")}}]
+        ingress.append({"from": peers})
+        egress.append({"to": peers})
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": _meta(model, f"{model.metadata.name}-jobs", "training"),
-            "spec": {"podSelector": selector, "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": egress}}
+            "spec": {"podSelector": selector, "policyTypes": ["Ingress", "Egress"], "ingress": ingress,
+                     "egress": egress}}
 
 
 def build_pdb(model: HardenedModel) -> dict:
