@@ -190,6 +190,35 @@ def termination_message(pods: list[dict]) -> dict | None:
     return None
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def failed_ranks(pods: list[dict], container: str = "trainer") -> list[dict]:
+    """Each of a Job's pods whose ``container`` exited non-zero, first failure first: {"node": the pod's
+    completion index (its node rank in a distributed run; absent for a plain Job), "pod", "exitCode",
+    "message": what it wrote to its termination log (the trainer's JSON "message", with its "rank")}. In a
+    distributed run the first is the cause: the other ranks fail after it, in the collective it left."""
+    out = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if cs.get("name") != container or not term.get("exitCode"):
+                continue
+            try:
+                report = json.loads(term.get("message") or "")
+            except ValueError:
+                report = {"message": (term.get("message") or "")[-1000:]}
+            report = report if isinstance(report, dict) else {"message": str(report)}
+            index = (meta.get("annotations") or {}).get(COMPLETION_INDEX)
+            out.append({**({"node": int(index)} if index and index.isdigit() else {}), "pod": meta.get("name"),
+                        "exitCode": term["exitCode"], "finishedAt": term.get("finishedAt") or "",
+                        "message": report.get("message") or term.get("reason") or "",
+                        **({"rank": report["rank"]} if isinstance(report.get("rank"), int) else {})})
+    out.sort(key=lambda f: (f["finishedAt"], f.get("node", 0)))
+    return out
+
+
 def container_image(pods: list[dict], container: str) -> dict[str, str] | None:
     """What the kubelet ran for ``container`` in the newest of a Job's pods (``job_pods``) that reports it:
     {"image": the pod spec's reference, what the kubelet was told to run, "imageID": what it resolved, "node":

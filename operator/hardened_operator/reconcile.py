@@ -46,6 +46,7 @@ VERIFIER_IMAGE_ENV = "HARDENED_VERIFIER_IMAGE"
 class Observed:
     train_job: dict | None = None
     train_message: dict | None = None
+    train_failures: list[dict] = field(default_factory=list)  # kube.failed_ranks of the training Job's pods
     train_image_id: str | None = None           # the trainer container's imageID, as the kubelet reported it
     train_image: str | None = None              # its image reference in that pod's spec (what the kubelet ran)
     train_node: str | None = None               # the node that pod ran on (spec.nodeName)
@@ -278,7 +279,9 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
 
     conditions = {"PolicyAllowed": policy_condition(refusals, selecting=selecting,
                                                     namespace=model.metadata.namespace or ""),
-                  "TrainingSucceeded": training_condition(training, job_name=n.train, report=obs.train_message)}
+                  "TrainingSucceeded": training_condition(training, job_name=n.train, report=obs.train_message,
+                                                         failures=obs.train_failures if spec.training.distributed
+                                                         else None)}
     conditions["SignatureVerified"], conditions["GatesPassed"] = verification_conditions(verification, report)
     conditions["ServingReady"] = serving_condition(target, complete=complete, ready_replicas=ready_replicas,
                                                    replicas=spec.serving.replicas, problems=problems)
@@ -331,7 +334,7 @@ def _events(previous: dict, *, warned: bool, version: str, report: dict, problem
 
 # -------------------------------------------------------------------- I/O
 def observe(kube, model: HardenedModel) -> Observed:
-    from .kube import container_image, job_pods, termination_message
+    from .kube import container_image, failed_ranks, job_pods, termination_message
 
     ns, n = model.metadata.namespace, objects.names(model)
     obs = Observed(train_job=kube.get("Job", ns, n.train), verify_job=kube.get("Job", ns, n.verify),
@@ -342,6 +345,7 @@ def observe(kube, model: HardenedModel) -> Observed:
     if obs.train_job is not None and job_state(obs.train_job)[0] in ("succeeded", "failed"):
         pods = job_pods(kube, ns, n.train)  # one list for the trainer's message and its image
         obs.train_message = termination_message(pods)
+        obs.train_failures = failed_ranks(pods)
         ran = container_image(pods, "trainer") or {}
         obs.train_image, obs.train_image_id, obs.train_node = ran.get("image"), ran.get("imageID"), ran.get("node")
     if obs.verify_job is not None and job_state(obs.verify_job)[0] in ("succeeded", "failed"):

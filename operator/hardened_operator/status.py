@@ -273,15 +273,23 @@ def is_verified(verification: JobState, report: dict) -> bool:
     return verification.state in ("succeeded", "failed") and report.get("verified") is True
 
 
-def training_condition(training: JobState, *, job_name: str, report: dict | None) -> Cond:
+def training_condition(training: JobState, *, job_name: str, report: dict | None,
+                       failures: list[dict] | None = None) -> Cond:
     """TrainingSucceeded. A failed trainer's termination message (``report``) says why, where the Job only
-    says that its pod failed."""
+    says that its pod failed. ``failures``: a distributed run's failed pods (kube.failed_ranks), each named
+    with its node and rank and what it said, first failure first: that one is the cause."""
     if training.state == "succeeded":
         return Cond("True", "Succeeded", f"training Job {job_name} completed")
     if training.reason == "NotStarted":  # a HardenedModelPolicy refuses the spec
         return Cond("Unknown", "NotStarted", f"training Job {job_name} {training.message}")
     if training.state == "failed":
-        reason = "TrainingFailed" if training.reason in ("Failed", "BackoffLimitExceeded") else training.reason
+        reason = "TrainingFailed" if training.reason in ("Failed", "BackoffLimitExceeded", "PodFailurePolicy") \
+            else training.reason
+        if failures:
+            ranks = "; ".join(
+                f"node {f.get('node', '?')}{' rank ' + str(f['rank']) if 'rank' in f else ''} (pod {f['pod']}, exit "
+                f"{f['exitCode']}): {f['message'] or 'no message'}" for f in failures[:8])
+            return Cond("False", reason, f"training Job {job_name} failed ({training.reason}): {ranks}")
         return Cond("False", reason, f"training Job {job_name} failed ({training.reason}): "
                                      f"{(report or {}).get('message') or training.message}")
     return Cond("Unknown", "Training", f"training Job {job_name} is running")

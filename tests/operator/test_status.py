@@ -37,6 +37,31 @@ class TestTrainingCondition:
                                                    "CUDA out of memory")
         assert training_condition(FAILED, job_name="j", report=None).message.endswith("specified backoff limit")
 
+    def test_a_distributed_run_names_each_failed_rank_first_failure_first(self):
+        """Issue 28: the Job says which pod matched its FailJob rule; the ranks say why, the first the cause."""
+        import json
+
+        from hardened_operator.kube import failed_ranks
+
+        def pod(index, finished, code, message):
+            return {"metadata": {"name": f"m-train-v1-{index}-x", "annotations": {
+                        "batch.kubernetes.io/job-completion-index": str(index)}},
+                    "status": {"containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                        "exitCode": code, "finishedAt": finished, "message": message}}}]}}
+
+        pods = [pod(0, "2026-12-03T10:00:09Z", 1, json.dumps({"message": "gloo: connection closed by peer",
+                                                               "rank": 0})),
+                pod(1, "2026-12-03T10:00:02Z", 137, ""),
+                pod(2, "2026-12-03T10:00:05Z", 0, json.dumps({"message": "ok"}))]
+        failures = failed_ranks(pods)
+        assert [(f["node"], f["exitCode"]) for f in failures] == [(1, 137), (0, 1)]
+        job = JobState("failed", "PodFailurePolicy", "Container trainer for pod ns/m-train-v1-1-x failed with exit "
+                                                     "code 137 matching FailJob rule at index 0")
+        cond = training_condition(job, job_name="m-train-v1", report={"message": "ok"}, failures=failures)
+        assert cond == ("False", "TrainingFailed", "training Job m-train-v1 failed (PodFailurePolicy): node 1 "
+                                                   "(pod m-train-v1-1-x, exit 137): no message; node 0 rank 0 (pod "
+                                                   "m-train-v1-0-x, exit 1): gloo: connection closed by peer")
+
     def test_a_deadline_keeps_the_jobs_own_reason(self):
         cond = training_condition(JobState("failed", "DeadlineExceeded", "active too long"), job_name="j", report={})
         assert cond.reason == "DeadlineExceeded" and cond.message == "training Job j failed (DeadlineExceeded): " \
