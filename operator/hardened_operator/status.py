@@ -289,7 +289,10 @@ def training_condition(training: JobState, *, job_name: str, report: dict | None
             ranks = "; ".join(
                 f"node {f.get('node', '?')}{' rank ' + str(f['rank']) if 'rank' in f else ''} (pod {f['pod']}, exit "
                 f"{f['exitCode']}): {f['message'] or 'no message'}" for f in failures[:8])
-            return Cond("False", reason, f"training Job {job_name} failed ({training.reason}): {ranks}")
+            # the Job's own message first: it names the pod that matched the FailJob rule, which may be gone
+            # already (a deleted pod leaves once the Job controller counted it)
+            return Cond("False", reason, f"training Job {job_name} failed ({training.reason}): {training.message}; "
+                                         f"{ranks}")
         return Cond("False", reason, f"training Job {job_name} failed ({training.reason}): "
                                      f"{(report or {}).get('message') or training.message}")
     return Cond("Unknown", "Training", f"training Job {job_name} is running")

@@ -58,9 +58,11 @@ class TestTrainingCondition:
         job = JobState("failed", "PodFailurePolicy", "Container trainer for pod ns/m-train-v1-1-x failed with exit "
                                                      "code 137 matching FailJob rule at index 0")
         cond = training_condition(job, job_name="m-train-v1", report={"message": "ok"}, failures=failures)
-        assert cond == ("False", "TrainingFailed", "training Job m-train-v1 failed (PodFailurePolicy): node 1 "
-                                                   "(pod m-train-v1-1-x, exit 137): no message; node 0 rank 0 (pod "
-                                                   "m-train-v1-0-x, exit 1): gloo: connection closed by peer")
+        assert cond == ("False", "TrainingFailed", "training Job m-train-v1 failed (PodFailurePolicy): Container "
+                                                   "trainer for pod ns/m-train-v1-1-x failed with exit code 137 "
+                                                   "matching FailJob rule at index 0; node 1 (pod m-train-v1-1-x, "
+                                                   "exit 137): no message; node 0 rank 0 (pod m-train-v1-0-x, exit "
+                                                   "1): gloo: connection closed by peer")
 
     def test_a_deadline_keeps_the_jobs_own_reason(self):
         cond = training_condition(JobState("failed", "DeadlineExceeded", "active too long"), job_name="j", report={})
