@@ -10,6 +10,11 @@ data; 3 a gate failed (the artifact is still written and signed, with the
 verdict in its signed metrics.json, so the operator can show why); 1 crash.
 A gate-failing model is never rolled out: the verifier re-checks the gates
 against the signed metrics.
+
+Under torchrun (``python -m torch.distributed.run --nproc-per-node N -m
+hardened_trainer ...``) every rank reads the data and trains its shard; rank 0
+alone logs, evaluates, writes, signs and uploads, and the other ranks exit 0
+after training (hardened_trainer.distributed). An error names its rank.
 """
 from __future__ import annotations
 
@@ -32,6 +37,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--termination-log", default="/dev/termination-log",
                    help="file that receives the result JSON when writable, for the operator "
                         "(default: /dev/termination-log)")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="folder for a checkpoint at the end of every epoch (rank 0 writes it); a run whose "
+                        "training matches the checkpoint there resumes after its epoch (default: none, no "
+                        "checkpoints)")
     return p
 
 
@@ -126,14 +135,17 @@ def tabular_section(spec, table, x_train) -> dict:
             "negativeClass": table.negative_class, "imputedMedians": table.imputed}
 
 
-def run(cfg, *, log) -> tuple[int, dict]:
-    """The whole training run for a parsed config; returns (exit code, result)."""
+def run(cfg, *, log, device=None, checkpoint_dir: str | None = None) -> tuple[int, dict]:
+    """The whole training run for a parsed config; returns (exit code, result). ``device``: this rank's, from
+    hardened_trainer.distributed.init (None: one process, the config's device). A rank other than 0 returns
+    (0, {}) after training."""
 
     from hardened_model import artifacts, signing
 
     from . import data as data_mod
     from hardened_model.gates import check_gates
 
+    from .distributed import device_names, rank, world_size
     from .evaluate import evaluate
     from .report import render_report
     from .sanitize import sanitize
@@ -142,8 +154,9 @@ def run(cfg, *, log) -> tuple[int, dict]:
     spec = cfg.spec
     t0 = time.perf_counter()
     started = _now()
-    device = select_device(cfg.device)
-    log("start", model=cfg.model_name, version=cfg.version, device=str(device))
+    device = device if device is not None else select_device(cfg.device)
+    world = {"worldSize": world_size(), "devices": device_names(device)} if world_size() > 1 else {}
+    log("start", model=cfg.model_name, version=cfg.version, device=str(device), **world)
 
     # model.initialWeights first: a wrong pin or a pickle stops the run before any data is read
     from .weights import initial_tensors
@@ -187,7 +200,9 @@ def run(cfg, *, log) -> tuple[int, dict]:
         san.update(method=s.method, removed=res.removed, removedFraction=round(res.removed / max(len(res.keep), 1), 4))
         log("sanitized", **san)
 
-    result = train(spec, x_train, y_train, device=device, log=log, initial=initial)
+    result = train(spec, x_train, y_train, device=device, log=log, initial=initial, checkpoint_dir=checkpoint_dir)
+    if rank() != 0:  # rank 0 evaluates, writes, signs and uploads the model every rank holds
+        return EXIT_OK, {}
     labels = spec.model.labels or [str(i) for i in range(spec.model.num_classes)]
     ev = evaluate(result.model, spec, x_train, y_train, parts.x_test, parts.y_test, epsilon=result.epsilon,
                   labels=labels)
@@ -215,7 +230,7 @@ def run(cfg, *, log) -> tuple[int, dict]:
                                      "device": str(device), "trainingSeconds": round(result.seconds, 2)})
     write_model_dir(model_dir, cfg=cfg, result=result, ev=ev, gates=gates, raw_scale=ds.raw_scale,
                     sanitization=san, report_html=report, x_train=x_train, table=table)
-    write_provenance(model_dir, cfg=cfg, ds=ds, device=str(device), started=started)
+    write_provenance(model_dir, cfg=cfg, ds=ds, device=str(device), started=started, world=world)
     sig = out / signing.SIGNATURE_NAME
     rt = cfg.signing
     token = pathlib.Path(rt.identity_token_path).read_text().strip() if rt.identity_token_path else None
@@ -234,6 +249,8 @@ def run(cfg, *, log) -> tuple[int, dict]:
                "digest": digest, "uri": uri, "localPath": str(out), "versionIds": versions,
                "dataDigest": ds.digest, "trainerImage": os.environ.get(TRAINER_IMAGE_ENV) or None,
                "seconds": round(time.perf_counter() - t0, 2)}
+    if result.resumed_from_epoch is not None:
+        summary["resumedFromEpoch"] = result.resumed_from_epoch
     log("result", **summary)
     return (EXIT_OK if passed else EXIT_GATES_FAILED), summary
 
@@ -248,8 +265,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def write_provenance(model_dir: pathlib.Path, *, cfg, ds, device: str, started: str) -> None:
-    """model/provenance.json, written last before signing (hardened_model.provenance says why inside)."""
+def write_provenance(model_dir: pathlib.Path, *, cfg, ds, device: str, started: str,
+                     world: dict | None = None) -> None:
+    """model/provenance.json, written last before signing (hardened_model.provenance says why inside).
+    ``world``: {"worldSize", "devices"} of a run on several ranks, recorded beside seed and device."""
     from hardened_model.contracts import TRAINING_SECTIONS
     from hardened_model.provenance import PROVENANCE_NAME, build_statement
     from hardened_model.spec import spec_digest, to_wire
@@ -267,6 +286,7 @@ def write_provenance(model_dir: pathlib.Path, *, cfg, ds, device: str, started: 
         initial_weights={"uri": iw.uri, "sha256": iw.sha256} if iw else None,
         seed=cfg.spec.training.seed, device=device, invocation_id=os.environ.get(POD_ENV) or None,
         started=started, finished=_now())
+    statement["predicate"]["buildDefinition"]["internalParameters"].update(world or {})
     (model_dir / PROVENANCE_NAME).write_text(json.dumps(statement, indent=2, sort_keys=True) + "\n")
 
 
@@ -286,45 +306,70 @@ def _termination_message(path: str, payload: dict) -> None:
         pass
 
 
+def _error_message(path: str, payload: dict, at: dict) -> None:
+    """An error's termination message, naming the rank (``at``) in a world of ranks. There the first rank to
+    fail writes it and the others leave it: they fail after it, when their collectives lose that rank, and one
+    pod may run every rank on one termination log."""
+    try:
+        if at and os.path.getsize(path) > 0:
+            return
+    except OSError:
+        pass
+    _termination_message(path, {**payload, **at})
+
+
 def main(argv: list[str] | None = None) -> int:
     from hardened_model.architectures import ArchitectureError
     from hardened_model.artifacts import StoreError
     from hardened_model.signing import SigningError
 
+    from . import distributed
     from .config import ConfigError, load_config
     from .data import DataError
+    from .distributed import CheckpointError
     from .train import PrivacyError, json_log
 
     args = get_args_parser().parse_args(argv)
     warnings.filterwarnings("ignore", module=r"opacus\..*")
     warnings.filterwarnings("ignore", message=r".*[Ff]ull backward hook.*")
+    at = distributed.rank_fields()  # {"rank": N} in a world of ranks: which one failed
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         for field, msg in exc.problems:
-            json_log("error", stage="config", field=field, message=msg)
-        _termination_message(args.termination_log, {"stage": "config", "reason": "BadConfig", "message": str(exc)})
+            json_log("error", stage="config", field=field, message=msg, **at)
+        _error_message(args.termination_log, {"stage": "config", "reason": "BadConfig", "message": str(exc)}, at)
         return EXIT_BAD_CONFIG
     try:
-        code, summary = run(cfg, log=json_log)
-    except (DataError, SigningError, StoreError, ArchitectureError, PrivacyError) as exc:
-        stage = {DataError: "data", SigningError: "signing", StoreError: "upload",
-                 ArchitectureError: "model", PrivacyError: "privacy"}[type(exc)]
-        json_log("error", stage=stage, message=str(exc))
-        _termination_message(args.termination_log, {"stage": stage, "reason": f"{stage.title()}Error",
-                                                    "message": str(exc)})
+        device = distributed.init(cfg.device)
+        log = json_log if distributed.rank() == 0 else _quiet  # one copy of each event, rank 0's
+        code, summary = run(cfg, log=log, device=device, checkpoint_dir=args.checkpoint_dir)
+    except (DataError, SigningError, StoreError, ArchitectureError, PrivacyError, CheckpointError) as exc:
+        stage = {DataError: "data", SigningError: "signing", StoreError: "upload", ArchitectureError: "model",
+                 PrivacyError: "privacy", CheckpointError: "checkpoint"}[type(exc)]
+        json_log("error", stage=stage, message=str(exc), **at)
+        _error_message(args.termination_log, {"stage": stage, "reason": f"{stage.title()}Error",
+                                              "message": str(exc)}, at)
         return EXIT_BAD_CONFIG if stage != "upload" else EXIT_CRASH
     except Exception as exc:  # noqa: BLE001 - report any crash as one JSON line, then a distinct exit code
-        json_log("error", stage="training", message=f"{type(exc).__name__}: {exc}")
-        _termination_message(args.termination_log, {"stage": "training", "reason": "Crash",
-                                                    "message": f"{type(exc).__name__}: {exc}"})
+        json_log("error", stage="training", message=f"{type(exc).__name__}: {exc}", **at)
+        _error_message(args.termination_log, {"stage": "training", "reason": "Crash",
+                                              "message": f"{type(exc).__name__}: {exc}"}, at)
         if os.environ.get("HARDENED_DEBUG"):
             raise
         return EXIT_CRASH
-    _termination_message(args.termination_log, {k: summary[k] for k in
-                                                ("gatesPassed", "metrics", "digest", "uri", "versionIds",
-                                                 "dataDigest", "trainerImage")})
+    finally:
+        distributed.teardown()
+    if summary:  # rank 0's; the other ranks leave the termination log to it (one pod may hold them all)
+        _termination_message(args.termination_log, {k: summary[k] for k in
+                                                    ("gatesPassed", "metrics", "digest", "uri", "versionIds",
+                                                     "dataDigest", "trainerImage", "resumedFromEpoch")
+                                                    if k in summary})
     return code
+
+
+def _quiet(*_, **__) -> None:
+    pass
 
 
 if __name__ == "__main__":

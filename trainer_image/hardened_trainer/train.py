@@ -20,6 +20,9 @@ it), Opacus' ``ghost`` clipping (a second backward pass), or Opacus' per-sample 
 does the sampling, the noise and the accounting (its DPOptimizerFastGradientClipping adds noise to the clipped
 sum the fast clipper leaves in ``p.grad``, as after ghost clipping). docs/benchmarks.md has the cost of each;
 tests/trainer/test_clipping.py and test_train.py check that they compute the same update.
+
+Under torchrun (WORLD_SIZE > 1) each rank trains on its shard, clipping its own examples, and one all-reduce per
+step joins the clipped sums (hardened_trainer.distributed says how, and why ε stays the single-process one).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from hardened_model.spec import HardenedModelSpec
 
-from . import attacks
+from . import attacks, distributed
 from hardened_model.networks import build_model
 
 
@@ -140,6 +143,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     clipping: str | None = None      # how per-sample gradients were clipped (DP-SGD): fast | ghost | hooks
+    steps: int = 0                   # optimizer steps taken (the accountant's, under DP-SGD)
+    resumed_from_epoch: int | None = None  # the checkpoint's epoch this run continued from
 
 
 def eps_step_for(eps: float, eps_step: float | None, max_iter: int) -> float:
@@ -204,6 +209,7 @@ class TrainingRun:
     order in which it draws random numbers (model initialization, then Opacus' sampler and noise) fixed, and
     a seed's weights with it."""
     net: nn.Module                   # what the batches go through: the module, or Opacus' GradSampleModule
+                                     # (in a world of ranks around DDP, or Opacus' DPDDP)
     module: nn.Module                # the plain module (inside the GradSampleModule under DP-SGD)
     model_args: dict                 # build_model's keyword arguments, to rebuild the plain architecture
     optimizer: torch.optim.Optimizer
@@ -218,6 +224,7 @@ class TrainingRun:
     noise_multiplier: float | None = None
     clipping: str | None = None
     copies: int = 1                  # augmentation multiplicity
+    steps: int = 0                   # optimizer steps so far (a checkpoint keeps them)
 
     @property
     def hook_owners(self) -> tuple:
@@ -264,7 +271,8 @@ def _make_private(run: TrainingRun, spec: HardenedModelSpec, weights: torch.Tens
     noise_gen = torch.Generator(device=device)
     noise_gen.manual_seed(t.seed + 1)
     # fast clipping takes Opacus' ghost-clipping optimizer (noise on p.grad, then scaling), loader and
-    # accountant, and replaces only the two backward passes
+    # accountant, and replaces only the two backward passes; in a world of ranks run.net is Opacus' DPDDP,
+    # which makes it pick its distributed optimizers (hardened_trainer.distributed)
     try:
         private = run.engine.make_private_with_epsilon(
             module=run.net, optimizer=run.optimizer, data_loader=run.loader, criterion=run.criterion,
@@ -289,7 +297,9 @@ def _make_private(run: TrainingRun, spec: HardenedModelSpec, weights: torch.Tens
     else:  # ghost clipping also wraps the loss (it runs the second backward)
         run.net, run.optimizer, run.criterion, run.loader = private
     run.noise_multiplier = float(run.optimizer.noise_multiplier)
-    run.module = run.net._module  # the plain module inside the GradSampleModule
+    run.module = distributed.unwrap(run.net._module)  # the plain module inside the GradSampleModule (and DPDDP)
+    if distributed.world_size() > 1:  # Opacus' distributed sampler skips empty batches: ours steps through them
+        run.loader = distributed.poisson_loader(run.loader, generator=run.generator)
     if run.clipping == "fast":
         from .clipping import FastClipping
 
@@ -334,6 +344,8 @@ def build_run(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray,
     run = TrainingRun(net=model, module=model, model_args=margs, optimizer=optimizer, criterion=criterion,
                       loader=loader, generator=gen, device=device, reach=_reach(spec, x_train, device),
                       copies=t.augmentation.multiplicity if t.augmentation is not None else 1)
+    if distributed.world_size() > 1:
+        distributed.prepare(run, spec)
     if t.privacy.enabled:
         _make_private(run, spec, weights, log=log)
     run.average = WeightAverage(run.module, t.ema_decay) if t.ema_decay else None
@@ -356,38 +368,49 @@ def _adversarial_batch(run: TrainingRun, adv, xb: torch.Tensor, yb: torch.Tensor
     return torch.cat([x_adv, xb[n_adv:]])
 
 
-def train_one_epoch(run: TrainingRun, spec: HardenedModelSpec, *, epoch: int, start: float) -> dict:
-    """One pass over the loader; the epoch's record (loss, accuracy, epsilon so far, seconds since ``start``).
-    FloatingPointError naming spec.training.learningRate when the loss is no longer finite."""
+def train_step(run: TrainingRun, spec: HardenedModelSpec, xb: torch.Tensor, yb: torch.Tensor) -> tuple:
+    """One optimizer step on one (local) batch, empty or not; (rows, summed loss, correct) of the batch."""
     t, device, aug = spec.training, run.device, spec.training.augmentation
+    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+    if aug is not None:  # K copies of each example side by side, each randomly shifted (and flipped)
+        if run.copies > 1:
+            xb, yb = xb.repeat_interleave(run.copies, 0), yb.repeat_interleave(run.copies, 0)
+        xb = augment(xb, shift=aug.shift, flip=aug.flip, generator=run.generator)
+    xb = _adversarial_batch(run, t.adversarial, xb, yb)
+    run.optimizer.zero_grad(set_to_none=True)
+    out = run.net(xb)
+    if run.fast is not None:
+        losses = run.criterion(out, yb)
+        run.fast.backward(losses)  # the clipped sum in p.grad, in one backward pass
+        loss = losses.mean() if len(losses) else losses.sum()
+    else:
+        loss = run.criterion(out, yb)
+        loss.backward()  # ghost clipping: both backward passes happen here
+    run.optimizer.step()  # also for an empty Poisson batch: the accountant counts every step
+    run.steps += 1
+    if run.average is not None:
+        run.average.update(run.module)
+    return len(xb), float(loss.item()) * len(xb) if len(xb) else 0.0, int((out.argmax(1) == yb).sum())
+
+
+def train_one_epoch(run: TrainingRun, spec: HardenedModelSpec, *, epoch: int, start: float) -> dict:
+    """One pass over the loader; the epoch's record (loss, accuracy, epsilon so far, seconds since ``start``),
+    over every rank's batches in a world of ranks.
+    FloatingPointError naming spec.training.learningRate when the loss is no longer finite."""
+    t = spec.training
     run.net.train()
     seen = correct = 0
     loss_sum = 0.0
     for xb, yb in run.loader:
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        if aug is not None:  # K copies of each example side by side, each randomly shifted (and flipped)
-            if run.copies > 1:
-                xb, yb = xb.repeat_interleave(run.copies, 0), yb.repeat_interleave(run.copies, 0)
-            xb = augment(xb, shift=aug.shift, flip=aug.flip, generator=run.generator)
-        xb = _adversarial_batch(run, t.adversarial, xb, yb)
-        run.optimizer.zero_grad(set_to_none=True)
-        out = run.net(xb)
-        if run.fast is not None:
-            losses = run.criterion(out, yb)
-            run.fast.backward(losses)  # the clipped sum in p.grad, in one backward pass
-            loss = losses.mean() if len(losses) else losses.sum()
-        else:
-            loss = run.criterion(out, yb)
-            loss.backward()  # ghost clipping: both backward passes happen here
-        run.optimizer.step()  # also for an empty Poisson batch: the accountant counts every step
-        if run.average is not None:
-            run.average.update(run.module)
-        seen += len(xb)
-        if len(xb):
-            loss_sum += float(loss.item()) * len(xb)
-        correct += int((out.argmax(1) == yb).sum())
+        rows, batch_loss, batch_correct = train_step(run, spec, xb, yb)
+        seen, loss_sum, correct = seen + rows, loss_sum + batch_loss, correct + batch_correct
+    if distributed.world_size() > 1:
+        seen, correct, loss_sum = distributed.sum_over_ranks([seen, correct, loss_sum])
+        seen, correct = int(seen), int(correct)
     asked = time.perf_counter()
     epsilon = float(run.engine.get_epsilon(t.privacy.target_delta)) if run.engine is not None else None
+    if distributed.world_size() > 1:
+        epsilon = distributed.agreed_epsilon(epsilon, run.steps)
     record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
               "epsilon": epsilon, "seconds": round(time.perf_counter() - start, 3)}
     if run.engine is not None:  # the accountant's answer takes a fixed ~0.2 s (PRV), whatever the model
@@ -415,19 +438,33 @@ def export(run: TrainingRun, spec: HardenedModelSpec, history: list[dict], *, st
     plain.eval()
     return TrainResult(model=plain, epsilon=history[-1]["epsilon"] if history else None,
                        noise_multiplier=run.noise_multiplier, history=history,
-                       seconds=time.perf_counter() - start, clipping=run.clipping)
+                       seconds=time.perf_counter() - start, clipping=run.clipping, steps=run.steps)
 
 
 def train(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray, *, device: torch.device,
-          log: Callable[..., None] = json_log, initial: dict | None = None) -> TrainResult:
+          log: Callable[..., None] = json_log, initial: dict | None = None,
+          checkpoint_dir: str | None = None) -> TrainResult:
     """``initial``: checked tensors of model.initialWeights (hardened_trainer.weights), loaded before training.
+    ``checkpoint_dir``: a checkpoint at the end of every epoch, and the run resumed from the one there
+    (hardened_trainer.distributed). In a world of ranks every rank calls it and gets the same model.
 
     Set-up, epochs, export, as torchvision's references/classification/train.py reads."""
     run = build_run(spec, x_train, y_train, device=device, log=log, initial=initial)
-    history = []
+    history, done = [], 0
     start = time.perf_counter()
-    for epoch in range(1, spec.training.epochs + 1):
+    if checkpoint_dir is not None:
+        digest = distributed.run_digest(spec, x_train, y_train)
+        resumed = distributed.load_checkpoint(run, checkpoint_dir, digest=digest)
+        if resumed is not None:
+            history, done = resumed.history, resumed.epoch
+            log("resumed", epoch=done, steps=run.steps, checkpointDir=str(checkpoint_dir))
+    for epoch in range(done + 1, spec.training.epochs + 1):
         record = train_one_epoch(run, spec, epoch=epoch, start=start)
         history.append(record)
         log("epoch", **record)
-    return export(run, spec, history, start=start)
+        if checkpoint_dir is not None:
+            path = distributed.save_checkpoint(run, checkpoint_dir, digest=digest, epoch=epoch, history=history)
+            log("checkpoint", epoch=epoch, steps=run.steps, path=str(path))
+    result = export(run, spec, history, start=start)
+    result.resumed_from_epoch = done or None
+    return result
