@@ -122,6 +122,7 @@ def local_layout(model: HardenedModel, paths: Paths, ports: dict[str, int] | Non
         client_ca=str(paths.secret(tls.client_ca_secret, "ca.crt")) if tls and tls.client_ca_secret else None,
         trainer_termination_log=str(home / "train.result.json"), verify_termination_log=None, cpu_threads=None,
         rendezvous_host=None, node_rank=None,  # every rank of training.distributed runs on this machine
+        checkpoint_dir=str(home / "checkpoints" / training_version(s)),  # a rerun of `up` resumes
         host="127.0.0.1", public_host="127.0.0.1", metrics_host="127.0.0.1",
         **{f: (ports or {}).get(f, 0) for f in PORT_FIELDS})
 

@@ -46,6 +46,10 @@ class TrainingStatus(_Status):
     image_id: str | None = Field(default=None, alias="imageID",
                                  description="The trainer container's image ID as the kubelet reported it.")
     data_digest: str | None = Field(default=None, description="sha256 of the training data the trainer read.")
+    resumed_from_epoch: int | None = Field(
+        default=None, ge=0, description="The run resumed from its checkpoint of this epoch (a retried pod): the "
+                                        "privacy accountant kept every step taken before.")
+    world_size: int | None = Field(default=None, ge=1, description="Ranks of a training.distributed run.")
 
 
 class MetricsStatus(_Status):
@@ -279,7 +283,9 @@ def training_condition(training: JobState, *, job_name: str, report: dict | None
     says that its pod failed. ``failures``: a distributed run's failed pods (kube.failed_ranks), each named
     with its node and rank and what it said, first failure first: that one is the cause."""
     if training.state == "succeeded":
-        return Cond("True", "Succeeded", f"training Job {job_name} completed")
+        resumed = (report or {}).get("resumedFromEpoch")
+        return Cond("True", "Succeeded", f"training Job {job_name} completed" + (
+            f" (resumed from its checkpoint of epoch {resumed})" if resumed is not None else ""))
     if training.reason == "NotStarted":  # a HardenedModelPolicy refuses the spec
         return Cond("Unknown", "NotStarted", f"training Job {job_name} {training.message}")
     if training.state == "failed":
@@ -407,7 +413,8 @@ def training_status(job: dict | None, *, job_name: str, config_digest: str, imag
     times = (job or {}).get("status") or {}
     return {"jobName": job_name, "configDigest": config_digest, "startTime": times.get("startTime"),
             "completionTime": times.get("completionTime"), "imageID": image_id,
-            "dataDigest": (report or {}).get("dataDigest")}
+            "dataDigest": (report or {}).get("dataDigest"), "resumedFromEpoch": (report or {}).get("resumedFromEpoch"),
+            "worldSize": (report or {}).get("worldSize")}
 
 
 def metrics_status(report: dict | None) -> dict | None:

@@ -49,7 +49,8 @@ SPECS = dict([(p.stem, example(p.stem)) for p in EXAMPLES] + [
 # both Layouts have the field.
 # training.distributed: the cluster's pods meet at node 0, `up` runs every rank here (test_the_world_is_the_same...)
 LAUNCH = ("--standalone", "--nnodes", "--nproc-per-node", "--node-rank", "--master-addr", "--master-port")
-LAYOUT_SWITCHED = {"trainer": {"trainer_termination_log": ("--termination-log",), "rendezvous_host": LAUNCH},
+LAYOUT_SWITCHED = {"trainer": {"trainer_termination_log": ("--termination-log",), "rendezvous_host": LAUNCH,
+                               "checkpoint_dir": ("--checkpoint-dir",)},
                    "verify": {"verify_termination_log": ("--termination-log",),
                               "artifact_uri": ("--uri", "--region", "--endpoint", "--version-ids")},
                    "model": {"cpu_threads": ("--cpu-threads",)}}

@@ -553,3 +553,25 @@ def test_gpu_ranks_in_one_pod_get_a_shared_memory_volume():
     pod = build_training_job(parse_manifest(doc))["spec"]["template"]["spec"]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in pod["volumes"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_the_trainer_checkpoints_beside_the_version_on_a_volume_store_only():
+    """A retried training pod resumes from the checkpoint (the accountant keeps every step taken), so it must
+    outlive the pod: on a pvc:// store it lies beside the version folder; an s3:// store's pods keep nothing."""
+    from hardened_operator.manifests.objects import version_location
+
+    m = model()
+    args = build_training_job(m)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--checkpoint-dir") + 1] == version_location(m)[1] + ".checkpoint"
+    s3 = build_training_job(model("eks-s3-irsa"))["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--checkpoint-dir" not in s3
+
+
+def test_status_says_a_run_resumed_and_its_world():
+    from hardened_operator.status import JobState, training_condition, training_status
+
+    report = {"resumedFromEpoch": 3, "worldSize": 2, "dataDigest": "d" * 64}
+    assert training_condition(JobState("succeeded", "Completed", "completed"), job_name="j", report=report) == (
+        "True", "Succeeded", "training Job j completed (resumed from its checkpoint of epoch 3)")
+    st = training_status(None, job_name="j", config_digest="v", image_id=None, report=report)
+    assert (st["resumedFromEpoch"], st["worldSize"]) == (3, 2)

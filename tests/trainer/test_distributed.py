@@ -381,6 +381,7 @@ def test_torchrun_interrupted_after_an_epoch_resumes_to_the_uninterrupted_result
     assert [e["steps"] for e in resumed if e["event"] == "checkpoint"] == steps[1:]  # the same step count
     [again] = [e for e in resumed if e["event"] == "result"]
     assert again["resumedFromEpoch"] == 1 and term["resumedFromEpoch"] == 1
+    assert again["worldSize"] == 2 and not (tmp_path / "resumed").exists()  # signed: the checkpoint is gone
     assert abs(again["metrics"]["epsilon"] - result["metrics"]["epsilon"]) <= 1e-9
     again_weights = load_file(tmp_path / "out/model/model.safetensors")
     assert all(torch.equal(again_weights[k], weights[k]) for k in weights)  # and the very same weights

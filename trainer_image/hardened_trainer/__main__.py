@@ -251,6 +251,12 @@ def run(cfg, *, log, device=None, checkpoint_dir: str | None = None) -> tuple[in
                "seconds": round(time.perf_counter() - t0, 2)}
     if result.resumed_from_epoch is not None:
         summary["resumedFromEpoch"] = result.resumed_from_epoch
+    if world:  # the operator shows it in status.training
+        summary["worldSize"] = world["worldSize"]
+    if checkpoint_dir:  # the model is signed and stored: the unsigned weights beside it have no further use
+        import shutil
+
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     log("result", **summary)
     return (EXIT_OK if passed else EXIT_GATES_FAILED), summary
 

@@ -44,6 +44,9 @@ class Layout:
     # processesPerNode here)
     rendezvous_host: str | None
     node_rank: str | None
+    # where the trainer checkpoints every epoch, so a retried pod resumes (and ε counts every step taken);
+    # None where nothing outlives the pod (an s3:// store's pods keep nothing)
+    checkpoint_dir: str | None
     host: str                        # the model server and validation sidecar listen here, and are called here
     public_host: str                 # the rate-limit sidecar, the only door
     metrics_host: str                # every admin port (/metrics, /healthz, /readyz)
@@ -121,6 +124,8 @@ def trainer(model: HardenedModel, layout: Layout) -> list[str]:
     args = ["--config", layout.trainer_config]
     if layout.trainer_termination_log:
         args += ["--termination-log", layout.trainer_termination_log]
+    if layout.checkpoint_dir:
+        args += ["--checkpoint-dir", layout.checkpoint_dir]
     shape = world(model)
     if shape is None:
         return [*layout.trainer, *args]

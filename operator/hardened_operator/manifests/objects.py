@@ -178,6 +178,8 @@ def cluster_layout(model: HardenedModel, version: str | None = None) -> Layout:
         cpu_threads="$(CPU_REQUEST)",
         # pods meet at node 0 of the Indexed Job (jobs.build_training_service: its DNS name), ranked by index
         **_rendezvous(model),
+        # beside the version folder on the store's volume: a retried training pod resumes from it
+        checkpoint_dir=f"{local}.checkpoint" if local else None,
         # Only the rate-limit sidecar takes traffic from outside the pod; the validation sidecar and the model
         # server listen on 127.0.0.1, so nothing reaches them around the key check. The kubelet probes the pod
         # IP, so every container's admin port (metrics, /healthz, /readyz) listens on all addresses; the
