@@ -3,7 +3,8 @@
 Device selection as the trainer does it (hardened_trainer.train.select_device("auto"): CUDA when torch sees
 a GPU), batches copied from pinned memory, the fast clipper and Opacus' optimizer on the device, then one
 evaluation through ART (PyTorchClassifier's device_type follows torch.cuda.is_available()) and the
-membership-inference attack on the trained model. Without a GPU it says so and runs the same on the CPU.
+membership-inference attack on the trained model; with several GPUs, distributed_scaling.py's table at world
+size 1 and the GPU count (nccl). Without a GPU it says so and runs the same on the CPU.
 
     .venv/bin/python benchmarks/gpu_check.py [--only cnn-28x28] [--smoke]
 """
@@ -58,6 +59,15 @@ def main():
     print(describe(device), flush=True)
     table(args.only, device, smoke=args.smoke)
     evaluation_on(device, smoke=args.smoke)
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if gpus > 1:  # distributed_scaling.py's table, one rank per GPU (nccl)
+        from distributed_scaling import table as scaling
+
+        print(f"\ndata-parallel training, world 1 and {gpus} (one rank per GPU):")
+        scaling((1, gpus), smoke=args.smoke, device="cuda")
+    else:
+        print(f"\ndata-parallel training: {gpus} GPU(s), no multi-GPU table (benchmarks/distributed_scaling.py "
+              "measures the CPU one)")
 
 
 if __name__ == "__main__":

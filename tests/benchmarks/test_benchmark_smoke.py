@@ -36,6 +36,7 @@ def needs(*programs: str):
     ("dp_overhead.py", (), ["cnn-28x28: ", "cnn-8x8: ", "tabular-mlp: ", "non-private", "DP-SGD fast (default)",
                             "DP-SGD ghost", "DP-SGD hooks"]),
     ("adv_throughput.py", (), ["ours (torch PGD-10)", "ART AdversarialTrainerMadryPGD", "speed-up: "]),
+    ("distributed_scaling.py", (), ["world 1 ex/s", "world 2 ex/s", "plain ", "DP-SGD ", "PGD + DP-SGD "]),
     # dp_overhead.py's smoke covers the other two models' table; on the CPU it must say there is no GPU
     ("gpu_check.py", ("--only", "cnn-8x8"), ["cnn-8x8: ", "DP-SGD hooks", "adversarial + DP-SGD cnn-28x28",
                                              "MIA AUC"]),
