@@ -184,7 +184,7 @@ async def on_policy(type, body, logger, hardened_models: kopf.Index, **_):
     if type is None:
         return
     from hardened_operator.kube import Kube
-    from hardened_operator.reconcile import models_a_policy_concerns
+    from hardened_operator.policies import models_a_policy_concerns
 
     models = {ns: list(store) for ns, store in hardened_models.items()}
     loop = asyncio.get_running_loop()

@@ -25,16 +25,17 @@ from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 
-from . import countersigning
+from . import countersigning, records
+from .policies import observe_policies
 from .manifests import jobs, monitoring, objects
 from hardened_model.countersign import PlatformKey
 from hardened_model.contracts import training_version
-from hardened_model.policy import (HardenedModelPolicy, countersignature_refusals, parse_policy, selects,
-                                   trusted_public_keys, violations)
+from hardened_model.policy import (HardenedModelPolicy, countersignature_refusals, selects, trusted_public_keys,
+                                   violations)
 from hardened_model.signing import generate_key_pem
 from hardened_model.gates import check_gates
 from hardened_model.spec import IMAGE, GatesSection, HardenedModel, SpecError, parse_manifest, to_wire
-from .status import (PHASES, POLICY_KIND, Cond, JobState, ServingTarget, artifact_status, build_status,
+from .status import (PHASES, Cond, JobState, ServingTarget, artifact_status, build_status,
                      current_phase, is_verified, job_state, last_failure, metrics_status, pod_problems,
                      policy_condition, ready_condition, serving_condition, serving_status, training_condition,
                      training_status, verification_conditions)
@@ -52,6 +53,9 @@ class Observed:
     train_node: str | None = None               # the node that pod ran on (spec.nodeName)
     verify_job: dict | None = None
     verify_message: dict | None = None
+    # the reports came from the version's record, not its Jobs' pods (gone): trusted for status and release,
+    # never countersigned (records.py)
+    verify_from_record: bool = False
     deployment: dict | None = None
     serving_pods: list[dict] = field(default_factory=list)
     monitoring_crds: bool = False
@@ -221,6 +225,10 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
         ensure.append(jobs.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate,
                                             verifier_image=verifier_image, observed_trainer=observed_trainer(obs),
                                             trusted_keys=trusted))
+    record = records.build(model, train_message=obs.train_message, observed_trainer=observed_trainer(obs),
+                           verify_message=obs.verify_message if obs.verify_job is not None else None)
+    if record is not None:  # kept as long as the model, whatever becomes of the Jobs' pods
+        ensure.append(record)
     if target is None:
         return ensure, None
     deployment = objects.build_deployment(model, digest=target.digest, version=target.version,
@@ -269,7 +277,8 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
     verified_report = report if is_verified(verification, report) else None
     uploaded_ids = uploaded_version_ids(obs.train_message)
     target = serving_target(obs.deployment, version, report if released else None, uploaded_ids)
-    target = countersigning.countersigned(target, model, obs.deployment, report if released else None,
+    target = countersigning.countersigned(target, model, obs.deployment,
+                                          report if released and not obs.verify_from_record else None,
                                           platform_key, now=now)
     ensure, desired_dep = ([], None) if refusals else desired_children(model, obs, training, target, uploaded_ids,
                                                                       verifier_image=verifier_image)
@@ -350,45 +359,10 @@ def observe(kube, model: HardenedModel) -> Observed:
         obs.train_image, obs.train_image_id, obs.train_node = ran.get("image"), ran.get("imageID"), ran.get("node")
     if obs.verify_job is not None and job_state(obs.verify_job)[0] in ("succeeded", "failed"):
         obs.verify_message = termination_message(job_pods(kube, ns, n.verify))
+    if obs.verify_job is not None and obs.verify_message is None:  # the pods are gone: the record remains
+        records.restore(obs, *records.read(kube.get("ConfigMap", ns, n.record), n.version))
     observe_policies(kube, model, obs)
     return obs
-
-
-def observe_policies(kube, model: HardenedModel, obs: Observed) -> None:
-    """Every HardenedModelPolicy and the labels of the model's Namespace, read on every pass: a policy or a
-    label may change at any time, and a cache could miss that (a policy's own event re-runs the models it
-    concerns, see handlers.on_policy, so a change takes effect at once)."""
-    namespace = kube.get("Namespace", None, model.metadata.namespace) or {}
-    obs.namespace_labels = dict((namespace.get("metadata") or {}).get("labels") or {})
-    for body in kube.list_cluster(POLICY_KIND):
-        try:
-            obs.policies.append(parse_policy(body))
-        except SpecError as exc:
-            name = (body.get("metadata") or {}).get("name", "?")
-            obs.unreadable_policies.append(f"{POLICY_KIND} {name}: spec: cannot be read ({exc}), so it refuses "
-                                           "every HardenedModel until it is fixed")
-
-
-def models_a_policy_concerns(kube, body: dict, models: dict[str, list[tuple[str, frozenset]]]) -> list[tuple[str, str]]:
-    """(namespace, name) of each model that a HardenedModelPolicy event (``body``: the policy as it is now, or
-    was when deleted) may concern: one in a namespace it selects, or one it governed at the model's last pass
-    (``models``: namespace -> (name, the policies named in its PolicyAllowed condition)), whose refusal must
-    lift when the selector narrows or the policy goes. A policy that cannot be parsed concerns every model (it
-    refuses them all, see policy_refusals)."""
-    name = (body.get("metadata") or {}).get("name")
-    try:
-        policy = parse_policy(body)
-    except SpecError:
-        policy = None
-    out = []
-    for ns, entries in sorted(models.items()):
-        if policy is None or policy.spec.namespace_selector is None:
-            selected = True
-        else:
-            labels = ((kube.get("Namespace", None, ns) or {}).get("metadata") or {}).get("labels") or {}
-            selected = selects(policy, labels)
-        out += [(ns, model) for model, governing in sorted(entries) if selected or name in governing]
-    return out
 
 
 def verifier_image() -> str:

@@ -1,7 +1,8 @@
 """examples/digits-distributed.yaml on the real cluster (issue 28): the chart's operator trains it over two pods
 (an Indexed Job of two, one rank each, meeting at pod 0 through the headless Service by its cluster DNS name),
 signs, verifies and serves the one model; then a rank's pod deleted mid-training fails the run at once (the
-Job's podFailurePolicy), status names the node, and the version already serving keeps serving.
+Job's podFailurePolicy), status names the pod, and the version already serving keeps serving. Between the
+two, the Jobs' pods are deleted and the operator restarted: the version's record (issue 29) keeps the status.
 
 The steps share one model and run in order. Requests are small (500m per training pod) so both fit the 2-CPU
 node beside the operator.
@@ -15,7 +16,7 @@ import time
 
 import pytest
 
-from cluster import KUBE_HOME, Cluster, wait
+from cluster import KUBE_HOME, OPERATOR_NS, Cluster, wait
 from hardened_model.signing import generate_key_pem
 from helpers import example
 
@@ -37,6 +38,12 @@ def cond(api: Cluster, type_: str) -> dict:
 def training_pods(api: Cluster, job: str) -> list[dict]:
     return [p for p in api.items("pods", NS, f"batch.kubernetes.io/job-name={job}")
             if not p["metadata"].get("deletionTimestamp")]
+
+
+def operator_pod(api: Cluster) -> dict | None:
+    pods = [p for p in api.items("pods", OPERATOR_NS, "app.kubernetes.io/name=hardened-model-operator")
+            if not p["metadata"].get("deletionTimestamp")]
+    return pods[0] if pods else None
 
 
 class Run:
@@ -104,6 +111,29 @@ def test_two_pods_train_one_model_that_is_verified_and_served(run: Run):
     recorded = json.dumps(provenance)
     assert '"worldSize": 2' in recorded, provenance  # the signed provenance says how it was trained
     print(f"e2e distributed: apply -> Ready {elapsed:.0f}s (2 pods x 1 rank, 500m each)")
+
+
+def test_the_version_record_outlives_the_jobs_pods_and_an_operator_restart(run: Run):
+    """Issue 29 point 1, on the real cluster: with every finished Job pod deleted (node rotation, pod GC) and
+    the operator restarted, the model is still Serving with the same conditions, and nothing trains again."""
+    api = run.api
+    before = status(api)
+    jobs = {j["metadata"]["name"] for j in api.items("jobs", NS, "hardened.dev/model=" + MODEL)}
+    api.kubectl("-n", NS, "delete", "pods", "-l", f"hardened.dev/model={MODEL},app.kubernetes.io/component in "
+                "(training,verification)", "--wait=true", timeout=120)
+    assert not api.items("pods", NS, f"hardened.dev/model={MODEL},app.kubernetes.io/component=training")
+    old = operator_pod(api)
+    api.kubectl("-n", OPERATOR_NS, "delete", "pod", old["metadata"]["name"], "--wait=false")
+    wait(lambda: (operator_pod(api) or {}).get("metadata", {}).get("name") not in (None, old["metadata"]["name"])
+         and any(c["type"] == "Ready" and c["status"] == "True"
+                 for c in operator_pod(api)["status"].get("conditions", [])), 180, "a new operator pod Ready")
+    time.sleep(5)  # it has resumed the model
+    after = status(api)
+    assert after["phase"] == "Serving", after
+    strip = lambda st: {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}  # noqa: E731
+    assert strip(after) == strip(before)
+    assert after["serving"]["servedDigest"] == before["serving"]["servedDigest"]
+    assert {j["metadata"]["name"] for j in api.items("jobs", NS, "hardened.dev/model=" + MODEL)} == jobs
 
 
 def test_a_rank_deleted_mid_training_fails_the_run_naming_it_and_the_old_version_keeps_serving(run: Run):

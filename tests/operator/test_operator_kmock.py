@@ -242,6 +242,34 @@ async def test_restart_mid_training_makes_no_second_job(k8s):
         await to_serving(k8s, doc)
 
 
+async def test_the_version_record_outlives_the_jobs_pods_and_a_restart(k8s):
+    """Issue 29 point 1: the reports lived only in the finished Jobs' pods; node rotation or pod GC removed
+    them and the serving model turned to SignatureVerified False. The operator keeps them in the version's
+    record (a ConfigMap it owns); with every Job pod gone and the operator restarted, the status is the same
+    and nothing trains again."""
+    doc = manifest()
+    n = job_names(doc)
+    await create_signing_secret(k8s)
+    async with runner():
+        await create_model(k8s, doc)
+        await to_serving(k8s, doc)
+        assert await wait_for(lambda: alive(k8s.objects, ("v1/configmaps", NS, n.record)))
+        serving = status(k8s)
+    record = get(k8s.objects, ("v1/configmaps", NS, n.record))
+    assert record["metadata"]["ownerReferences"][0]["uid"] == get(k8s.objects, HM)["metadata"]["uid"]
+    assert json.loads(record["data"]["verification.json"])["digest"] == DIGEST
+    assert json.loads(record["data"]["training.json"])["report"] == {"gatesPassed": True, "digest": DIGEST}
+    for job in (n.train, n.verify):  # the kubelet's pods go: node rotation, GC, kubectl delete pod
+        assert (await k8s.delete(f"/api/v1/namespaces/{NS}/pods/{job}-x1")).status == 200
+    jobs_before = job_creates(k8s)
+    async with runner():  # restarted with every Job pod gone
+        await asyncio.sleep(2)
+        assert status(k8s)["phase"] == "Serving", status(k8s)
+        assert status(k8s)["conditions"] == serving["conditions"]  # not one condition moved
+        assert job_creates(k8s) == jobs_before
+        assert status(k8s)["metrics"] == serving["metrics"] and status(k8s)["artifact"] == serving["artifact"]
+
+
 async def train_new_version(k8s) -> dict:
     """While the first version serves, a training change: the new version's Jobs run; the verify Job is left
     for the caller to complete. Returns the new version's names."""

@@ -536,7 +536,7 @@ def test_a_policy_the_operator_cannot_read_refuses_every_model():
 
 
 def test_a_policy_event_concerns_the_models_it_selects_or_governed():
-    from hardened_operator.reconcile import models_a_policy_concerns
+    from hardened_operator.policies import models_a_policy_concerns
 
     kube = PolicyKube([], {"ml": {"tenant": "ml"}, "web": {"tenant": "web"}, "ops": {}})
     models = {"ml": [("a", frozenset()), ("b", frozenset({"other"}))], "web": [("c", frozenset({"strict"}))],
@@ -664,3 +664,37 @@ def test_a_run_over_several_pods_gets_its_headless_service_before_the_job():
     assert kinds(d) == ["NetworkPolicy", "ConfigMap", "Service", "Job"]
     service, job_ = d.ensure[2], d.ensure[3]
     assert job_["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
+
+
+def test_a_verified_version_is_recorded_and_a_record_is_never_countersigned():
+    """Issue 29 point 1: the reports go into the version's record once verification reported; a report read
+    back from a record (its pods gone) releases and reports as the pods' did, but the platform signs only what
+    its verifier said in this pass: an edited record must not become a countersigned version."""
+    from hardened_model.countersign import PlatformKey
+    from hardened_model.signing import generate_key_pem
+    from hardened_operator import records
+
+    m = model(serving={"replicas": 1})
+    n = objects.names(m)
+    obs = Observed(train_job=job("Complete"), train_message={"gatesPassed": True}, verify_job=job("Complete"),
+                   verify_message=VERIFIED, train_image=m.spec.training.image, train_image_id="x@sha256:" + "e" * 64)
+    d = decide(m, obs, {}, now=NOW)
+    [record] = [o for o in d.ensure if o["kind"] == "ConfigMap" and o["metadata"]["name"] == n.record]
+    training, verification = records.read(record, n.version)
+    assert verification == VERIFIED and training["report"] == {"gatesPassed": True}
+    assert training["observedTrainer"] == {"image": m.spec.training.image, "imageID": "x@sha256:" + "e" * 64}
+    assert records.read(record, "another-version") == (None, None)
+
+    gone = Observed(train_job=job("Complete"), verify_job=job("Complete"))  # every Job pod gone
+    records.restore(gone, training, verification)
+    assert gone.verify_from_record and gone.train_image == m.spec.training.image
+    again = decide(m, gone, {}, now=NOW)
+    assert again.status["conditions"] == d.status["conditions"]
+    key = PlatformKey.from_pem(generate_key_pem()[0])
+    fresh = decide(m, obs, {}, now=NOW, platform_key=key)
+    restored = decide(m, gone, {}, now=NOW, platform_key=key)
+    init = [o for o in fresh.ensure if o["kind"] == "Deployment"][0]["spec"]["template"]["spec"]["initContainers"][0]
+    assert "--countersignature" in init["args"]
+    init = [o for o in restored.ensure if o["kind"] == "Deployment"][0]["spec"]["template"]["spec"][
+        "initContainers"][0]
+    assert "--countersignature" not in init["args"]

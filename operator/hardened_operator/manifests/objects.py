@@ -57,12 +57,14 @@ class Names:
     signing_secret: str
     api_keys_secret: str
     version: str
+    record: str  # the version's durable record (records.py)
 
 
 def names(model: HardenedModel) -> Names:
     n, v = model.metadata.name, training_version(model.spec)
     return Names(train=f"{n}-train-{v}", verify=f"{n}-verify-{v}", serving=n, serving_config=f"{n}-serving",
-                 signing_secret=f"{n}-signing", api_keys_secret=f"{n}-api-keys", version=v)
+                 signing_secret=f"{n}-signing", api_keys_secret=f"{n}-api-keys", version=v,
+                 record=f"{n}-version-{v}")
 
 
 def labels(model: HardenedModel, component: str) -> dict[str, str]:
