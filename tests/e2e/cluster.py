@@ -309,3 +309,43 @@ def wait_for_admission(cluster: Cluster, namespace: str = OPERATOR_NS, timeout: 
     except AssertionError:
         raise AssertionError(f"timed out after {timeout:.0f}s: a server dry run of digits-demo in {namespace} "
                              f"still fails: {last[0] if last else ''}") from None
+
+
+def operator_pod(api: Cluster) -> dict | None:
+    """The chart's operator pod that is not being deleted, if any."""
+    pods = [p for p in api.items("pods", OPERATOR_NS, "app.kubernetes.io/name=hardened-model-operator")
+            if not p["metadata"].get("deletionTimestamp")]
+    return pods[0] if pods else None
+
+
+def restart_operator(api: Cluster, timeout: float = 180) -> None:
+    """Delete the operator's pod and wait until its replacement is Ready."""
+    old = operator_pod(api)
+    api.kubectl("-n", OPERATOR_NS, "delete", "pod", old["metadata"]["name"], "--wait=false")
+    wait(lambda: (operator_pod(api) or {}).get("metadata", {}).get("name") not in (None, old["metadata"]["name"])
+         and any(c["type"] == "Ready" and c["status"] == "True"
+                 for c in operator_pod(api)["status"].get("conditions", [])), timeout, "a new operator pod Ready")
+
+
+def hostpath_store(api: Cluster, namespace: str, pv: str, signing_secret: str) -> pathlib.Path:
+    """A namespace's pvc://hardened-models as a ReadWriteOnce hostPath volume (there is no provisioner here),
+    owned by the pods' uid 65532 (hostPath volumes get no fsGroup), and a signing key pair in
+    ``signing_secret``; the folder on this machine."""
+    from hardened_model.signing import generate_key_pem
+
+    store = KUBE_HOME / pv
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    os.chown(store, 65532, 65532)
+    api.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=true")
+    api.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                        "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(store)},
+                        "claimRef": {"namespace": namespace, "name": "hardened-models"}}})
+    private, public = generate_key_pem()
+    api.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "hardened-models"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv,
+                        "resources": {"requests": {"storage": "1Gi"}}}},
+              {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": signing_secret},
+               "stringData": {"private.pem": private, "public.pem": public}}, namespace=namespace)
+    return store

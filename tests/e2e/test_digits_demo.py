@@ -7,17 +7,15 @@ enforces the "restricted" Pod Security Standard, and the artifact store is a Rea
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import shutil
 import socket
 import time
 
 import numpy as np
 import pytest
 
-from cluster import KUBE_HOME, OPERATOR_NS, Cluster, wait
-from hardened_model.signing import MODEL_DIR_NAME, generate_key_pem
+from cluster import Cluster, hostpath_store, restart_operator, wait
+from hardened_model.signing import MODEL_DIR_NAME
 from helpers import TINY, example, http, infer_body, merge_patch
 
 NS = "e2e-demo"
@@ -34,12 +32,6 @@ def status(api: Cluster) -> dict:
 
 def cond(api: Cluster, type_: str) -> dict:
     return next((c for c in status(api).get("conditions", []) if c["type"] == type_), {})
-
-
-def operator_pod(api: Cluster) -> dict | None:
-    pods = [p for p in api.items("pods", OPERATOR_NS, "app.kubernetes.io/name=hardened-model-operator")
-            if not p["metadata"].get("deletionTimestamp")]
-    return pods[0] if pods else None
 
 
 class Demo:
@@ -88,23 +80,7 @@ def demo(cluster: Cluster, operator) -> Demo:
         pytest.skip("e2e: the digits-demo steps use the shared cluster's node (a hostPath volume, ctr, ClusterIPs)")
     api = cluster
     api.namespace(NS, **{"pod-security.kubernetes.io/enforce": "restricted"})
-    # A ReadWriteOnce volume for pvc://hardened-models: a hostPath PersistentVolume (no provisioner here),
-    # owned by the pods' uid 65532 (hostPath volumes get no fsGroup)
-    store = KUBE_HOME / "e2e-artifacts"
-    shutil.rmtree(store, ignore_errors=True)
-    store.mkdir(parents=True)
-    os.chown(store, 65532, 65532)
-    api.kubectl("delete", "pv", "e2e-demo-artifacts", "--ignore-not-found", "--wait=true")
-    api.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "e2e-demo-artifacts"},
-               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
-                        "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(store)},
-                        "claimRef": {"namespace": NS, "name": "hardened-models"}}})
-    private, public = generate_key_pem()
-    api.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "hardened-models"},
-               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": "e2e-demo-artifacts",
-                        "resources": {"requests": {"storage": "1Gi"}}}},
-              {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "digits-demo-signing"},
-               "stringData": {"private.pem": private, "public.pem": public}}, namespace=NS)
+    store = hostpath_store(api, NS, "e2e-demo-artifacts", "digits-demo-signing")
     yield Demo(api, operator, store)
     api.delete_namespace(NS)
     api.kubectl("delete", "pv", "e2e-demo-artifacts", "--ignore-not-found", "--wait=false", check=False)
@@ -124,11 +100,7 @@ def test_apply_to_ready_with_the_operator_restarted_mid_training(demo: Demo):
     wait(lambda: status(api).get("phase") == "Training", 30, "phase Training")
     before = {c["type"]: c for c in status(api)["conditions"]}
 
-    old = operator_pod(api)
-    api.kubectl("-n", OPERATOR_NS, "delete", "pod", old["metadata"]["name"], "--wait=false")
-    wait(lambda: (operator_pod(api) or {}).get("metadata", {}).get("name") not in (None, old["metadata"]["name"])
-         and any(c["type"] == "Ready" and c["status"] == "True"
-                 for c in operator_pod(api)["status"].get("conditions", [])), 120, "a new operator pod Ready")
+    restart_operator(api, timeout=120)
     time.sleep(3)  # it has resumed every model
     jobs = api.items("jobs", NS, TRAIN_SELECTOR)
     assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]

@@ -10,14 +10,11 @@ node beside the operator.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 
 import pytest
 
-from cluster import KUBE_HOME, OPERATOR_NS, Cluster, wait
-from hardened_model.signing import generate_key_pem
+from cluster import Cluster, hostpath_store, restart_operator, wait
 from helpers import example
 
 NS = "e2e-distributed"
@@ -40,12 +37,6 @@ def training_pods(api: Cluster, job: str) -> list[dict]:
             if not p["metadata"].get("deletionTimestamp")]
 
 
-def operator_pod(api: Cluster) -> dict | None:
-    pods = [p for p in api.items("pods", OPERATOR_NS, "app.kubernetes.io/name=hardened-model-operator")
-            if not p["metadata"].get("deletionTimestamp")]
-    return pods[0] if pods else None
-
-
 class Run:
     def __init__(self, api: Cluster, images: dict, store):
         self.api, self.images, self.store = api, images, store
@@ -63,21 +54,7 @@ def run(cluster: Cluster, operator) -> Run:
         pytest.skip("e2e: the distributed steps use the shared cluster's node (a hostPath volume)")
     api = cluster
     api.namespace(NS, **{"pod-security.kubernetes.io/enforce": "restricted"})
-    store = KUBE_HOME / "e2e-distributed-artifacts"
-    shutil.rmtree(store, ignore_errors=True)
-    store.mkdir(parents=True)
-    os.chown(store, 65532, 65532)
-    api.kubectl("delete", "pv", "e2e-distributed-artifacts", "--ignore-not-found", "--wait=true")
-    api.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "e2e-distributed-artifacts"},
-               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
-                        "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(store)},
-                        "claimRef": {"namespace": NS, "name": "hardened-models"}}})
-    private, public = generate_key_pem()
-    api.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "hardened-models"},
-               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
-                        "volumeName": "e2e-distributed-artifacts", "resources": {"requests": {"storage": "1Gi"}}}},
-              {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{MODEL}-signing"},
-               "stringData": {"private.pem": private, "public.pem": public}}, namespace=NS)
+    store = hostpath_store(api, NS, "e2e-distributed-artifacts", f"{MODEL}-signing")
     yield Run(api, operator, store)
     api.delete_namespace(NS)
     api.kubectl("delete", "pv", "e2e-distributed-artifacts", "--ignore-not-found", "--wait=false", check=False)
@@ -122,11 +99,7 @@ def test_the_version_record_outlives_the_jobs_pods_and_an_operator_restart(run: 
     api.kubectl("-n", NS, "delete", "pods", "-l", f"hardened.dev/model={MODEL},app.kubernetes.io/component in "
                 "(training,verification)", "--wait=true", timeout=120)
     assert not api.items("pods", NS, f"hardened.dev/model={MODEL},app.kubernetes.io/component=training")
-    old = operator_pod(api)
-    api.kubectl("-n", OPERATOR_NS, "delete", "pod", old["metadata"]["name"], "--wait=false")
-    wait(lambda: (operator_pod(api) or {}).get("metadata", {}).get("name") not in (None, old["metadata"]["name"])
-         and any(c["type"] == "Ready" and c["status"] == "True"
-                 for c in operator_pod(api)["status"].get("conditions", [])), 180, "a new operator pod Ready")
+    restart_operator(api)
     time.sleep(5)  # it has resumed the model
     after = status(api)
     assert after["phase"] == "Serving", after
