@@ -16,12 +16,14 @@ async def read_body(request: web.Request, limit: int, timeout: float = BODY_TIME
     more, 408 when the body trickles in too slowly (a slow-body client must not hold a handler forever)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds {limit}", field="body")
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        # Compressed requests are refused: a few kilobytes of gzip can inflate to gigabytes (a sponge/DoS
-        # input), and the size limit must hold for what is parsed. The servers run with auto_decompress off.
-        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not accepted; send the body uncompressed",
-                                   field="Content-Encoding")
+    for header in ("Content-Encoding", "Inference-Header-Content-Encoding"):
+        encoding = request.headers.get(header, "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # Compressed requests are refused (tritonclient's request_compression_algorithm, gzip or deflate, of
+            # a JSON or a binary body): a few kilobytes of gzip can inflate to gigabytes (a sponge/DoS input), and
+            # the size limit must hold for what is parsed. The servers run with auto_decompress off.
+            raise UnsupportedMediaType(f"{header} {encoding[:40]!r} is not accepted; send the body uncompressed",
+                                       field=header)
     if request.content.is_eof():  # the whole body came with the headers, the usual small request: no timer
         body = request.content.read_nowait()
         if len(body) > limit:

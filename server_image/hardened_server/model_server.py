@@ -30,7 +30,7 @@ from hardened_model.signing import TrustPolicy, verify_model
 from .errors import ModelNotReady, NotFound, error_middleware
 from .logs import log_fields
 from .metrics import METRICS, Timer
-from .protocol import dumps, parse_infer_request
+from .protocol import encode_response, parse_infer_request, select_outputs
 
 LOADED_FILES = ("model.json", "model.safetensors")
 
@@ -214,6 +214,10 @@ def build_app(model: LoadedModel, *, logger: logging.Logger, max_batch: int = 64
         if request.match_info["name"] != model.name:
             raise NotFound(f"model {request.match_info['name']!r} is not served here (serving {model.name!r})",
                            field="path")
+        version = request.match_info.get("version")
+        if version is not None and version != model.version:
+            raise NotFound(f"version {version!r} of {model.name!r} is not served here (serving {model.version!r})",
+                           field="path")
 
     async def live(_):
         return web.json_response({"live": True})
@@ -241,7 +245,10 @@ def build_app(model: LoadedModel, *, logger: logging.Logger, max_batch: int = 64
         check_name(request)
         if not state["ready"]:
             raise ModelNotReady("model is not ready")
-        req = parse_infer_request(await request.read(), input_shape=model.input_shape)
+        req = parse_infer_request(await request.read(), input_shape=model.input_shape,
+                                  header=request.headers.get("Inference-Header-Content-Length"), model=model.name,
+                                  version=model.version)
+        names, binary = select_outputs(req.envelope, ["probabilities", "label"])
         probs = await batcher.submit(req.x)
         top = probs.argmax(1)
         body = {"model_name": model.name, "model_version": model.version,
@@ -254,10 +261,11 @@ def build_app(model: LoadedModel, *, logger: logging.Logger, max_batch: int = 64
             body["id"] = req.id
         METRICS.requests.labels("model", "ok", "").inc()
         METRICS.latency.labels("model").observe(t.elapsed())
-        return web.Response(body=dumps(body), content_type="application/json")
+        out, headers = encode_response(body, names, binary)
+        return web.Response(body=out, headers=headers)
 
     async def server_metadata(_):
-        return web.json_response({"name": "hardened-model", "version": "0.1.0", "extensions": []})
+        return web.json_response({"name": "hardened-model", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
 
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
@@ -265,6 +273,9 @@ def build_app(model: LoadedModel, *, logger: logging.Logger, max_batch: int = 64
     app.router.add_get("/v2/models/{name}", metadata)
     app.router.add_get("/v2/models/{name}/ready", model_ready)
     app.router.add_post("/v2/models/{name}/infer", infer)
+    app.router.add_get("/v2/models/{name}/versions/{version}", metadata)
+    app.router.add_get("/v2/models/{name}/versions/{version}/ready", model_ready)
+    app.router.add_post("/v2/models/{name}/versions/{version}/infer", infer)
     return app
 
 

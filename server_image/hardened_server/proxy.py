@@ -155,9 +155,11 @@ class Upstream:
                     return 0
         return 0
 
-    async def forward(self, request: web.Request, body: bytes | None, extra_headers: dict | None = None
-                      ) -> tuple[int, dict, bytes]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
+    async def forward(self, request: web.Request, body: bytes | None, extra_headers: dict | None = None, *,
+                      drop: frozenset = frozenset()) -> tuple[int, dict, bytes]:
+        """``drop``: more (lower-case) header names not to copy from the request, as when ``body`` is not the
+        request's own and ``extra_headers`` describe it (header names compare without case, dict keys do not)."""
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP and k.lower() not in drop}
         headers.update(extra_headers or {})
         lines = [f"{request.method} {request.raw_path} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"),
                  self._host_header]

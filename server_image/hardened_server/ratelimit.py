@@ -36,6 +36,7 @@ from .metrics import METRICS, Timer
 from .proxy import Upstream
 
 CLIENT = web.RequestKey("client", str)  # the client id of an authenticated request
+_SET_HERE = frozenset({"x-client-id"})  # only this sidecar says who the client is (any case the client sends)
 QUOTA_SECONDS = {"day": 86400, "month": 30 * 86400}
 
 
@@ -286,12 +287,17 @@ def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys | None, *, l
         request[CLIENT] = who.client
         rate_headers = await limiter.admit(who)
         body = await read_body(request, max_body, body_timeout) if request.method == "POST" else None
-        status, headers, payload = await upstream.forward(request, body, {"X-Client-Id": who.client})
+        status, headers, payload = await upstream.forward(request, body, {"X-Client-Id": who.client},
+                                                          drop=_SET_HERE)
         METRICS.client_requests.labels(who.client).inc()
         METRICS.requests.labels("ratelimit", "forwarded", str(status)).inc()
         METRICS.latency.labels("ratelimit").observe(t.elapsed())
+        upstream_headers = {k.lower(): v for k, v in headers.items()}
+        binary = upstream_headers.get("inference-header-content-length")  # a binary response: its JSON's length
+        if binary is not None:
+            rate_headers = {**rate_headers, "Inference-Header-Content-Length": binary}
         return web.Response(status=status, body=payload, headers=rate_headers,
-                            content_type=headers.get("Content-Type", "application/json").split(";")[0])
+                            content_type=upstream_headers.get("content-type", "application/json").split(";")[0])
 
     async def health(request: web.Request) -> web.Response:
         """Probes reach health without a key; everything else needs one."""
@@ -303,6 +309,10 @@ def build_app(cfg: ServingConfig, upstream: Upstream, keys: ApiKeys | None, *, l
     app.router.add_post("/v2/models/{name}/infer", guarded)
     app.router.add_get("/v2/models/{name}", guarded)
     app.router.add_get("/v2/models/{name}/ready", guarded)
+    # tritonclient asks for a version in the path when given one (model_version="...")
+    app.router.add_post("/v2/models/{name}/versions/{version}/infer", guarded)
+    app.router.add_get("/v2/models/{name}/versions/{version}", guarded)
+    app.router.add_get("/v2/models/{name}/versions/{version}/ready", guarded)
     app.router.add_get("/v2", guarded)
     return app
 

@@ -21,7 +21,7 @@ import pathlib
 import numpy as np
 
 from .errors import InvalidInput
-from .protocol import InferRequest, Limits, loads, parse_envelope, parse_tensor
+from .protocol import InferRequest, Limits, decode_body, parse_envelope, parse_tensor
 
 NUMERIC_TYPES = {"FP32", "FP64", "INT32", "INT64"}
 
@@ -53,22 +53,26 @@ class TabularSchema:
         return cls(tab["features"], tolerance) if tab else None
 
     # ------------------------------------------------------------------ parse
-    def parse(self, body: bytes, limits: Limits) -> InferRequest:
+    def parse(self, body: bytes, limits: Limits, *, header: str | None = None, model: str | None = None,
+              version: str | None = None) -> InferRequest:
+        """``header``, ``model``, ``version``: as for protocol.parse_infer_request (binary tensors decode first)."""
         try:
-            doc = loads(body)
+            doc, head, binary = decode_body(body, header)
         except InvalidInput as exc:
-            self._name_the_constant(body, exc)
+            self._name_the_constant(body if header is None else b"", exc)
             raise
-        req_id, inputs = parse_envelope(doc, max_inputs=len(self.features))
+        env = parse_envelope(doc, max_inputs=len(self.features), model=model, version=version)
+        env.binary_input = binary
+        inputs = env.inputs
         if len(inputs) == 1 and isinstance(inputs[0], dict) and inputs[0].get("name") not in self.names:
             self._typed_cells(inputs[0])
-            x = parse_tensor(inputs[0], body, "inputs[0]", input_shape=[len(self.features)], limits=Limits(
+            x = parse_tensor(inputs[0], head, "inputs[0]", input_shape=[len(self.features)], limits=Limits(
                 max_batch_size=limits.max_batch_size)).astype(np.float64)
             for j, name in enumerate(self.names):
                 self._check(name, j, x[:, j], f"inputs[{name}]")
         else:
             x = self._named(inputs, limits)
-        return InferRequest(id=req_id, x=x.astype(np.float32))
+        return InferRequest(id=env.id, x=x.astype(np.float32), envelope=env)
 
     def _named(self, inputs: list, limits: Limits) -> np.ndarray:
         given = {}
@@ -100,6 +104,8 @@ class TabularSchema:
             elif shape[0] != batch:
                 raise InvalidInput(f"batch size {shape[0]} differs from the other features' {batch}", field=field)
             data = tensor.get("data")
+            if isinstance(data, np.ndarray):  # a binary tensor (binary.attach_inputs); its values go the same way
+                data = data.tolist()
             if not isinstance(data, list):
                 raise InvalidInput("data must be a list", field=field)
             flat = _flat(data)
@@ -135,7 +141,7 @@ class TabularSchema:
         """In the one-tensor form, a cell that is not a number (a string amount, a boolean, null) is named by
         its feature (its column), not only as somewhere in the data."""
         data = tensor.get("data")
-        if not isinstance(data, list):
+        if not isinstance(data, list):  # a binary tensor holds numbers only
             return
         flat = _flat(data)
         for i, v in enumerate(flat):

@@ -27,11 +27,14 @@ from .body import BODY_TIMEOUT_SECONDS, read_body
 from .errors import InvalidInput, NotFound, UpstreamError, error_middleware
 from .logs import log_fields
 from .metrics import METRICS, Timer
-from .protocol import Limits, dumps, encode_request, parse_infer_request
+from .protocol import Limits, encode_request, encode_response, parse_infer_request, select_outputs
 from .proxy import Upstream
 from .tabular import TabularSchema
 
 ABSTAIN = "abstain"
+BINARY_HEADER = "Inference-Header-Content-Length"
+# headers of the client's request that describe its body: the forwarded body is re-encoded, with its own
+_REENCODED = frozenset({"content-type", "inference-header-content-length"})
 
 
 class OodScorer:
@@ -105,24 +108,37 @@ def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
     app.on_startup.append(upstream.start)
     app.on_cleanup.append(upstream.close)
 
+    # what a response holds, in this order: the request may name a subset (outputs[].name)
+    served = ([] if cfg.output.mode == "label" else ["probabilities"]) + ["label"] + (
+        ["low_confidence"] if cfg.output.min_confidence > 0 else [])
+
     async def infer(request: web.Request) -> web.Response:
         t = Timer()
         if request.match_info["name"] != cfg.model.name:
             raise NotFound(f"model {request.match_info['name']!r} is not served here", field="path")
+        header = request.headers.get(BINARY_HEADER)
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
-        if ctype not in ("application/json", ""):
-            raise InvalidInput(f"Content-Type must be application/json, got {ctype!r}", field="Content-Type")
+        if ctype == "application/octet-stream" and header is None:
+            raise InvalidInput(f"a binary body (application/octet-stream) needs the {BINARY_HEADER} header: the "
+                               "length of the JSON header before the tensors", field=BINARY_HEADER)
+        if ctype not in ("application/json", "", "application/octet-stream"):
+            raise InvalidInput(f"Content-Type must be application/json (or application/octet-stream with "
+                               f"{BINARY_HEADER}), got {ctype!r}", field="Content-Type")
         body = await read_body(request, v.max_body_bytes, body_timeout)
-        req = (tabular.parse(body, limits) if tabular is not None else
-               parse_infer_request(body, input_shape=cfg.model.input_shape, limits=limits))
+        version = request.match_info.get("version")
+        req = (tabular.parse(body, limits, header=header, model=cfg.model.name, version=version)
+               if tabular is not None else
+               parse_infer_request(body, input_shape=cfg.model.input_shape, limits=limits, header=header,
+                                   model=cfg.model.name, version=version))
+        names, binary = select_outputs(req.envelope, served)  # before the model runs: a bad name is the client's
         if ood is not None:
             scores = ood.score(req.x)
             worst = int(scores.argmax())
             if scores[worst] > v.ood_threshold:
                 raise InvalidInput(f"example {worst} looks out of distribution (score {scores[worst]:.2f} > "
                                    f"{v.ood_threshold})", field="inputs[0].data")
-        status, headers, payload = await upstream.forward(request, encode_request(req),
-                                                          {"Content-Type": "application/json"})
+        forwarded, headers = encode_request(req, binary=req.envelope.binary_input)
+        status, _, payload = await upstream.forward(request, forwarded, headers, drop=_REENCODED)
         if status != 200:
             METRICS.requests.labels("validation", "upstream_error", str(status)).inc()
             return web.Response(status=status, body=payload, content_type="application/json")
@@ -135,7 +151,8 @@ def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
         METRICS.predictions.inc(len(req.x))
         METRICS.requests.labels("validation", "ok", "").inc()
         METRICS.latency.labels("validation").observe(t.elapsed())
-        return web.Response(body=dumps(hardened), content_type="application/json")
+        out, headers = encode_response(hardened, names, binary)
+        return web.Response(body=out, headers=headers)
 
     async def passthrough(request: web.Request) -> web.Response:
         """Health and metadata: GET only, no body, forwarded as they are."""
@@ -143,7 +160,9 @@ def build_app(cfg: ServingConfig, upstream: Upstream, *, logger: logging.Logger,
         return web.Response(status=status, body=payload, content_type="application/json")
 
     app.router.add_post("/v2/models/{name}/infer", infer)
-    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready"):
+    app.router.add_post("/v2/models/{name}/versions/{version}/infer", infer)
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready",
+                 "/v2/models/{name}/versions/{version}", "/v2/models/{name}/versions/{version}/ready"):
         app.router.add_get(path, passthrough)
     return app
 

@@ -238,6 +238,59 @@ class Fuzzer:
         return Case(variant, body, h, must_reject=variant not in ("forwarded_for", "spoofed_client_id"),
                     key_check=variant in ("no_key", "bad_scheme", "wrong_api_key"))
 
+    def case_binary(self) -> Case:
+        """The binary tensor data extension (issue 30): a JSON header, then raw little-endian tensors."""
+        import struct
+
+        batch = self.rng.randint(1, self.max_batch)
+        values = [self.rng.random() for _ in range(batch * self.size)]
+        raw = struct.pack(f"<{len(values)}f", *values)
+        tensor = {"name": "input__0", "shape": [batch, *self.shape], "datatype": "FP32",
+                  "parameters": {"binary_data_size": len(raw)}}
+        doc = {"inputs": [tensor]}
+        variant = self.rng.choice(["valid", "binary_out", "size", "truncated", "extra", "header", "fp64_as_fp32",
+                                   "datatype", "nan_inf", "oversized", "noise", "absurd_size", "no_header",
+                                   "data_and_size", "model_name"])
+        header_shift, must = 0, True
+        if variant in ("valid", "binary_out"):
+            must = False
+            if variant == "binary_out":
+                doc["parameters"] = {"binary_data_output": True}
+        elif variant == "size":
+            tensor["parameters"]["binary_data_size"] += self.rng.choice([-5, -1, 1, 3, 4, 400])
+        elif variant == "truncated":
+            raw = raw[: self.rng.randrange(len(raw))]
+        elif variant == "extra":
+            raw += bytes(self.rng.randint(1, 64))
+        elif variant == "fp64_as_fp32":
+            raw = struct.pack(f"<{len(values)}d", *values)
+        elif variant == "datatype":
+            tensor["datatype"] = self.rng.choice(["INT8", "FP16", "BYTES", "BOOL", "UINT8", "INT32"])
+        elif variant == "nan_inf":
+            bad = self.rng.choice([float("nan"), float("inf"), float("-inf"), 3.0e38, -1.0])
+            at = self.rng.randrange(len(values))
+            raw = raw[:at * 4] + struct.pack("<f", bad) + raw[at * 4 + 4:]
+        elif variant == "oversized":
+            raw = bytes(self.max_body + self.rng.choice([1, 1000, 100_000]))
+            tensor["parameters"]["binary_data_size"] = len(raw)
+        elif variant == "noise":
+            raw = bytes(self.rng.randrange(256) for _ in range(len(raw)))
+            must = False  # random bytes can still be floats within range
+        elif variant == "absurd_size":
+            tensor["parameters"]["binary_data_size"] = self.rng.choice([10**15, 2**63, -1, 1.5, "256", None])
+        elif variant == "data_and_size":
+            tensor["data"] = values
+        elif variant == "model_name":
+            doc["model_name"] = self.rng.choice(["other", "", 5])
+        head = self.encode(doc)
+        headers = {**self.auth(), "Content-Type": "application/octet-stream"}
+        if variant == "header":
+            headers["Inference-Header-Content-Length"] = self.rng.choice(
+                ["-1", "0", "abc", "1e3", str(len(head) + len(raw) + 1), " ", "9" * 30, str(len(head) - 1)])
+        elif variant != "no_header":
+            headers["Inference-Header-Content-Length"] = str(len(head) + header_shift)
+        return Case(variant, head + raw, headers, must_reject=must)
+
     def case_method_and_path(self) -> Case:
         method, path = self.rng.choice([("PUT", "/v2/models/{model}/infer"), ("DELETE", "/v2/models/{model}"),
                                         ("POST", "/v2/models/other-model/infer"), ("POST", "/v2/models/../infer"),
@@ -278,7 +331,7 @@ async def run(urls: list[str], *, model: str, fuzzer: Fuzzer, n: int, concurrenc
             async with session.request(case.method, url + case.path.format(model=model), data=data,
                                        headers=case.headers, skip_auto_headers=["Content-Type"]) as resp:
                 payload = await resp.read()
-                status = resp.status
+                status, resp_headers = resp.status, resp.headers
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if case.kind.startswith("oversized"):
                 report.by_status["closed-after-413"] += 1  # the server may close before reading it all
@@ -291,7 +344,8 @@ async def run(urls: list[str], *, model: str, fuzzer: Fuzzer, n: int, concurrenc
             report.violation(case, f"{status}: {payload[:200]!r}")
             return
         try:
-            doc = json.loads(payload)
+            n = resp_headers.get("Inference-Header-Content-Length")  # a binary response: its JSON comes first
+            doc = json.loads(payload[:int(n)] if n is not None else payload)
         except ValueError:
             report.violation(case, f"{status} with a body that is not JSON: {payload[:120]!r}")
             return

@@ -92,6 +92,70 @@ def test_bad_input_gets_the_right_4xx(chain, name, body, status, field):
     assert err["error"]
 
 
+def binary_body(x, dtype="<f4", datatype="FP32", size=None, tail=b"", **doc):
+    raw = np.ascontiguousarray(x, dtype).tobytes()
+    head = json.dumps({"inputs": [{"name": "input__0", "shape": list(x.shape), "datatype": datatype, "parameters": {
+        "binary_data_size": len(raw) if size is None else size}}], **doc}).encode()
+    return head + raw + tail, {"Inference-Header-Content-Length": str(len(head)),
+                               "Content-Type": "application/octet-stream"}
+
+
+def test_binary_request_and_response_through_the_chain(chain):
+    import urllib.request
+
+    wait_for_tokens(0.25)
+    x, y = digits(3)
+    body, headers = binary_body(x, parameters={"binary_data_output": True}, model_name="digits-demo")
+    req = urllib.request.Request(chain["url"] + "/v2/models/digits-demo/infer", data=body, method="POST",
+                                 headers={**headers, "Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        raw, n, ctype = r.read(), int(r.headers["Inference-Header-Content-Length"]), r.headers["Content-Type"]
+    head = json.loads(raw[:n])
+    assert ctype == "application/octet-stream" and head["model_name"] == "digits-demo"
+    sizes = {o["name"]: o["parameters"]["binary_data_size"] for o in head["outputs"]}
+    assert sizes["probabilities"] == 3 * 10 * 4 and n + sum(sizes.values()) == len(raw)
+    probs = np.frombuffer(raw[n:n + sizes["probabilities"]], "<f4").reshape(3, 10)
+    assert [str(v) for v in probs.argmax(1)] == [str(v) for v in y]
+    assert all(round(float(v), 2) == round(float(v), 6) for v in probs.reshape(-1))  # still rounded mode
+
+
+ZERO = np.zeros((1, 1, 8, 8))
+BAD_BINARY = [
+    ("declared size disagrees with the shape", binary_body(ZERO, size=200), 400,
+     "inputs[0].parameters.binary_data_size"),
+    ("truncated tensor", (binary_body(ZERO)[0][:-10], binary_body(ZERO)[1]), 400,
+     "inputs[0].parameters.binary_data_size"),
+    ("bytes beyond the declared sizes", binary_body(ZERO, tail=b"\0" * 4), 400, "inputs[0].parameters.binary_data_size"),
+    ("header length beyond the body", (binary_body(ZERO)[0], {"Inference-Header-Content-Length": "99999"}), 400,
+     "Inference-Header-Content-Length"),
+    ("header length not a number", (binary_body(ZERO)[0], {"Inference-Header-Content-Length": "12a"}), 400,
+     "Inference-Header-Content-Length"),
+    ("octet-stream without the header", (binary_body(ZERO)[0], {"Content-Type": "application/octet-stream"}), 400,
+     "Inference-Header-Content-Length"),
+    ("FP64 bytes declared FP32", binary_body(ZERO, dtype="<f8"), 400, "inputs[0].parameters.binary_data_size"),
+    ("INT8 tensor", binary_body(ZERO, dtype="i1", datatype="INT8"), 400, "inputs[0].datatype"),
+    ("NaN in binary", binary_body(np.full((1, 1, 8, 8), np.nan)), 400, "inputs[0].data"),
+    ("out of range in binary", binary_body(np.full((1, 1, 8, 8), 5.0)), 400, "inputs[0].data"),
+    ("batch over the limit", binary_body(np.zeros((5, 1, 8, 8))), 400, "inputs[0].shape"),
+    ("model_name of another model", binary_body(ZERO, model_name="other"), 400, "model_name"),
+    ("oversized binary body", binary_body(np.zeros((2, 1, 8, 8, 9))), 413, "body"),
+    ("gzip-encoded", (binary_body(ZERO)[0], {**binary_body(ZERO)[1], "Content-Encoding": "gzip"}), 415,
+     "Content-Encoding"),
+    ("compressed header", (binary_body(ZERO)[0], {**binary_body(ZERO)[1],
+                                                  "Inference-Header-Content-Encoding": "deflate"}), 415,
+     "Inference-Header-Content-Encoding"),
+]
+
+
+@pytest.mark.parametrize("name, request_, status, field", BAD_BINARY, ids=[b[0] for b in BAD_BINARY])
+def test_bad_binary_input_gets_the_right_4xx(chain, name, request_, status, field):
+    wait_for_tokens(0.25)
+    body, headers = request_
+    got, err, _ = infer(chain, body, **headers)
+    assert (got, err.get("field")) == (status, field), err
+    assert err["error"]
+
+
 def test_chunked_body_over_the_limit_is_413(chain):
     import http.client
 

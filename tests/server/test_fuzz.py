@@ -40,6 +40,8 @@ def test_generated_requests_never_crash_or_5xx_and_every_rejection_names_its_fie
     assert report.violations == [], "\n".join(report.violations[:30])
     assert all(p.proc.poll() is None for p in chain["procs"]), "a sidecar died"
     assert len(report.by_kind) >= 30  # every mutation family and its variants ran
+    binary = {k for k in report.by_kind if k.startswith("binary/")}
+    assert len(binary) >= 12, binary  # the binary tensor data extension's variants (issue 30)
     assert report.by_status[200] > N * 0.05 and report.by_status[400] > N * 0.3
     for name in ("val.log", "rl.log"):
         log = (chain["tmp"] / name).read_text()
