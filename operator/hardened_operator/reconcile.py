@@ -35,8 +35,8 @@ from hardened_model.policy import (HardenedModelPolicy, countersignature_refusal
 from hardened_model.signing import generate_key_pem
 from hardened_model.gates import check_gates
 from hardened_model.spec import IMAGE, GatesSection, HardenedModel, SpecError, parse_manifest, to_wire
-from .status import (PHASES, Cond, JobState, ServingTarget, artifact_status, build_status,
-                     current_phase, is_verified, job_state, last_failure, metrics_status, pod_problems,
+from .status import (PHASES, Cond, JobState, ServingTarget, artifact_status, build_status, current_phase,
+                     history_status, is_verified, job_state, last_failure, metrics_status, pod_problems,
                      policy_condition, ready_condition, serving_condition, serving_status, training_condition,
                      training_status, verification_conditions)
 
@@ -308,7 +308,9 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
         metrics=metrics_status(verified_report),
         artifact=artifact_status(objects.version_location(model)[0], verified_report, version_ids=uploaded_ids),
         serving=serving_status(target, url=_service_url(model), ready_replicas=ready_replicas),
-        lastFailure=last_failure(prev_fail, failed, why, settled=phase == "Serving" and current, now=now))
+        lastFailure=last_failure(prev_fail, failed, why, settled=phase == "Serving" and current, now=now),
+        history=history_status(previous.get("history"), target, complete=complete, now=now,
+                               metrics=metrics_status(verified_report) if current else None))
     events = _events(previous, warned=warned, version=version, report=report, problems=bool(problems),
                      serving=conditions["ServingReady"], phase=phase, why=why, policy=conditions["PolicyAllowed"])
     newly_failed = failed if failed and (prev_fail.get("stage"), prev_fail.get("reason")) != (failed, why.reason) \

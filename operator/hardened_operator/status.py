@@ -99,6 +99,21 @@ class FailureStatus(_Status):
     time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 
 
+class HistoryEntry(_Status):
+    """One version that served (issue 29): from when the operator saw its rollout complete to when another's did."""
+
+    version: str
+    digest: str
+    served_from: str = Field(json_schema_extra={"format": "date-time"})
+    served_to: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    stopped: str | None = Field(default=None, description="Why it stopped serving.")
+    metrics: MetricsStatus | None = Field(default=None, description="Its verified figures, when this operator "
+                                                                    "verified it.")
+
+
+HISTORY_LIMIT = 10
+
+
 class HardenedModelStatus(_Status):
     """Observed state of a HardenedModel, computed from its children."""
 
@@ -111,6 +126,9 @@ class HardenedModelStatus(_Status):
     artifact: ArtifactStatus | None = None
     serving: ServingStatus | None = None
     last_failure: FailureStatus | None = None
+    history: list[HistoryEntry] | None = Field(
+        default=None, max_length=HISTORY_LIMIT, description=f"The versions that served, newest first (at most "
+                                                            f"{HISTORY_LIMIT}).")
 
 
 # ----------------------------------------------------------- computation
@@ -405,6 +423,26 @@ def last_failure(previous: dict, failed: str | None, why: Cond, *, settled: bool
         return {"stage": failed, "reason": why.reason, "message": why.message,
                 "time": previous.get("time") if same else now}
     return None if settled else previous or None
+
+
+def history_status(previous: list[dict] | None, target: ServingTarget | None, *, complete: bool,
+                   metrics: dict | None, now: str) -> list[dict] | None:
+    """status.history, newest first, at most HISTORY_LIMIT: a version enters once its rollout completed (it
+    serves every replica); the one it replaced gets servedTo and why. ``metrics``: the entering version's
+    verified figures (metrics_status), when this pass has them."""
+    entries = [dict(e) for e in previous or [] if isinstance(e, dict) and e.get("digest")]
+    if target is None or not complete:
+        return entries or None
+    head = entries[0] if entries else None
+    if head and (head.get("digest"), head.get("version")) == (target.digest, target.version):
+        if metrics and not head.get("metrics"):
+            head["metrics"] = metrics
+        return entries
+    if head and not head.get("servedTo"):
+        head.update(servedTo=now, stopped=f"replaced by version {target.version}")
+    entries.insert(0, {"version": target.version, "digest": target.digest, "servedFrom": now,
+                       **({"metrics": metrics} if metrics else {})})
+    return entries[:HISTORY_LIMIT]
 
 
 def training_status(job: dict | None, *, job_name: str, config_digest: str, image_id: str | None,

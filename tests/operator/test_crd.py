@@ -66,7 +66,9 @@ class TestGeneratedFile:
     def test_status_schema_matches_design(self, crd):
         status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
         assert set(status) == {"observedGeneration", "phase", "conditions", "training", "metrics", "artifact",
-                               "serving", "lastFailure"}
+                               "serving", "lastFailure", "history"}
+        assert status["history"]["maxItems"] == 10  # issue 29: bounded, newest first
+        assert set(status["history"]["items"]["required"]) == {"version", "digest", "servedFrom"}
         assert status["phase"]["enum"] == ["Pending", "Training", "Verifying", "RollingOut", "Serving", "Failed"]
         cond = status["conditions"]
         assert cond["x-kubernetes-list-type"] == "map" and cond["x-kubernetes-list-map-keys"] == ["type"]

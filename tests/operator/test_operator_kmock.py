@@ -479,6 +479,10 @@ async def test_restart_mid_rollout_reaches_the_same_final_status(k8s):
     assert st["serving"]["servedDigest"] == "7e" * 32 and st["artifact"]["digest"] == "7e" * 32
     assert cond(k8s, "Ready")["status"] == "True" and job_creates(k8s) == jobs_before
     assert st["observedGeneration"] == 2 and "lastFailure" not in st
+    # issue 29: what served, newest first; the first version stopped when the second's rollout completed
+    assert [(e["version"], e["digest"]) for e in st["history"]] == [(n2.version, "7e" * 32),
+                                                                     (st["history"][1]["version"], DIGEST)]
+    assert st["history"][1]["stopped"] == f"replaced by version {n2.version}" and "servedTo" not in st["history"][0]
 
 
 async def test_a_rollout_whose_pods_never_start_fails_while_the_old_pods_serve(k8s):

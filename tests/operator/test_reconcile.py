@@ -698,3 +698,13 @@ def test_a_verified_version_is_recorded_and_a_record_is_never_countersigned():
     init = [o for o in restored.ensure if o["kind"] == "Deployment"][0]["spec"]["template"]["spec"][
         "initContainers"][0]
     assert "--countersignature" not in init["args"]
+
+
+def test_status_history_records_each_version_that_served():
+    obs, m = serving({})
+    d = decide(m, obs, {}, now=NOW)
+    version = obs.deployment["metadata"]["annotations"]["hardened.dev/version"]
+    assert d.status["history"] == [{"version": version, "digest": DIGEST, "servedFrom": NOW,
+                                    "metrics": {"epsilon": 7.9}}]
+    again = decide(m, obs, d.status, now=LATER)
+    assert again.status["history"] == d.status["history"]  # steady state: nothing written

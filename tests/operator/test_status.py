@@ -271,3 +271,24 @@ class TestPolicyAllowed:
         assert training_condition(refused, job_name="m-train-v2", report=None) == (
             "Unknown", "NotStarted", "training Job m-train-v2 not started: a HardenedModelPolicy refuses the spec")
         assert verification_conditions(refused, {})[0].reason == "NotStarted"
+
+
+def test_history_keeps_what_served_newest_first_and_why_it_stopped():
+    """Issue 29 point 3: a version enters once its rollout completed; the one it replaced gets servedTo and why;
+    an unfinished rollout changes nothing; at most HISTORY_LIMIT entries."""
+    from hardened_operator.status import HISTORY_LIMIT, history_status
+
+    v1, v2 = ServingTarget("a" * 64, "v1"), ServingTarget("b" * 64, "v2")
+    assert history_status(None, v1, complete=False, metrics=None, now=NOW) is None
+    h = history_status(None, v1, complete=True, metrics={"epsilon": 7.9}, now=NOW)
+    assert h == [{"version": "v1", "digest": "a" * 64, "servedFrom": NOW, "metrics": {"epsilon": 7.9}}]
+    assert history_status(h, v1, complete=True, metrics=None, now=LATER) == h  # steady: unchanged
+    assert history_status(h, v2, complete=False, metrics=None, now=LATER) == h  # still rolling out
+    h2 = history_status(h, v2, complete=True, metrics=None, now=LATER)
+    assert [e["version"] for e in h2] == ["v2", "v1"]
+    assert h2[1] == {**h[0], "servedTo": LATER, "stopped": "replaced by version v2"}
+    assert h == [{"version": "v1", "digest": "a" * 64, "servedFrom": NOW, "metrics": {"epsilon": 7.9}}]  # not mutated
+    many = None
+    for i in range(HISTORY_LIMIT + 3):
+        many = history_status(many, ServingTarget(f"{i:064x}", f"v{i}"), complete=True, metrics=None, now=NOW)
+    assert len(many) == HISTORY_LIMIT and many[0]["version"] == f"v{HISTORY_LIMIT + 2}"
