@@ -28,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from . import countersigning, records
 from .policies import observe_policies
 from .manifests import jobs, monitoring, objects
+from hardened_model.artifacts import StoreURI
 from hardened_model.countersign import PlatformKey
 from hardened_model.contracts import training_version
 from hardened_model.policy import (HardenedModelPolicy, countersignature_refusals, selects, trusted_public_keys,
@@ -36,9 +37,9 @@ from hardened_model.signing import generate_key_pem
 from hardened_model.gates import check_gates
 from hardened_model.spec import IMAGE, GatesSection, HardenedModel, SpecError, parse_manifest, to_wire
 from .status import (PHASES, Cond, JobState, ServingTarget, artifact_status, build_status, current_phase,
-                     history_status, is_verified, job_state, last_failure, metrics_status, pod_problems,
-                     policy_condition, ready_condition, serving_condition, serving_status, training_condition,
-                     training_status, verification_conditions)
+                     history_status, is_verified, job_state, last_failure, metrics_status, pinning_condition,
+                     pod_problems, policy_condition, ready_condition, serving_condition, serving_status,
+                     training_condition, training_status, verification_conditions)
 
 VERIFIER_IMAGE_ENV = "HARDENED_VERIFIER_IMAGE"
 
@@ -292,6 +293,8 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
                                                          failures=obs.train_failures if spec.training.distributed
                                                          else None)}
     conditions["SignatureVerified"], conditions["GatesPassed"] = verification_conditions(verification, report)
+    if StoreURI.parse(spec.artifacts.store).scheme == "s3":
+        conditions["ArtifactPinned"] = pinning_condition(training, obs.train_message)
     conditions["ServingReady"] = serving_condition(target, complete=complete, ready_replicas=ready_replicas,
                                                    replicas=spec.serving.replicas, problems=problems)
     phase, failed, why = current_phase(

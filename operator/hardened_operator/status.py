@@ -17,7 +17,8 @@ from hardened_model.gates import STATUS_METRICS
 from hardened_model.signing import SIGNATURE_NAME
 
 PHASES = ("Pending", "Training", "Verifying", "RollingOut", "Serving", "Failed")
-CONDITION_TYPES = ("PolicyAllowed", "TrainingSucceeded", "GatesPassed", "SignatureVerified", "ServingReady", "Ready")
+CONDITION_TYPES = ("PolicyAllowed", "TrainingSucceeded", "GatesPassed", "SignatureVerified", "ArtifactPinned",
+                   "ServingReady", "Ready")
 
 
 class _Status(BaseModel):
@@ -320,6 +321,23 @@ def training_condition(training: JobState, *, job_name: str, report: dict | None
         return Cond("False", reason, f"training Job {job_name} failed ({training.reason}): "
                                      f"{(report or {}).get('message') or training.message}")
     return Cond("Unknown", "Training", f"training Job {job_name} is running")
+
+
+def pinning_condition(training: JobState, report: dict | None) -> Cond:
+    """ArtifactPinned, for s3:// stores only (issue 29): every object of the version pinned by its S3
+    versionId, which the verifier and the serving pods download exactly; in a bucket without versioning the
+    trainer gets none, and only the digest then stands between the keys and whoever writes them next. Not
+    part of Ready: the digest pin still refuses changed bytes; this says the version could be overwritten."""
+    if training.state != "succeeded" or report is None:
+        return Cond("Unknown", "NotUploaded", "the version is not uploaded yet")
+    ids = report.get("versionIds") or {}
+    if ids and all(ids.values()):
+        return Cond("True", "VersionIdsPinned", f"each of the version's {len(ids)} objects is pinned by its S3 "
+                                                "versionId")
+    return Cond("False", "BucketUnversioned", "the bucket returned no S3 versionId for the version's objects "
+                                              "(versioning off): they are pinned by their digest only, and a "
+                                              "later write to the same keys replaces them; turn on bucket "
+                                              "versioning")
 
 
 def verification_conditions(verification: JobState, report: dict) -> tuple[Cond, Cond]:

@@ -708,3 +708,18 @@ def test_status_history_records_each_version_that_served():
                                     "metrics": {"epsilon": 7.9}}]
     again = decide(m, obs, d.status, now=LATER)
     assert again.status["history"] == d.status["history"]  # steady state: nothing written
+
+
+def test_an_s3_store_without_versioning_is_a_false_artifact_pinned_condition_not_silence():
+    """Issue 29 point 3: the trainer gets no S3 versionId from an unversioned bucket; status says so."""
+    doc = example("eks-s3-irsa")
+    doc["metadata"].update(uid="u-1", generation=1)
+    m = parse_manifest(doc)
+    unversioned = Observed(train_job=job("Complete"), train_message={"versionIds": {"m/v/model.sig": None}})
+    c = conditions(decide(m, unversioned, {}, now=NOW))["ArtifactPinned"]
+    assert (c["status"], c["reason"]) == ("False", "BucketUnversioned") and "turn on bucket versioning" in c["message"]
+    versioned = Observed(train_job=job("Complete"), train_message={"versionIds": {"m/v/model.sig": "3sL4kqtJ"}})
+    c = conditions(decide(m, versioned, {}, now=NOW))["ArtifactPinned"]
+    assert (c["status"], c["reason"]) == ("True", "VersionIdsPinned")
+    assert conditions(decide(m, Observed(), {}, now=NOW))["ArtifactPinned"]["status"] == "Unknown"
+    assert "ArtifactPinned" not in conditions(decide(model(), Observed(), {}, now=NOW))  # a pvc:// store
