@@ -219,9 +219,10 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
     trusted = trusted_public_keys(obs.policies, obs.namespace_labels)
     ensure: list[dict] = []
     if obs.train_job is None:  # the NetworkPolicy first: the Job's pods are fenced in before they start
-        service = jobs.build_training_service(model)  # before the Job: its pods resolve node 0 through it
-        ensure += [objects.build_jobs_network_policy(model), jobs.build_training_configmap(model),
-                   *([service] if service else []), jobs.build_training_job(model, colocate=obs.colocate)]
+        # before the Job: its pods reach each other and resolve node 0 through these
+        peers = [o for o in (jobs.build_training_peers_policy(model), jobs.build_training_service(model)) if o]
+        ensure += [objects.build_jobs_network_policy(model), jobs.build_training_configmap(model), *peers,
+                   jobs.build_training_job(model, colocate=obs.colocate)]
     if training.state == "succeeded" and obs.verify_job is None:
         ensure.append(jobs.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate,
                                             verifier_image=verifier_image, observed_trainer=observed_trainer(obs),

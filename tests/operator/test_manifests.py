@@ -516,12 +516,12 @@ def test_a_run_over_several_pods_is_an_indexed_job_behind_a_headless_service(ver
     """Issue 28: two pods, one rank each, ranked by the completion index and meeting at pod 0 by its DNS name
     (<job>-0.<job>: the Service's name is the pods' subdomain); a non-zero trainer exit fails the whole run;
     the Job pods are opened to each other only."""
-    from hardened_operator.manifests.jobs import build_training_service
+    from hardened_operator.manifests.jobs import build_training_peers_policy, build_training_service
     from hardened_operator.manifests.objects import build_jobs_network_policy
 
     m = model("digits-distributed")
     n = names(m)
-    job, svc, netpol = build_training_job(m), build_training_service(m), build_jobs_network_policy(m)
+    job, svc, netpol = build_training_job(m), build_training_service(m), build_training_peers_policy(m)
     for obj in (job, svc, netpol):
         kubernetes_validate.validate(obj, version, strict=True)
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
@@ -535,16 +535,18 @@ def test_a_run_over_several_pods_is_an_indexed_job_behind_a_headless_service(ver
     assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     peers = {"podSelector": {"matchLabels": job["spec"]["template"]["metadata"]["labels"]}}
-    assert netpol["spec"]["ingress"] == [{"from": [peers]}] and {"to": [peers]} in netpol["spec"]["egress"]
+    assert netpol["spec"]["podSelector"] == peers["podSelector"]  # the training pods only, not verification's
+    assert netpol["spec"]["ingress"] == [{"from": [peers]}] and netpol["spec"]["egress"] == [{"to": [peers]}]
+    assert build_jobs_network_policy(m)["spec"]["ingress"] == []
     assert not restricted_pss_violations(pod)
     # one pod (or none distributed): a plain Job, no Service, no peer traffic
     plain = model("digits-demo")
     assert "completionMode" not in build_training_job(plain)["spec"] and build_training_service(plain) is None
-    assert build_jobs_network_policy(plain)["spec"]["ingress"] == []
+    assert build_training_peers_policy(plain) is None
     one_pod = parse_manifest({**example("digits-demo"), "spec": {**example("digits-demo")["spec"], "training": {
         **example("digits-demo")["spec"]["training"], "distributed": {"nodes": 1, "processesPerNode": 2}}}})
     assert "completionMode" not in build_training_job(one_pod)["spec"] and build_training_service(one_pod) is None
-    assert [o["kind"] for o in build_all(m)][:4] == ["NetworkPolicy", "ConfigMap", "Service", "Job"]
+    assert [o["kind"] for o in build_all(m)][:5] == ["NetworkPolicy", "ConfigMap", "NetworkPolicy", "Service", "Job"]
 
 
 def test_gpu_ranks_in_one_pod_get_a_shared_memory_volume():

@@ -661,8 +661,8 @@ def test_a_run_over_several_pods_gets_its_headless_service_before_the_job():
     doc = example("digits-distributed")
     doc["metadata"].update(uid="u-1", generation=1)
     d = decide(parse_manifest(doc), Observed(), {}, now=NOW)
-    assert kinds(d) == ["NetworkPolicy", "ConfigMap", "Service", "Job"]
-    service, job_ = d.ensure[2], d.ensure[3]
+    assert kinds(d) == ["NetworkPolicy", "ConfigMap", "NetworkPolicy", "Service", "Job"]
+    service, job_ = d.ensure[3], d.ensure[4]
     assert job_["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
 
 

@@ -117,6 +117,20 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
             "spec": spec}
 
 
+def build_training_peers_policy(model: HardenedModel) -> dict | None:
+    """A training run over several pods (None otherwise): its pods may reach each other on any port (the
+    rendezvous on 29500; gloo and NCCL pick their own ports) and no one else. A policy of its own, selecting
+    the model's training pods only, so the verification pods stay closed (NetworkPolicies add up)."""
+    shape = commands.world(model)
+    if not shape or shape[0] == 1:
+        return None
+    peers = [{"podSelector": {"matchLabels": labels(model, "training")}}]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _meta(model, f"{model.metadata.name}-training-peers", "training"),
+            "spec": {"podSelector": {"matchLabels": labels(model, "training")}, "policyTypes": ["Ingress", "Egress"],
+                     "ingress": [{"from": peers}], "egress": [{"to": peers}]}}
+
+
 def build_training_service(model: HardenedModel) -> dict | None:
     """The headless Service of a training run over several pods (None otherwise): its name is the Job's and
     the pods' subdomain, so node 0 resolves as <job>-0.<job> before any pod is Ready (publishNotReadyAddresses:

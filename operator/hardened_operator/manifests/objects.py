@@ -474,7 +474,7 @@ def build_network_policy(model: HardenedModel) -> dict:
 def build_jobs_network_policy(model: HardenedModel) -> dict:
     """The training and verify Job pods accept no connection at all; they reach out only to DNS and, when the
     spec needs it (s3:// data or store, Sigstore keyless signing), HTTPS. A training run over several pods
-    also opens its pods to each other, and to no one else."""
+    opens its pods to each other with a policy of its own (jobs.build_training_peers_policy)."""
     s = model.spec
     egress = [DNS_EGRESS]
     if (StoreURI.parse(s.artifacts.store).scheme == "s3" or s.data.source.startswith("s3://")
@@ -484,16 +484,9 @@ def build_jobs_network_policy(model: HardenedModel) -> dict:
     selector = {"matchLabels": {"hardened.dev/model": model.metadata.name},
                 "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
                                       "values": ["training", "verification"]}]}
-    ingress = []
-    shape = commands.world(model)
-    if shape and shape[0] > 1:  # the pods of one distributed run talk to each other (rendezvous, gloo, NCCL)
-        peers = [{"podSelector": {"matchLabels": labels(model, "training")}}]
-        ingress.append({"from": peers})
-        egress.append({"to": peers})
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": _meta(model, f"{model.metadata.name}-jobs", "training"),
-            "spec": {"podSelector": selector, "policyTypes": ["Ingress", "Egress"], "ingress": ingress,
-                     "egress": egress}}
+            "spec": {"podSelector": selector, "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": egress}}
 
 
 def build_pdb(model: HardenedModel) -> dict:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from hardened_model.spec import HardenedModel
-from .jobs import build_training_configmap, build_training_job, build_training_service, build_verify_job
+from .jobs import (build_training_configmap, build_training_job, build_training_peers_policy, build_training_service,
+                   build_verify_job)
 from .monitoring import build_prometheus_rule, build_service_monitor
 from .objects import (build_deployment, build_jobs_network_policy, build_metrics_service, build_network_policy,
                       build_pdb, build_service, build_serving_configmap, names)
@@ -13,9 +14,8 @@ UNVERIFIED = "digest-of-the-verified-artifact"
 
 
 def build_all(model: HardenedModel, *, digest: str = UNVERIFIED, monitoring_crds: bool = True) -> list[dict]:
-    service = build_training_service(model)
-    objs = [build_jobs_network_policy(model), build_training_configmap(model), *([service] if service else []),
-            build_training_job(model),
+    peers = [o for o in (build_training_peers_policy(model), build_training_service(model)) if o]
+    objs = [build_jobs_network_policy(model), build_training_configmap(model), *peers, build_training_job(model),
             build_verify_job(model), build_serving_configmap(model),
             build_deployment(model, digest=digest, version=names(model).version),
             build_service(model), build_metrics_service(model), build_network_policy(model), build_pdb(model)]
