@@ -64,12 +64,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def write_fitted_model(root: pathlib.Path, model, x, y, *, steps: int, lr: float, model_json: dict,
+                       metrics: dict) -> pathlib.Path:
+    """``model`` fitted for ``steps`` full-batch Adam steps on (x, y), written as an unsigned model directory
+    (root/model: weights, model.json, metrics.json, a report): what the signed test artifacts share."""
+    import safetensors.torch
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                                str(model_dir / "model.safetensors"))
+    (model_dir / "model.json").write_text(json.dumps(model_json))
+    (model_dir / "metrics.json").write_text(json.dumps(metrics))
+    (model_dir / "report.html").write_text("<html></html>")
+    return model_dir
+
+
 def make_artifact(root: pathlib.Path, private_key: pathlib.Path, *, name: str = "digits-demo",
                   metrics: dict | None = None, seed: int = 0, trainer_image: str | None = None) -> pathlib.Path:
     """A signed artifact without training: a cnn-8x8 fitted for a few steps on digits (seconds). With
     ``trainer_image``, a provenance statement (the trainer's builder, hardened_model.provenance) naming it and
     the digits file is signed with it."""
-    import safetensors.torch
     import torch
 
     from hardened_model.signing import sign_model
@@ -79,24 +101,12 @@ def make_artifact(root: pathlib.Path, private_key: pathlib.Path, *, name: str = 
     torch.manual_seed(seed)
     ds = load_dataset("builtin:digits")
     model = build_model("cnn-8x8", [1, 8, 8], 10, mean=float(ds.x.mean()), std=float(ds.x.std()), check_dp=False)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    x, y = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
-    for _ in range(60):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model_dir = root / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                                str(model_dir / "model.safetensors"))
     flat = ds.x.reshape(len(ds.x), -1)
-    (model_dir / "model.json").write_text(json.dumps({
+    model_dir = write_fitted_model(root, model, ds.x, ds.y, steps=60, lr=0.01, model_json={
         "format": "hardened-model/v1", "name": name, "namespace": "default", "version": "0123456789ab",
         "architecture": "cnn-8x8", "inputShape": [1, 8, 8], "numClasses": 10, "labels": [str(i) for i in range(10)],
-        "weights": "model.safetensors", "inputStats": {"mean": flat.mean(0).tolist(), "std": flat.std(0).tolist()}}))
-    (model_dir / "metrics.json").write_text(json.dumps(metrics or {
-        "cleanAccuracy": 0.95, "robustAccuracy": 0.6, "epsilon": 7.5, "membershipAUC": 0.52}))
-    (model_dir / "report.html").write_text("<html></html>")
+        "weights": "model.safetensors", "inputStats": {"mean": flat.mean(0).tolist(), "std": flat.std(0).tolist()}},
+        metrics=metrics or {"cleanAccuracy": 0.95, "robustAccuracy": 0.6, "epsilon": 7.5, "membershipAUC": 0.52})
     if trainer_image is not None:
         from hardened_model.provenance import PROVENANCE_NAME, build_statement
 
@@ -112,11 +122,13 @@ def make_artifact(root: pathlib.Path, private_key: pathlib.Path, *, name: str = 
     return root
 
 
-def serving_config(path: pathlib.Path, overrides: dict | None = None, name: str = "digits-demo") -> pathlib.Path:
+def serving_config(path: pathlib.Path, overrides: dict | None = None, name: str = "digits-demo", *,
+                   base: str = "digits-demo") -> pathlib.Path:
+    """The serving config of example ``base`` named ``name``, with ``overrides`` merged into spec.serving."""
     from hardened_model.contracts import build_serving_config
     from hardened_model.spec import parse_manifest
 
-    doc = example("digits-demo")
+    doc = example(base)
     doc["metadata"]["name"] = name
     doc["spec"] = merge_patch(doc["spec"], {"serving": overrides or {}})
     path.write_text(json.dumps(build_serving_config(parse_manifest(doc))))

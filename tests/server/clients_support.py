@@ -2,12 +2,11 @@
 made-up rule, seconds), and its serving config: the fraud example's features, so real clients can send either
 request form to a real chain."""
 import copy
-import json
 import pathlib
 
 import numpy as np
 
-from helpers import example
+from helpers import example, serving_config, write_fitted_model
 
 FRAUD_BOUNDS = {"amt": (0.0, 25000.0), "city_pop": (0.0, 3_000_000.0)}
 
@@ -39,7 +38,6 @@ def fraud_rows(n: int, seed: int = 0) -> np.ndarray:
 
 
 def make_tabular_artifact(root: pathlib.Path, private_key: pathlib.Path, name: str = "fraud-tabular") -> pathlib.Path:
-    import safetensors.torch
     import torch
 
     from hardened_model.networks import build_model
@@ -52,36 +50,16 @@ def make_tabular_artifact(root: pathlib.Path, private_key: pathlib.Path, name: s
     mean, std = x[:, numeric].mean(0).tolist(), (x[:, numeric].std(0) + 1e-6).tolist()
     torch.manual_seed(0)
     model = build_model("tabular-mlp", [len(features)], 2, features=features, mean=mean, std=std, check_dp=False)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
-    for _ in range(150):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    model_dir = root / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                                str(model_dir / "model.safetensors"))
-    (model_dir / "model.json").write_text(json.dumps({
+    model_dir = write_fitted_model(root, model, x.astype(np.float32), y, steps=150, lr=0.02, model_json={
         "format": "hardened-model/v1", "name": name, "namespace": "default", "version": "fedcba987654",
         "architecture": "tabular-mlp", "inputShape": [len(features)], "numClasses": 2, "labels": ["legit", "fraud"],
         "weights": "model.safetensors", "inputStats": {"mean": x.mean(0).tolist(), "std": x.std(0).tolist()},
         "normalization": {"mean": mean, "std": std, "inside_model": True},
         "tabular": {"features": features, "label": "is_fraud", "positiveClass": "1", "negativeClass": "0",
-                    "imputedMedians": {}}}))
-    (model_dir / "metrics.json").write_text(json.dumps({"cleanAccuracy": 0.99, "recall": 0.9}))
-    (model_dir / "report.html").write_text("<html></html>")
+                    "imputedMedians": {}}}, metrics={"cleanAccuracy": 0.99, "recall": 0.9})
     sign_model(model_dir, root / "model.sig", private_key=private_key)
     return root
 
 
 def tabular_serving_config(path: pathlib.Path, overrides: dict | None = None) -> pathlib.Path:
-    from hardened_model.contracts import build_serving_config
-    from hardened_model.spec import parse_manifest
-
-    from helpers import merge_patch
-
-    doc = example("fraud-tabular")
-    doc["spec"] = merge_patch(doc["spec"], {"serving": overrides or {}})
-    path.write_text(json.dumps(build_serving_config(parse_manifest(doc))))
-    return path
+    return serving_config(path, overrides, name="fraud-tabular", base="fraud-tabular")
