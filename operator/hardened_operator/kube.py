@@ -177,16 +177,21 @@ def job_pods(kube: Kube, namespace: str, job_name: str) -> list[dict]:
     return pods
 
 
+def _parse_termination(text: str):
+    """A termination log as its writer's JSON, or its last 1000 characters as the message (a crash's)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"message": text[-1000:]}
+
+
 def termination_message(pods: list[dict]) -> dict | None:
     """The JSON the newest finished pod of a Job (``job_pods``) wrote to /dev/termination-log, if any."""
     for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = ((cs.get("state") or {}).get("terminated") or {})
             if term.get("message"):
-                try:
-                    return json.loads(term["message"])
-                except ValueError:
-                    return {"message": term["message"][-1000:]}
+                return _parse_termination(term["message"])
     return None
 
 
@@ -205,10 +210,7 @@ def failed_ranks(pods: list[dict], container: str = "trainer") -> list[dict]:
             term = (cs.get("state") or {}).get("terminated") or {}
             if cs.get("name") != container or not term.get("exitCode"):
                 continue
-            try:
-                report = json.loads(term.get("message") or "")
-            except ValueError:
-                report = {"message": (term.get("message") or "")[-1000:]}
+            report = _parse_termination(term.get("message") or "")
             report = report if isinstance(report, dict) else {"message": str(report)}
             index = (meta.get("annotations") or {}).get(COMPLETION_INDEX)
             out.append({**({"node": int(index)} if index and index.isdigit() else {}), "pod": meta.get("name"),
