@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from cluster import CHART, Cluster
+from cluster import CHART, Cluster, wait_for_admission
 from hardened_operator.manifests.jobs import build_training_job, build_verify_job
 from hardened_operator.manifests.objects import build_deployment
 from hardened_operator.manifests.render import build_all
@@ -28,6 +28,9 @@ def api(cluster: Cluster) -> Cluster:
     cluster.kubectl("wait", "--for=condition=Established", "crd/hardenedmodels.hardened.dev", "--timeout=60s")
     cluster.namespace(NS)
     cluster.namespace("ml-serving")  # examples/eks-s3-irsa.yaml names it
+    # on a cluster an earlier run left with the chart's admission policy, applying a changed
+    # HardenedModelPolicy CRD makes the policy refuse every write until it has resynced its paramKind
+    wait_for_admission(cluster, NS)
     return cluster
 
 
