@@ -134,9 +134,9 @@ def _cmd_data_digest(args: argparse.Namespace) -> int:
                        endpoint=args.endpoint or model.spec.artifacts.endpoint)
     try:
         if d.format == "tabular":
-            from hardened_trainer.tabular import load_bytes
+            from hardened_trainer.tabular import data_file
 
-            files = [load_bytes(d.source, s3, d.version_id)[1]]
+            files = [data_file(d.source, s3, d.version_id)]
         else:
             files = list(load_dataset(d.source, s3_client=s3, version_id=d.version_id).files)
     except DataError as exc:

@@ -153,22 +153,34 @@ class Counting:
             yield xb, yb
 
 
-def epochs_on_tiny_data(clipping, n):
+def file_backed(x):
+    """A copy of ``x`` in a file-backed array (hardened_trainer.rows): the run draws its Poisson batches in O(batch)."""
+    from hardened_trainer.rows import allocate
+
+    out = allocate(x.shape, x.dtype, budget=0)
+    out[:] = x
+    return out
+
+
+def epochs_on_tiny_data(clipping, n, mapped=False):
     """Batch size 1 over ``n`` examples: sample rate 1/n, n steps an epoch; with 2 ranks one holds a shard of
     n // 2 examples and most of its batches are empty."""
     data = digits()
     spec = dp_spec(clipping, batchSize=1, epochs=2)
-    run = build_run(spec, data.x_train[:n], data.y_train[:n], device=CPU, log=quiet)
+    x = file_backed(data.x_train[:n]) if mapped else data.x_train[:n]
+    run = build_run(spec, x, data.y_train[:n], device=CPU, log=quiet)
+    assert run.mapped == mapped
     run.loader = counting = Counting(run.loader)
     epsilons = [train_one_epoch(run, spec, epoch=e, start=0.0)["epsilon"] for e in (1, 2)]
     return {"epsilons": epsilons, "steps": run.steps, "sizes": counting.sizes}
 
 
-TINY = [(3, c) for c in CLIPPERS] + [(1, "fast")]  # n 1: rank 1's shard is empty, every batch of it too
+# n 1: rank 1's shard is empty, every batch of it too; mapped: file-backed examples (the binomial draw)
+TINY = [(3, c, False) for c in CLIPPERS] + [(1, "fast", False), (3, "fast", True), (1, "hooks", True)]
 
 
 def _rank_epochs():
-    return {(n, c): epochs_on_tiny_data(c, n) for n, c in TINY}
+    return {(n, c, m): epochs_on_tiny_data(c, n, m) for n, c, m in TINY}
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +188,10 @@ def two_rank_epochs(tmp_path_factory):
     return values(spawn(tmp_path_factory.mktemp("epochs"), _rank_epochs))
 
 
-@pytest.mark.parametrize("n, c", TINY)
-def test_every_rank_takes_every_step_and_reports_the_same_epsilon(two_rank_epochs, n, c):
-    alone = epochs_on_tiny_data(c, n)
-    got = [r[n, c] for r in two_rank_epochs]
+@pytest.mark.parametrize("n, c, mapped", TINY)
+def test_every_rank_takes_every_step_and_reports_the_same_epsilon(two_rank_epochs, n, c, mapped):
+    alone = epochs_on_tiny_data(c, n, mapped)
+    got = [r[n, c, mapped] for r in two_rank_epochs]
     assert all(g["steps"] == alone["steps"] == 2 * n for g in got), (c, got)
     assert all(g["epsilons"] == alone["epsilons"] for g in got), (c, got, alone)  # one process' ε
     assert all(len(g["sizes"]) == 2 * n for g in got)
@@ -258,22 +270,23 @@ RESUMABLE = {  # PGD, DP-SGD and a weight average (what has random streams and s
 }
 
 
-def stopped_and_resumed(overrides, folder):
+def stopped_and_resumed(overrides, folder, mapped=False):
     """An uninterrupted run, and one stopped after epoch 1's checkpoint (on every rank) and run again."""
     data = digits()
+    x_train = file_backed(data.x_train) if mapped else data.x_train
     spec = spec_with(overrides)
-    whole = train(spec, data.x_train, data.y_train, device=CPU, log=quiet, checkpoint_dir=str(folder / "a"))
+    whole = train(spec, x_train, data.y_train, device=CPU, log=quiet, checkpoint_dir=str(folder / "a"))
 
     def stop(event, **fields):
         if event == "checkpoint" and fields["epoch"] == 1:
             raise KeyboardInterrupt
     try:
-        train(spec, data.x_train, data.y_train, device=CPU, log=stop, checkpoint_dir=str(folder / "b"))
+        train(spec, x_train, data.y_train, device=CPU, log=stop, checkpoint_dir=str(folder / "b"))
         raise AssertionError("not stopped")
     except KeyboardInterrupt:
         pass
     events = []
-    resumed = train(spec, data.x_train, data.y_train, device=CPU, log=lambda e, **kw: events.append((e, kw)),
+    resumed = train(spec, x_train, data.y_train, device=CPU, log=lambda e, **kw: events.append((e, kw)),
                     checkpoint_dir=str(folder / "b"))
     return [{"epsilon": r.epsilon, "steps": r.steps, "from": r.resumed_from_epoch, "state": r.model.state_dict()}
             for r in (whole, resumed)] + [events]
@@ -290,6 +303,12 @@ def assert_resumed_as_uninterrupted(whole, resumed, events, folder):
 @pytest.mark.parametrize("kind", RESUMABLE)
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, kind):
     assert_resumed_as_uninterrupted(*stopped_and_resumed(RESUMABLE[kind], tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize("kind", RESUMABLE)
+def test_a_resumed_run_on_file_backed_rows_ends_where_an_uninterrupted_one_does(tmp_path, kind):
+    """The binomial draw's numpy generator is seeded from the run's torch generator, which the checkpoint keeps."""
+    assert_resumed_as_uninterrupted(*stopped_and_resumed(RESUMABLE[kind], tmp_path, mapped=True), tmp_path)
 
 
 def _rank_resumes(folder):

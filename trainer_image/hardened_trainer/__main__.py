@@ -57,7 +57,10 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
     import torch
 
     spec = cfg.spec
+    from .rows import moments
+
     model_dir.mkdir(parents=True, exist_ok=True)
+    stats = moments(x_train.reshape(len(x_train), -1), 0)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     safetensors.torch.save_file(state, str(model_dir / "model.safetensors"),
                                 metadata={"format": MODEL_FORMAT, "architecture": spec.model.architecture})
@@ -78,8 +81,8 @@ def write_model_dir(model_dir: pathlib.Path, *, cfg, result, ev, gates, raw_scal
                           "inside_model": True},
         "input": {"range": [0.0, 1.0], "rawScale": raw_scale} if table is None else {"columns": "tabular.features"},
         # per-pixel training statistics: the validation sidecar's out-of-distribution score
-        "inputStats": {"mean": [round(float(v), 6) for v in x_train.reshape(len(x_train), -1).mean(0)],
-                       "std": [round(float(v), 6) for v in x_train.reshape(len(x_train), -1).std(0)]},
+        "inputStats": {"mean": [round(float(v), 6) for v in stats[0].reshape(-1)],
+                       "std": [round(float(v), 6) for v in stats[1].reshape(-1)]},
         "configDigest": _config_digest(cfg),
         "trainingDigest": cfg.version,
         "framework": {"torch": torch.__version__.split("+")[0]},

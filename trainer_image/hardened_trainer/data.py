@@ -5,9 +5,11 @@ Every loader returns images as float32 in [0, 1], shape (N, C, H, W), and int64
 labels. [0, 1] is the model's input space: attacks (eps), the validation
 sidecar's value range and the server all use it.
 
-Every loader first reads the bytes of each file it uses whole, records their sha256 (and, from S3, the object
+Every loader first reads the bytes of each file it uses, records their sha256 (and, from S3, the object
 versionId), and checks ``data.sha256`` against them before anything parses them (issue 18): the provenance
-names exactly the bytes the model was trained from.
+names exactly the bytes the model was trained from. Image folders (and tabular files, tabular.py) are hashed in
+pieces and decoded one image at a time into an array that is file-backed beyond the memory budget (rows.py,
+issue 28); an .npz and MNIST IDX files are read whole.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import numpy as np
+
+from .rows import allocate, hash_file, hash_stream, take
 
 
 class DataError(ValueError):
@@ -163,48 +167,54 @@ def _parse_idx(blobs: dict[str, bytes], source: str) -> Dataset:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
-def _image_files(folder: pathlib.Path, source: str) -> dict[str, bytes]:
-    """A folder of class folders of images (``cat/001.png``, ``dog/7.jpg``): every image's bytes by
-    ``class/file`` name (classes are the sorted folder names)."""
-    blobs: dict[str, bytes] = {}
+def _image_files(folder: pathlib.Path, source: str) -> list[tuple[str, pathlib.Path]]:
+    """A folder of class folders of images (``cat/001.png``, ``dog/7.jpg``): (``class/file`` name, path) of every
+    image, classes in sorted folder order, files sorted within their class."""
+    found = []
     for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
         files = sorted(p for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"{source}: class folder {cls.name!r} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for f in files:
-            blobs[f"{cls.name}/{f.name}"] = f.read_bytes()
-    return blobs
+        found += [(f"{cls.name}/{f.name}", f) for f in files]
+    return found
 
 
-def _parse_image_folders(blobs: dict[str, bytes], source: str) -> Dataset:
-    """Images are read as RGB and must all have one size (nothing is resized: a wrong size is an error naming
-    the file)."""
+def _decode(path: pathlib.Path, name: str, source: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted({name.split("/", 1)[0] for name in blobs})
-    images, labels, size = [], [], None
-    for name in sorted(blobs, key=lambda n: (classes.index(n.split("/", 1)[0]), n)):
-        try:
-            with Image.open(io.BytesIO(blobs[name])) as img:
-                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{source}: {name}: not a readable image: {exc}") from None
-        if size is None:
-            size = arr.shape
-        elif arr.shape != size:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{source}: {name}: not a readable image: {exc}") from None
+
+
+def _load_image_folders(folder: pathlib.Path, source: str, pin: str | None, budget: int | None) -> Dataset:
+    """Every image hashed (in pieces) and the pin checked, then each decoded in turn, as RGB, into an array of
+    examples (file-backed beyond the memory budget: rows.py), so one image at a time is in memory. Every image
+    must have one size (nothing is resized: a wrong size is an error naming the file)."""
+    images = _image_files(folder, source)
+    files = [DataFile(name, *hash_file(path)) for name, path in images]
+    check_pin(files, pin, source)
+    first = _decode(images[0][1], images[0][0], source)
+    x = allocate((len(images), 3, first.shape[0], first.shape[1]), np.float32, budget=budget)
+    classes = sorted({name.split("/", 1)[0] for name, _ in images})
+    y = np.array([classes.index(name.split("/", 1)[0]) for name, _ in images], np.int64)
+    for i, (name, path) in enumerate(images):
+        arr = first if i == 0 else _decode(path, name, source)
+        if arr.shape != first.shape:
             raise DataError(f"{source}: {name} is {arr.shape[1]}x{arr.shape[0]}, the first image "
-                            f"{size[1]}x{size[0]}: resize the images beforehand (nothing is resized here)")
-        images.append(arr.transpose(2, 0, 1))
-        labels.append(classes.index(name.split("/", 1)[0]))
-    # 8-bit pixels: 255 maps to 1.0 (not left to _from_arrays' guess, which takes a dark set for 0-16 digits)
-    ds = _from_arrays(np.stack(images).astype(np.float32) / 255.0, np.asarray(labels, dtype=np.int64), source)
-    return dataclasses.replace(ds, raw_scale=255.0)
+                            f"{first.shape[1]}x{first.shape[0]}: resize the images beforehand (nothing is resized "
+                            "here)")
+        # 8-bit pixels: 255 maps to 1.0 (not guessed, as _from_arrays would take a dark set for 0-16 digits)
+        x[i] = arr.transpose(2, 0, 1).astype(np.float32) / 255.0
+    return Dataset(x=x, y=y, raw_scale=255.0, source=source, files=tuple(files))
 
 
-def _load_local(path: pathlib.Path, source: str, pin: str | None) -> Dataset:
+def _load_local(path: pathlib.Path, source: str, pin: str | None, budget: int | None = None) -> Dataset:
     if path.is_dir():
         if any(p.is_dir() for p in path.iterdir()):
-            blobs, parse = _image_files(path, source), _parse_image_folders
+            return _load_image_folders(path, source, pin, budget)
         else:
             blobs, parse = {p.name: p.read_bytes() for p in sorted(path.iterdir()) if "idx" in p.name}, _parse_idx
     elif not path.exists():
@@ -226,8 +236,10 @@ def builtin_digits_file() -> tuple[str, bytes]:
 
 # ------------------------------------------------------------------ sources
 def load_dataset(source: str, *, s3_client=None, max_samples: int | None = None, seed: int = 0,
-                 sha256: str | None = None, version_id: str | None = None) -> Dataset:
-    """Load a data source named as in ``spec.data.source``; ``sha256``/``version_id``: data.sha256/versionId."""
+                 sha256: str | None = None, version_id: str | None = None, budget: int | None = None) -> Dataset:
+    """Load a data source named as in ``spec.data.source``; ``sha256``/``version_id``: data.sha256/versionId;
+    ``budget``: bytes of examples held in memory (rows.memory_budget() when None; image folders only: an .npz and
+    IDX files are read whole)."""
     if source == "builtin:digits":
         from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 
@@ -237,20 +249,37 @@ def load_dataset(source: str, *, s3_client=None, max_samples: int | None = None,
         digits = load_digits()
         ds = dataclasses.replace(_from_arrays(digits.images, digits.target, source), files=tuple(files))
     elif source.startswith("file://"):
-        ds = _load_local(pathlib.Path(urlparse(source).path), source, sha256)
+        ds = _load_local(pathlib.Path(urlparse(source).path), source, sha256, budget)
     elif source.startswith("s3://"):
         ds = _load_s3(source, s3_client, sha256, version_id)
     else:
         raise DataError(f"{source}: unsupported data source (builtin:digits, file://, s3://)")
-    return subsample(ds, max_samples, seed)
+    return subsample(ds, max_samples, seed, budget)
 
 
-def subsample(ds: Dataset, max_samples: int | None, seed: int) -> Dataset:
+def subsample(ds: Dataset, max_samples: int | None, seed: int, budget: int | None = None) -> Dataset:
     """spec.data.maxSamples: a fixed-seed random subset."""
     if max_samples is not None and len(ds) > max_samples:
-        keep = np.random.default_rng(seed).permutation(len(ds))[:max_samples]
-        ds = dataclasses.replace(ds, x=ds.x[keep], y=ds.y[keep])
+        # in row order: a file-backed source is then read front to back, not a page per row at random
+        keep = np.sort(np.random.default_rng(seed).permutation(len(ds))[:max_samples])
+        ds = dataclasses.replace(ds, x=take(ds.x, keep, budget=budget), y=ds.y[keep])
     return ds
+
+
+def download_s3_object(client, source: str, bucket: str, key: str, sink, version_id: str | None = None
+                       ) -> tuple[str, int, str | None]:
+    """Stream one object (at ``version_id`` when given) into ``sink``, hashing it on the way: (sha256, size,
+    versionId)."""
+    import botocore.exceptions
+
+    try:
+        obj = client.get_object(Bucket=bucket, Key=key, **({"VersionId": version_id} if version_id else {}))
+        sha, size = hash_stream(obj["Body"], sink)
+        return sha, size, obj.get("VersionId")
+    except botocore.exceptions.ClientError as exc:
+        at = f" (versionId {version_id})" if version_id else ""
+        raise DataError(f"{source}{at}: S3 error {exc.response['Error'].get('Code')}: "
+                        f"{exc.response['Error'].get('Message')}") from None
 
 
 def read_s3_object(client, source: str, bucket: str, key: str, version_id: str | None = None) -> tuple[bytes, str | None]:
@@ -296,13 +325,17 @@ def _load_s3(source: str, s3_client, pin: str | None = None, version_id: str | N
     return dataclasses.replace(_load_npz(blob, source), files=tuple(files))
 
 
-def split(ds: Dataset, *, test_fraction: float, seed: int) -> Split:
-    """Stratified, fixed-seed train/test split."""
+def split(ds: Dataset, *, test_fraction: float, seed: int, budget: int | None = None) -> Split:
+    """Stratified, fixed-seed train/test split. The split is drawn on row numbers and each part keeps the
+    source's row order, copied block by block (rows.take): a file-backed data set gives file-backed parts, read
+    front to back (in the permutation's order every row would be a page read at random), never a whole copy in
+    memory. The order within a part is no signal: the loaders shuffle or Poisson-sample it."""
     from sklearn.model_selection import train_test_split
 
-    x_tr, x_te, y_tr, y_te = train_test_split(ds.x, ds.y, test_size=test_fraction, random_state=seed,
-                                              stratify=ds.y if np.bincount(ds.y).min() >= 2 else None)
-    return Split(x_tr, y_tr, x_te, y_te)
+    i_tr, i_te = train_test_split(np.arange(len(ds.y)), test_size=test_fraction, random_state=seed,
+                                  stratify=ds.y if np.bincount(ds.y).min() >= 2 else None)
+    i_tr, i_te = np.sort(i_tr), np.sort(i_te)
+    return Split(take(ds.x, i_tr, budget=budget), ds.y[i_tr], take(ds.x, i_te, budget=budget), ds.y[i_te])
 
 
 def check_shape(ds: Dataset, input_shape: list[int], num_classes: int) -> None:

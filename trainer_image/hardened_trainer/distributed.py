@@ -50,6 +50,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from .rows import update_hash
+
 TIMEOUT_ENV = "HARDENED_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -167,23 +169,42 @@ def stream_seed(seed: int, rank_: int) -> int:
 # ------------------------------------------------------------------ sampling
 class PoissonShard(Sampler[list]):
     """Rank r's batches: each example of its shard (rows r, r + W, r + 2W, ...) joins a step's batch with
-    probability ``sample_rate``, drawn from the rank's own generator. ``steps`` batches, empty ones too."""
+    probability ``sample_rate``, drawn from the rank's own generator. ``steps`` batches, empty ones too.
+
+    ``binomial`` (a file-backed training split, rows.py): the same distribution drawn in O(batch) time and
+    memory instead of one uniform per example per step: the batch's size k ~ Binomial(n, q), then k distinct rows
+    uniformly (numpy's choice without replacement, Floyd's method for k << n), which is exactly independent
+    inclusion with probability q (conditioned on its size, a Poisson sample is a uniform subset). At 70 million
+    rows the mask costs 350 MB and about 0.3 s per step. The rows come sorted: a batch reads the file front to
+    back. ``nonempty``: plain training, no accountant: an empty draw is drawn again."""
 
     def __init__(self, *, num_samples: int, sample_rate: float, steps: int, rank: int, world: int,
-                 generator: torch.Generator):
-        self.indices = torch.arange(rank, num_samples, world)
-        self.sample_rate, self.steps, self.generator = sample_rate, steps, generator
+                 generator: torch.Generator, binomial: bool = False, nonempty: bool = False):
+        self.rank, self.world, self.num_samples = rank, world, num_samples
+        self.indices = None if binomial else torch.arange(rank, num_samples, world)
+        self.sample_rate, self.steps, self.generator, self.nonempty = sample_rate, steps, generator, nonempty
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self):
+        shard = len(range(self.rank, self.num_samples, self.world))
         for _ in range(self.steps):
-            mask = torch.rand(len(self.indices), generator=self.generator) < self.sample_rate
-            yield self.indices[mask].tolist()
+            if self.indices is not None:
+                mask = torch.rand(len(self.indices), generator=self.generator) < self.sample_rate
+                yield self.indices[mask].tolist()
+                continue
+            # numpy's generator, seeded from the rank's torch generator: a checkpoint's generator state resumes it
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
+            k = int(rng.binomial(shard, self.sample_rate))
+            while self.nonempty and k == 0 and shard:
+                k = int(rng.binomial(shard, self.sample_rate))
+            picked = np.sort(rng.choice(shard, size=k, replace=False)) if k else np.empty(0, np.int64)
+            yield (self.rank + picked * self.world).tolist()
 
 
-def poisson_loader(private_loader: DataLoader, *, generator: torch.Generator) -> DataLoader:
+def poisson_loader(private_loader: DataLoader, *, generator: torch.Generator, binomial: bool = False
+                   ) -> DataLoader:
     """This rank's Poisson loader in place of Opacus' (same data set, sample rate and number of steps as its
     single-process DPDataLoader: int(1 / q)); empty batches keep the data's shapes (Opacus' collate)."""
     from opacus.data_loader import wrap_collate_with_empty
@@ -192,7 +213,7 @@ def poisson_loader(private_loader: DataLoader, *, generator: torch.Generator) ->
     dataset, q = private_loader.dataset, private_loader.sample_rate
     first = dataset[0]
     sampler = PoissonShard(num_samples=len(dataset), sample_rate=q, steps=int(1 / q), rank=rank(),
-                           world=world_size(), generator=generator)
+                           world=world_size(), generator=generator, binomial=binomial)
     collate = wrap_collate_with_empty(collate_fn=default_collate, sample_empty_shapes=[(0, *x.shape) for x in first],
                                       dtypes=[x.dtype for x in first])
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=generator,
@@ -255,7 +276,7 @@ def run_digest(spec, x_train: np.ndarray, y_train: np.ndarray) -> str:
     h = hashlib.sha256(spec_digest(spec, *DIGEST_SECTIONS).encode())
     for a in (x_train, y_train):
         h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        update_hash(h, a)  # block by block: the examples may be file-backed (rows.py)
     return h.hexdigest()
 
 

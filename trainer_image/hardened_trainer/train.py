@@ -38,6 +38,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .rows import is_mapped, moments
+
 from hardened_model.spec import HardenedModelSpec
 
 from . import attacks, distributed
@@ -181,16 +183,16 @@ def _model_args(spec: HardenedModelSpec, x_train: np.ndarray) -> dict:
     plugin = {"options": spec.model.options, "auto_fix": spec.model.auto_fix}
     if spec.model.architecture != "tabular-mlp":
         if x_train.ndim == 4 and x_train.shape[1] > 1:  # colour images: one mean and std per channel
-            std = x_train.std(axis=(0, 2, 3))
-            return {"mean": [float(v) for v in x_train.mean(axis=(0, 2, 3))],
-                    "std": [float(v) if v > 0 else 1.0 for v in std], **plugin}
-        return {"mean": float(x_train.mean()), "std": float(x_train.std() or 1.0), **plugin}
+            mean, std = moments(x_train, (0, 2, 3))
+            return {"mean": [float(v) for v in mean], "std": [float(v) if v > 0 else 1.0 for v in std], **plugin}
+        mean, std = moments(x_train, None)
+        return {"mean": float(mean), "std": float(std) or 1.0, **plugin}
     from .tabular import feature_dicts
 
     numeric = [j for j, f in enumerate(spec.data.features) if f.type != "category"]
-    std = x_train[:, numeric].std(0)
-    return {"mean": [float(v) for v in x_train[:, numeric].mean(0)],
-            "std": [float(v) if v > 0 else 1.0 for v in std], "features": feature_dicts(spec.data.features)}
+    mean, std = moments(x_train, 0)
+    return {"mean": [float(mean[j]) for j in numeric], "std": [float(std[j]) if std[j] > 0 else 1.0 for j in numeric],
+            "features": feature_dicts(spec.data.features)}
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ class TrainingRun:
     clipping: str | None = None
     copies: int = 1                  # augmentation multiplicity
     steps: int = 0                   # optimizer steps so far (a checkpoint keeps them)
+    mapped: bool = False             # the training split is file-backed (rows.py): batches drawn in O(batch)
 
     @property
     def hook_owners(self) -> tuple:
@@ -298,8 +301,10 @@ def _make_private(run: TrainingRun, spec: HardenedModelSpec, weights: torch.Tens
         run.net, run.optimizer, run.criterion, run.loader = private
     run.noise_multiplier = float(run.optimizer.noise_multiplier)
     run.module = distributed.unwrap(run.net._module)  # the plain module inside the GradSampleModule (and DPDDP)
-    if distributed.world_size() > 1:  # Opacus' distributed sampler skips empty batches: ours steps through them
-        run.loader = distributed.poisson_loader(run.loader, generator=run.generator)
+    # Opacus' distributed sampler skips empty batches: ours steps through them; and for a file-backed training
+    # split ours draws a batch in O(batch), not one uniform per example per step (distributed.PoissonShard)
+    if distributed.world_size() > 1 or run.mapped:
+        run.loader = distributed.poisson_loader(run.loader, generator=run.generator, binomial=run.mapped)
     if run.clipping == "fast":
         from .clipping import FastClipping
 
@@ -332,9 +337,18 @@ def build_run(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray,
     model, margs = _network(spec, x_train, log=log, initial=initial)
     model = model.to(device)
     dataset = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    mapped = is_mapped(x_train)
     # pinned host memory: batches copy to the GPU asynchronously (non_blocking in train_one_epoch)
-    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, generator=gen,
-                        pin_memory=device.type == "cuda")
+    if mapped and not t.privacy.enabled and distributed.world_size() == 1:
+        # a file-backed split: no epoch permutation (torch's RandomSampler holds it as a Python list, 36 bytes a
+        # row); Poisson batches of the expected size, drawn in O(batch), sorted rows (distributed.PoissonShard)
+        q = min(t.batch_size / len(dataset), 1.0)
+        loader = DataLoader(dataset, pin_memory=device.type == "cuda", batch_sampler=distributed.PoissonShard(
+            num_samples=len(dataset), sample_rate=q, steps=max(int(1 / q), 1), rank=0, world=1, generator=gen,
+            binomial=True, nonempty=True))
+    else:
+        loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, generator=gen,
+                            pin_memory=device.type == "cuda")
     if t.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
     else:
@@ -343,7 +357,7 @@ def build_run(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray,
     criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     run = TrainingRun(net=model, module=model, model_args=margs, optimizer=optimizer, criterion=criterion,
                       loader=loader, generator=gen, device=device, reach=_reach(spec, x_train, device),
-                      copies=t.augmentation.multiplicity if t.augmentation is not None else 1)
+                      copies=t.augmentation.multiplicity if t.augmentation is not None else 1, mapped=mapped)
     if distributed.world_size() > 1:
         distributed.prepare(run, spec)
     if t.privacy.enabled:
