@@ -238,3 +238,40 @@ def test_the_vectorized_checks_give_what_the_cell_by_cell_checks_give(tmp_path, 
     slow = load_table(spec.data)
     assert calls and np.array_equal(fast.x, slow.x) and np.array_equal(fast.y, slow.y)
     assert fast.imputed == slow.imputed and fast.negative_class == slow.negative_class
+
+
+def test_sanitization_of_a_file_backed_split_is_refused_naming_the_field(tmp_path, keys, monkeypatch):
+    """Its PCA and neighbours need the split in memory: a clear exit 2 before any training, not an OOM kill."""
+    from hardened_trainer.__main__ import main
+    from helpers import write_config
+
+    doc = example("digits-demo")  # maxSamples: the subset, then the split, are copies the budget makes file-backed
+    doc["spec"] = merge_patch(merge_patch(doc["spec"], TINY), {"data": {"sanitization": {"enabled": True}}})
+    cfg = write_config(tmp_path, doc, keys[0])
+    monkeypatch.setenv(rows.BUDGET_ENV, "0")
+    term = tmp_path / "term"
+    assert main(["--config", str(cfg), "--termination-log", str(term)]) == 2
+    message = json.loads(term.read_text())["message"]
+    assert "data.sanitization.enabled: true: the training split (225 examples" in message, message
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_the_trainer_trains_evaluates_and_signs_from_file_backed_rows(tmp_path, keys, monkeypatch):
+    from hardened_trainer.__main__ import main
+    from helpers import write_config
+
+    path = fraud_csv(tmp_path, 600)
+    doc = example("fraud-tabular")
+    doc["spec"] = merge_patch(doc["spec"], {
+        "data": {"source": f"file://{path}"},
+        "training": {"epochs": 1, "batchSize": 128, "adversarial": {"maxIter": 2}},
+        "evaluation": {"maxSamples": 50, "pgdIter": 2},
+        "gates": {"minRecall": None, "minPRAUC": None, "minRobustRecall": None, "maxEpsilon": None,
+                  "maxMembershipAUC": None}})
+    doc["spec"]["training"]["privacy"]["targetEpsilon"] = 8.0
+    cfg = write_config(tmp_path, doc, keys[0])
+    monkeypatch.setenv(rows.BUDGET_ENV, "0")
+    assert main(["--config", str(cfg)]) == 0
+    model = tmp_path / "out" / "model"
+    stats = json.loads((model / "model.json").read_text())["inputStats"]
+    assert len(stats["mean"]) == 9 and (tmp_path / "out" / "model.sig").exists()

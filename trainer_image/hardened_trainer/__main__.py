@@ -19,6 +19,7 @@ after training (hardened_trainer.distributed). An error names its rank.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -143,6 +144,7 @@ def run(cfg, *, log, device=None, checkpoint_dir: str | None = None) -> tuple[in
     hardened_trainer.distributed.init (None: one process, the config's device). A rank other than 0 returns
     (0, {}) after training."""
 
+    import numpy as np
     from hardened_model import artifacts, signing
 
     from . import data as data_mod
@@ -151,6 +153,7 @@ def run(cfg, *, log, device=None, checkpoint_dir: str | None = None) -> tuple[in
     from .distributed import device_names, rank, world_size
     from .evaluate import evaluate
     from .report import render_report
+    from .rows import is_mapped, memory_budget, take
     from .sanitize import sanitize
     from .train import select_device, train
 
@@ -193,13 +196,23 @@ def run(cfg, *, log, device=None, checkpoint_dir: str | None = None) -> tuple[in
         pinned=spec.data.sha256 is not None)
     data_mod.check_shape(ds, spec.model.input_shape, spec.model.num_classes)
     parts = data_mod.split(ds, test_fraction=spec.data.validation_split, seed=spec.training.seed)
+    # the split holds copies: the whole set's examples go now (a file-backed set's blocks on the scratch disk too)
+    ds = dataclasses.replace(ds, x=np.empty((0, *ds.x.shape[1:]), ds.x.dtype), y=ds.y[:0].copy())
+    if table is not None:
+        table = dataclasses.replace(table, x=ds.x, y=ds.y)
     x_train, y_train = parts.x_train, parts.y_train
     san = {"enabled": spec.data.sanitization.enabled, "trainingExamples": int(len(y_train)), "removed": 0}
     if spec.data.sanitization.enabled:
         s = spec.data.sanitization
+        if is_mapped(x_train):  # its PCA and neighbours (or cross-validated model) take the split in memory
+            raise data_mod.DataError(
+                f"data.sanitization.enabled: true: the training split ({len(y_train)} examples, "
+                f"{x_train.nbytes / 2**20:.0f} MiB) exceeds the trainer's memory budget ({memory_budget() / 2**20:.0f} "
+                "MiB, a quarter of its memory limit) and sanitization needs it in memory: raise "
+                "training.resources.memory, or set data.maxSamples, or disable sanitization")
         res = sanitize(x_train, y_train, method=s.method, k=s.k, max_remove_fraction=s.max_remove_fraction,
                        seed=spec.training.seed)
-        x_train, y_train = x_train[res.keep], y_train[res.keep]
+        x_train, y_train = take(x_train, np.flatnonzero(res.keep)), y_train[res.keep]
         san.update(method=s.method, removed=res.removed, removedFraction=round(res.removed / max(len(res.keep), 1), 4))
         log("sanitized", **san)
 

@@ -53,7 +53,9 @@ def open_batches(path: pathlib.Path, source: str):
 
     try:
         if _is_parquet(path, source):
-            pf = pq.ParquetFile(path)
+            # mapped, not read into buffers: a row group's compressed pages are file pages, not heap (reading a
+            # 184 MiB file of 100,000-row groups peaked at 283 MiB of anonymous memory so, 471 MiB without)
+            pf = pq.ParquetFile(path, memory_map=True, pre_buffer=False)
             return list(pf.schema_arrow.names), pf.metadata.num_rows, pf.iter_batches(batch_size=BATCH_ROWS)
         with open(path, "rb") as f:
             head = f.read(1 << 16)
@@ -246,6 +248,11 @@ def load_table(data: DataSection, *, s3_client=None, budget: int | None = None) 
     finally:
         if temporary:
             path.unlink(missing_ok=True)
+        import pyarrow as pa
+
+        # Arrow's allocator keeps what the row groups used: 335 MiB of anonymous memory after reading 120 MiB
+        # of Parquet, 100 MiB once released (training needs that room more than Arrow does)
+        pa.default_memory_pool().release_unused()
 
 
 def _read_rows(path: pathlib.Path, data: DataSection, record: DataFile, budget: int | None) -> Table:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .rows import is_mapped, moments
+from .rows import RowDataset, is_mapped, moments
 
 from hardened_model.spec import HardenedModelSpec
 
@@ -336,8 +336,10 @@ def build_run(spec: HardenedModelSpec, x_train: np.ndarray, y_train: np.ndarray,
     gen = seed_everything(t.seed)
     model, margs = _network(spec, x_train, log=log, initial=initial)
     model = model.to(device)
-    dataset = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
     mapped = is_mapped(x_train)
+    # a file-backed split: each batch's rows prefetched together, then gathered (rows.RowDataset)
+    dataset = RowDataset(x_train, y_train) if mapped else TensorDataset(torch.from_numpy(x_train),
+                                                                        torch.from_numpy(y_train))
     # pinned host memory: batches copy to the GPU asynchronously (non_blocking in train_one_epoch)
     if mapped and not t.privacy.enabled and distributed.world_size() == 1:
         # a file-backed split: no epoch permutation (torch's RandomSampler holds it as a Python list, 36 bytes a
