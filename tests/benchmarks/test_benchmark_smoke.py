@@ -57,6 +57,14 @@ def test_trainer_and_in_process_benchmarks(script, args, table):
         assert ("GPU: " if torch.cuda.is_available() else "no GPU: ") in out
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="data_memory.py makes a memory cgroup: needs root")
+def test_data_memory():
+    out = smoke("data_memory.py")
+    for line in ("parquet ", "csv ", "(equal arrays)", "per-row faults", "prefetch",
+                 "file-backed (default budget): exit 0", "in memory (budget > data): exit"):
+        assert line in out, f"data_memory.py --smoke printed no {line!r}:\n{out[-3000:]}"
+
+
 def test_efficacy_prints_one_json_row_per_setting():
     out = smoke("efficacy.py")
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]

@@ -177,7 +177,7 @@ def _categories(cells: list[str | None], feature: Feature, source: str, offset: 
 
 # The fast path: Arrow's vectorized casts and lookups on a batch whose every cell passes the checks, else None (the
 # batch then goes through _numbers/_categories/_text, whose results it equals: tests/trainer/test_rows.py). On
-# 500,000 rows of the fraud example's ten columns it reads Parquet 47x and CSV 8x faster than the cell-by-cell
+# 500,000 rows of the fraud example's ten columns it reads Parquet 42x and CSV 7x faster than the cell-by-cell
 # check alone (docs/benchmarks.md (i)): without it a table larger than memory takes longer to check than to train.
 def _fast_column(column, feature: Feature) -> np.ndarray | None:
     import pyarrow as pa
