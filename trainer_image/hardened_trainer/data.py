@@ -283,16 +283,10 @@ def download_s3_object(client, source: str, bucket: str, key: str, sink, version
 
 
 def read_s3_object(client, source: str, bucket: str, key: str, version_id: str | None = None) -> tuple[bytes, str | None]:
-    """(bytes, versionId) of one object, at ``version_id`` when given."""
-    import botocore.exceptions
-
-    try:
-        obj = client.get_object(Bucket=bucket, Key=key, **({"VersionId": version_id} if version_id else {}))
-        return obj["Body"].read(), obj.get("VersionId")
-    except botocore.exceptions.ClientError as exc:
-        at = f" (versionId {version_id})" if version_id else ""
-        raise DataError(f"{source}{at}: S3 error {exc.response['Error'].get('Code')}: "
-                        f"{exc.response['Error'].get('Message')}") from None
+    """(bytes, versionId) of one object, at ``version_id`` when given: for formats read whole (.npz, IDX)."""
+    sink = io.BytesIO()
+    _, _, vid = download_s3_object(client, source, bucket, key, sink, version_id)
+    return sink.getvalue(), vid
 
 
 def _load_s3(source: str, s3_client, pin: str | None = None, version_id: str | None = None) -> Dataset:

@@ -5,11 +5,14 @@ allocates: in memory while the data is within the memory budget, else a ``numpy.
 training pod's ``/tmp`` emptyDir, on the node's disk). A mapped array is an ndarray: the samplers, the
 DataLoader and the attacks index rows of it as of any other, and only the pages of the rows a rank touches are
 resident (clean file pages, which the kernel reclaims before the cgroup's limit is reached). The labels, the
-split's indices and one column at a time (a median) stay in memory: 8-12 bytes a row.
+split's indices and each impute-median column (for its median) stay in memory: 8-12 bytes a row, 8 more per
+such column.
 
 Whatever the data's size, the statistics (normalization, the tabular attack's radius, the validation sidecar's
 ``inputStats``) are computed one way, in float64 over blocks of rows, and copies by index go block by block, so
-a mapped run trains the very model an in-memory run of the same data trains (tests/trainer/test_rows.py).
+a mapped run normalizes as an in-memory run of the same data does and spends the same ε; its batches are drawn
+another way (distributed.PoissonShard, binomial), so its weights are not the same bits
+(tests/trainer/test_rows.py).
 
 The budget: ``HARDENED_DATA_MEMORY_BUDGET`` (bytes) when set, else a quarter of the cgroup's memory limit (the
 container's ``resources.limits.memory``; the machine's memory when there is none).
@@ -64,20 +67,35 @@ def cgroup_memory_limit() -> int | None:
     return None
 
 
+def _fits(shape: tuple[int, ...], dtype: np.dtype, budget: int | None) -> bool:
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return size == 0 or size <= (memory_budget() if budget is None else budget)
+
+
 def allocate(shape: tuple[int, ...], dtype, *, budget: int | None = None) -> np.ndarray:
     """A zeroed array: in memory within the budget, else mapped from an unlinked file in $TMPDIR (the file's
     blocks are freed when the last view of the array goes)."""
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if size <= (memory_budget() if budget is None else budget) or size == 0:
+    if _fits(shape, dtype, budget):
         return np.zeros(shape, dtype)
     fd, name = tempfile.mkstemp(prefix="hardened-rows-", suffix=".f32")
+    os.close(fd)
+    path = pathlib.Path(name)
+    with open(path, "r+b") as f:
+        f.truncate(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    return adopt(path, shape, dtype, budget=0)
+
+
+def adopt(path: pathlib.Path, shape: tuple[int, ...], dtype, *, budget: int | None = None) -> np.ndarray:
+    """The array a file holds (C order, no header), read into memory within the budget, else mapped from the
+    file itself; the file is unlinked either way (a mapping keeps its blocks until the last view goes)."""
+    dtype = np.dtype(dtype)
     try:
-        os.ftruncate(fd, size)
-        return np.memmap(name, dtype=dtype, mode="r+", shape=shape)
+        if _fits(shape, dtype, budget):
+            return np.fromfile(path, dtype).reshape(shape)
+        return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
     finally:
-        os.close(fd)
-        os.unlink(name)
+        path.unlink()
 
 
 def is_mapped(x: np.ndarray) -> bool:

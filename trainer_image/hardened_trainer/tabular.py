@@ -18,7 +18,7 @@ import numpy as np
 from hardened_model.spec import DataSection, Feature
 
 from .data import DataError, DataFile, check_pin, download_s3_object
-from .rows import allocate, extrema, hash_file, moments, scratch_file
+from .rows import adopt, allocate, extrema, hash_file, moments, scratch_file
 
 
 @dataclass(frozen=True)
@@ -138,10 +138,10 @@ def _where(source: str, column: str, row: int) -> str:
 
 def _numbers(cells: list[str | None], feature: Feature, source: str, offset: int = 0) -> np.ndarray:
     out = np.empty(len(cells), np.float64)
-    for i, cell in enumerate(cells, offset):
-        i_out = i - offset
+    for k, cell in enumerate(cells):
+        i = offset + k  # the row in the file, for the messages
         if cell is None:
-            out[i_out] = np.nan
+            out[k] = np.nan
             continue
         try:
             value = float(cell)
@@ -154,7 +154,7 @@ def _numbers(cells: list[str | None], feature: Feature, source: str, offset: int
         if feature.min is not None and value < feature.min or feature.max is not None and value > feature.max:
             raise DataError(f"{_where(source, feature.name, i)}: {cell} is outside [{feature.min}, {feature.max}] "
                             "(spec.data.features)")
-        out[i_out] = value
+        out[k] = value
     missing = np.isnan(out)
     if missing.any() and feature.missing != "impute-median":
         raise DataError(f"{_where(source, feature.name, offset + int(missing.argmax()))}: the cell is empty "
@@ -165,13 +165,14 @@ def _numbers(cells: list[str | None], feature: Feature, source: str, offset: int
 def _categories(cells: list[str | None], feature: Feature, source: str, offset: int = 0) -> np.ndarray:
     index = {v: i for i, v in enumerate(feature.vocabulary or [])}
     out = np.empty(len(cells), np.float64)
-    for i, cell in enumerate(cells, offset):
+    for k, cell in enumerate(cells):
+        i = offset + k
         if cell is None:
             raise DataError(f"{_where(source, feature.name, i)}: the cell is empty")
         if cell not in index:
             raise DataError(f"{_where(source, feature.name, i)}: {cell!r} is not in the vocabulary "
                             f"{feature.vocabulary}")
-        out[i - offset] = index[cell]
+        out[k] = index[cell]
     return out
 
 
@@ -267,20 +268,16 @@ def _read_rows(path: pathlib.Path, data: DataSection, record: DataFile, budget: 
     if extra:
         raise DataError(f"{source}: column(s) {extra} are neither a feature nor the label: list them in "
                         "spec.data.features or drop them from the file (nothing is ignored silently)")
-    if rows is None:  # a CSV: its rows are known once read; the checked rows wait in a scratch file meanwhile
-        spool = scratch_file(".rows")
-        with open(spool, "wb") as out:
-            codes, values, n, medians = _convert(_each_batch(batches, source), features, data, source,
-                                                 lambda part, start: out.write(part.tobytes()))
+    if rows is None:  # a CSV: its rows are known once read; the checked rows are written to a file meanwhile,
+        spool = scratch_file(".rows")  # which then becomes the array (rows.adopt)
         try:
-            x = allocate((n, len(names)), np.float32, budget=budget)
-            with open(spool, "rb") as f:
-                step = max((8 << 20) // max(4 * len(names), 1), 1)
-                for start in range(0, n, step):
-                    chunk = np.frombuffer(f.read(4 * len(names) * min(step, n - start)), np.float32)
-                    x[start:start + len(chunk) // max(len(names), 1)] = chunk.reshape(-1, len(names))
-        finally:
+            with open(spool, "wb") as out:
+                codes, values, n, medians = _convert(_each_batch(batches, source), features, data, source,
+                                                     lambda part, start: out.write(part.tobytes()))
+        except BaseException:
             spool.unlink(missing_ok=True)
+            raise
+        x = adopt(spool, (n, len(names)), np.float32, budget=budget)
     else:
         x = allocate((rows, len(names)), np.float32, budget=budget)
 
@@ -302,7 +299,7 @@ def _read_rows(path: pathlib.Path, data: DataSection, record: DataFile, budget: 
             gaps = np.flatnonzero(np.isnan(col))
             x[gaps, j] = median
             imputed[feature.name] = median
-    labels = sorted(values, key=values.get)  # the label values by code, in the order they first appeared
+    labels = list(values)  # by code: codes are given in the order the values first appear
     order = sorted(labels)
     if data.positive_class not in values:
         raise DataError(f"{source}: column {data.label!r}: no row has the positive class "
