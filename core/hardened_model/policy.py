@@ -141,11 +141,14 @@ class KeylessIdentity(_Base):
 
 
 class TrustRules(_Base):
-    """The trust root of the verifiers in the selected namespaces, held here, in a cluster-scoped object the
+    """The trust roots of the verifiers in the selected namespaces, held here, in a cluster-scoped object the
     tenant cannot write, instead of in the model's namespace (issue 27). With publicKeys the verify Job, the
     serving pods' init container and the model server verify with these keys, never with
     spec.signing.publicKeySecret, so a tenant who swaps the public key Secret together with the artifact
-    gets its model refused; with keyless the model's identity and issuer must be one of these. Absent:
+    gets its model refused; with keyless the model's identity and issuer must be one of these; with
+    ephemeralKeys the verifiers trust the per-run key of each training run (signing.method ephemeral), read by
+    the operator from the training pod's status. Each one set is a signing.method the policy trusts (publicKeys:
+    key, keyless: keyless, ephemeralKeys: ephemeral), and a model signing with any other is refused. None set:
     the model's own signing section decides, as without a policy."""
 
     public_keys: list[PublicKeyPem] | None = Field(
@@ -156,6 +159,11 @@ class TrustRules(_Base):
         default=None, min_length=1, max_length=16,
         description="Identities a signing.method keyless model may sign with, verified against Sigstore's "
                     "public-good root (a trust config from the model's namespace is refused).")
+    ephemeral_keys: bool = Field(
+        default=False,
+        description="A signing.method ephemeral model is trusted: the verifiers trust the per-run key of each "
+                    "training run, read by the operator from the training pod's status, so no long-lived signing "
+                    "key exists in the tenant's namespace or is mounted into a container the tenant chose.")
     require_countersignature: bool = Field(
         default=False, description="The operator must countersign every version with the platform key (chart value "
                                    "platformSigning.secretName); without it no model in these namespaces trains.")
@@ -286,20 +294,38 @@ def _check(model: HardenedModel, policy: HardenedModelPolicy) -> list[tuple[str,
     return out + _check_trust(spec.signing, rules.trust)
 
 
+# The trust roots in field order: the signing.method each trusts, its field, and how a refusal names it.
+_TRUST_ROOTS = (("key", "public_keys", "its public keys", "trust.publicKeys"),
+                ("keyless", "keyless", "keyless identities", "trust.keyless"),
+                ("ephemeral", "ephemeral_keys", "per-run keys", "trust.ephemeralKeys"))
+
+
+def _trust_roots(trust: TrustRules) -> list[tuple[str, str, str]]:
+    """(method, words, field) of each trust root the policy sets, in field order."""
+    return [(method, words, field) for method, attr, words, field in _TRUST_ROOTS
+            if getattr(trust, attr) is not None and getattr(trust, attr) is not False]
+
+
 def _check_trust(signing, trust: TrustRules) -> list[tuple[str, str]]:
-    """spec.signing against the policy's trust root; one line at most, the first that fails (a wrong method
-    makes the rest meaningless)."""
-    if trust.public_keys is None and trust.keyless is None:
+    """spec.signing against the policy's trust roots (trust.publicKeys, trust.keyless, trust.ephemeralKeys);
+    one line at most, the first that fails (a method the policy does not trust makes the rest meaningless)."""
+    roots = _trust_roots(trust)
+    if not roots:
         return []
-    if signing.method == "key" and trust.public_keys is None:
-        return [("spec.signing.method", '"key"; the policy trusts keyless identities only (trust.keyless)')]
-    if signing.method == "keyless" and trust.keyless is None:
-        return [("spec.signing.method", '"keyless"; the policy trusts its public keys only (trust.publicKeys)')]
+    if signing.method not in [method for method, _, _ in roots]:
+        if len(roots) == 1:
+            (_, words, field), = roots
+            trusted = f"{words} only ({field})"
+        else:
+            trusted = " or ".join(f"{words} ({field})" for _, words, field in roots) + " only"
+        return [("spec.signing.method", f"{_value(signing.method)}; the policy trusts {trusted}")]
     if signing.method == "key":
         if signing.private_key_secret is None:
             return [("spec.signing.privateKeySecret", "not set; a key pair made for the model would not verify "
                                                       "with the policy's trust.publicKeys: name the Secret with the "
                                                       "platform's signing key")]
+        return []
+    if signing.method == "ephemeral":  # the key the operator read from this run's training pod, and no other
         return []
     k = signing.keyless
     if not any(e.identity == k.identity and e.oidc_issuer == k.oidc_issuer for e in trust.keyless):
@@ -322,7 +348,9 @@ def trusted_public_keys(policies: list[HardenedModelPolicy],
                         namespace_labels: Mapping[str, str]) -> tuple[str, ...] | None:
     """The public keys every policy selecting the namespace trusts (trust.publicKeys; several policies: the
     keys all of them list), as canonical PEMs sorted by their DER; None when no selecting policy lists keys
-    (the model's own publicKeySecret is trusted, as without a policy); () when the lists share no key."""
+    (the model's own publicKeySecret is trusted, as without a policy); () when the lists share no key. They
+    concern signing.method key only: a keyless model verifies against its identity, an ephemeral one against
+    the key of its own training run, whatever keys the policies list."""
     lists = [p.spec.trust.public_keys for p in policies if selects(p, namespace_labels) and p.spec.trust.public_keys]
     if not lists:
         return None
@@ -336,7 +364,8 @@ def trusted_public_keys(policies: list[HardenedModelPolicy],
 
 def _cross_policy(model: HardenedModel, policies: list[HardenedModelPolicy],
                   namespace_labels: Mapping[str, str]) -> list[Violation]:
-    """What only all the policies together refuse (an admission evaluates one policy at a time)."""
+    """What only all the policies together refuse (an admission evaluates one policy at a time): a key model
+    where the policies' trust.publicKeys share no key. Any other trust root is judged by each policy alone."""
     if model.spec.signing.method != "key" or trusted_public_keys(policies, namespace_labels) != ():
         return []
     # each policy named "HardenedModelPolicy NAME", as in every line (status.governing_policies reads them back)

@@ -101,14 +101,17 @@ def public_key_fingerprint(public_key_pem: bytes) -> str:
 
 # ------------------------------------------------------------------- signing
 def sign_model(model_dir: pathlib.Path, signature: pathlib.Path, *, private_key: pathlib.Path | None = None,
-               identity_token: str | None = None, use_ambient_credentials: bool = False,
-               trust_config: pathlib.Path | None = None) -> None:
-    """Sign every file of ``model_dir`` into ``signature``: with an EC key, or Sigstore keyless."""
+               private_key_pem: str | None = None, identity_token: str | None = None,
+               use_ambient_credentials: bool = False, trust_config: pathlib.Path | None = None) -> None:
+    """Sign every file of ``model_dir`` into ``signature``: with an EC key (a file, or ``private_key_pem``, a
+    key held in memory only: signing.method ephemeral), or Sigstore keyless."""
     import model_signing
 
     config = model_signing.signing.Config()
     try:
-        if private_key is not None:
+        if private_key_pem is not None:
+            _use_key_in_memory(config, private_key_pem)
+        elif private_key is not None:
             config.use_elliptic_key_signer(private_key=str(private_key))
         else:  # keyless needs Fulcio and Rekor (network) and an OIDC identity
             config.use_sigstore_signer(identity_token=identity_token, use_ambient_credentials=use_ambient_credentials,
@@ -116,6 +119,24 @@ def sign_model(model_dir: pathlib.Path, signature: pathlib.Path, *, private_key:
         config.sign(model_dir, signature)
     except (ValueError, OSError) as exc:
         raise SigningError(f"signing {model_dir} failed: {exc}") from None
+
+
+def _use_key_in_memory(config, private_key_pem: str) -> None:
+    """model_signing reads a signer's key from a path, once, when configured: give it the read end of a pipe
+    that holds the PEM, so a per-run key reaches the signer without touching a disk (the pod's emptyDir
+    outlives the process; a pipe's buffer does not). A PEM is a few hundred bytes, far below a pipe's 64 KiB."""
+    import os
+
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, private_key_pem.encode())
+        os.close(write_end)
+        write_end = -1
+        config.use_elliptic_key_signer(private_key=f"/dev/fd/{read_end}")
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
 
 
 # -------------------------------------------------------------- verification

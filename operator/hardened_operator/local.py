@@ -35,6 +35,7 @@ from hardened_model.contracts import build_serving_config
 from hardened_model.contracts import build_trainer_config, training_version
 from hardened_model.signing import MODEL_DIR_NAME, SIGNATURE_NAME, generate_key_pair
 from hardened_model.spec import HardenedModel
+from . import runkeys
 from .manifests import commands
 from .manifests.commands import Layout
 from .manifests.objects import names
@@ -138,8 +139,12 @@ class LocalRunner:
         self.procs: dict[str, subprocess.Popen] = {}
 
     # ------------------------------------------------------------ signing
-    def signing_keys(self) -> tuple[pathlib.Path, pathlib.Path]:
+    def signing_keys(self) -> tuple[pathlib.Path | None, pathlib.Path | None]:
+        """The signing key pair's files (made for a development run when absent); (None, None) for
+        signing.method ephemeral, whose trainer makes its own key (``run_key_file``)."""
         s = self.model.spec.signing
+        if s.method == "ephemeral":
+            return None, None
         if s.method == "keyless":
             raise StageFailed("sign", "signing.method keyless needs Sigstore (Fulcio, Rekor) and an OIDC identity; "
                                       "`up` signs with keys only: use method key", code=2)
@@ -161,6 +166,19 @@ class LocalRunner:
             self.warnings.append(msg)
             self.say("warning", message=msg)
         return priv, pub
+
+    def run_key_file(self) -> pathlib.Path:
+        """signing.method ephemeral: the public key the trainer reported for this version (its private key
+        lived in the trainer's memory only). Trusted as the rest of this folder is: `up` has one user."""
+        return self.paths.home / "run-keys" / f"{training_version(self.model.spec)}.pem"
+
+    def trusted_keys(self) -> tuple[str, ...] | None:
+        """What the verifiers trust inline: the run's key under signing.method ephemeral, else None (the key
+        file of the layout)."""
+        if self.model.spec.signing.method != "ephemeral":
+            return None
+        path = self.run_key_file()
+        return (path.read_text(),) if path.exists() else ()
 
     def layout(self, ports: dict[str, int] | None = None) -> Layout:
         return local_layout(self.model, self.paths, ports)
@@ -222,13 +240,13 @@ class LocalRunner:
     # -------------------------------------------------------------- stages
     def verify_argv(self, *, expect_digest: str | None = None) -> list[str]:
         """The verification Job's check (signature, gates, provenance), and the pinned digest once trained."""
-        return commands.verify(self.model, self.layout(), digest=expect_digest)
+        return commands.verify(self.model, self.layout(), digest=expect_digest, trusted_keys=self.trusted_keys())
 
     def train_argv(self) -> list[str]:
         return commands.trainer(self.model, self.layout())
 
     def serving_argvs(self, digest: str, ports: dict[str, int]) -> dict[str, list[str]]:
-        return commands.serving(self.model, self.layout(ports), digest=digest)
+        return commands.serving(self.model, self.layout(ports), digest=digest, trusted_keys=self.trusted_keys())
 
     def verify(self, *, expect_digest: str | None = None) -> dict:
         proc = subprocess.run(self.verify_argv(expect_digest=expect_digest), capture_output=True, text=True,
@@ -240,15 +258,15 @@ class LocalRunner:
         result["exitCode"] = proc.returncode
         return result
 
-    def train(self, version_dir: pathlib.Path, private_key: pathlib.Path) -> dict:
+    def train(self, version_dir: pathlib.Path, private_key: pathlib.Path | None) -> dict:
         home = self.paths.home
         iw = self.model.spec.model.initial_weights
         volumes = {}
         if iw is not None and iw.uri.startswith("pvc://"):  # .hardened/volumes/<claim> stands in for the claim
             claim = iw.uri[len("pvc://"):].split("/", 1)[0]
             volumes[claim] = str(self.paths.root / "volumes" / claim)
-        config = build_trainer_config(self.model, output_dir=str(version_dir), private_key_path=str(private_key),
-                                      volumes=volumes)
+        config = build_trainer_config(self.model, output_dir=str(version_dir),
+                                      private_key_path=str(private_key) if private_key else None, volumes=volumes)
         (home / "train.json").write_text(json.dumps(config, indent=2, sort_keys=True))  # as the ConfigMap's
         log_path = home / "logs" / "train.log"
         result, last_error = None, None
@@ -280,6 +298,13 @@ class LocalRunner:
             reason = (last_error or {}).get("message") or f"trainer exited {code}; see {log_path}"
             field = (last_error or {}).get("field")
             raise StageFailed("train", f"{field}: {reason}" if field else reason, code=2 if code == 2 else 1)
+        if self.model.spec.signing.method == "ephemeral":
+            key = runkeys.reported(result)
+            if key is None:
+                raise StageFailed("sign", "signing.method ephemeral: the trainer reported no per-run public key "
+                                          f"(signingKey); see {log_path}", code=1)
+            self.run_key_file().parent.mkdir(parents=True, exist_ok=True)
+            self.run_key_file().write_text(key)
         return result
 
     @staticmethod
@@ -351,7 +376,8 @@ class LocalRunner:
         priv, _ = self.signing_keys()
         version_dir = self.paths.version_dir()
         version = training_version(self.model.spec)
-        existing = self.verify() if (version_dir / SIGNATURE_NAME).exists() else None
+        # an ephemeral version whose run key is gone cannot verify: it trains again
+        existing = self.verify() if (version_dir / SIGNATURE_NAME).exists() and self.trusted_keys() != () else None
         trained = False
         if existing and existing["exitCode"] == 0:
             self.say("info", message=f"version {version} exists and verifies: not training again")

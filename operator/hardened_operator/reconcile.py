@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 
-from . import countersigning, records
+from . import countersigning, records, runkeys
 from .policies import observe_policies
 from .manifests import jobs, monitoring, objects
 from hardened_model.artifacts import StoreURI
@@ -52,6 +52,7 @@ class Observed:
     train_image_id: str | None = None           # the trainer container's imageID, as the kubelet reported it
     train_image: str | None = None              # its image reference in that pod's spec (what the kubelet ran)
     train_node: str | None = None               # the node that pod ran on (spec.nodeName)
+    train_run_key: str | None = None            # signing.method ephemeral: the key in that pod's status (runkeys)
     verify_job: dict | None = None
     verify_message: dict | None = None
     # the reports came from the version's record, not its Jobs' pods (gone): trusted for status and release,
@@ -178,22 +179,29 @@ def uploaded_version_ids(train_message: dict | None) -> dict[str, str] | None:
 
 
 def serving_target(deployment: dict | None, version: str, released: dict | None,
-                   uploaded_ids: dict[str, str] | None) -> ServingTarget | None:
+                   uploaded_ids: dict[str, str] | None, verify_job: dict | None = None, *,
+                   ephemeral: bool = False) -> ServingTarget | None:
     """The version to serve: the one just verified (``released``: its verifier's report, None unless it may roll
     out), else the one the Deployment pins already (a failed or unverified version never replaces it), else None.
     A released version's object versions are the trainer's report or, its pod gone, what the Deployment already
     pins for this version. Its observed trainer image is the one its verifier checked (the report echoes it),
-    so the init container checks the same, and the annotation keeps it once the Jobs are gone."""
+    so the init container checks the same, and the annotation keeps it once the Jobs are gone.
+    ``ephemeral``: signing.method ephemeral, whose serving pods trust the key ``verify_job`` verified the
+    version with, or the one the Deployment pins; a version with neither is no target (runkeys)."""
     ann = (deployment or {}).get("metadata", {}).get("annotations") or {}
     pinned_ids = _json_or_none(ann.get(objects.VERSION_IDS_ANNOTATION))
     if released is not None:
-        return ServingTarget(released["digest"], version,
-                             uploaded_ids or (pinned_ids if ann.get("hardened.dev/version") == version else None),
-                             released.get("provenance") or None, released.get("observedTrainer") or None)
-    if deployment is not None and ann.get("hardened.dev/digest"):
+        run_key = runkeys.verified_with(verify_job) if ephemeral else None
+        if not ephemeral or run_key:
+            return ServingTarget(released["digest"], version,
+                                 uploaded_ids or (pinned_ids if ann.get("hardened.dev/version") == version else None),
+                                 released.get("provenance") or None, released.get("observedTrainer") or None,
+                                 run_key=run_key)
+    run_key = runkeys.pinned(deployment, objects.RUN_KEY_ANNOTATION) if ephemeral else None
+    if deployment is not None and ann.get("hardened.dev/digest") and (not ephemeral or run_key):
         return ServingTarget(ann["hardened.dev/digest"], ann.get("hardened.dev/version", version), pinned_ids,
                              _json_or_none(ann.get(objects.PROVENANCE_ANNOTATION)),
-                             _json_or_none(ann.get(objects.OBSERVED_TRAINER_ANNOTATION)))
+                             _json_or_none(ann.get(objects.OBSERVED_TRAINER_ANNOTATION)), run_key=run_key)
     return None
 
 
@@ -223,10 +231,11 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
         peers = [o for o in (jobs.build_training_peers_policy(model), jobs.build_training_service(model)) if o]
         ensure += [objects.build_jobs_network_policy(model), jobs.build_training_configmap(model), *peers,
                    jobs.build_training_job(model, colocate=obs.colocate)]
-    if training.state == "succeeded" and obs.verify_job is None:
+    ephemeral = model.spec.signing.method == "ephemeral"
+    if training.state == "succeeded" and obs.verify_job is None and (obs.train_run_key or not ephemeral):
         ensure.append(jobs.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate,
                                             verifier_image=verifier_image, observed_trainer=observed_trainer(obs),
-                                            trusted_keys=trusted))
+                                            trusted_keys=(obs.train_run_key,) if ephemeral else trusted))
     record = records.build(model, train_message=obs.train_message, observed_trainer=observed_trainer(obs),
                            verify_message=obs.verify_message if obs.verify_job is not None else None)
     if record is not None:  # kept as long as the model, whatever becomes of the Jobs' pods
@@ -237,7 +246,9 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
                                           version_ids=target.version_ids, colocate=obs.colocate,
                                           provenance=target.provenance, verifier_image=verifier_image,
                                           observed_trainer=target.observed_trainer,
-                                          countersignature=target.countersignature, trusted_keys=trusted)
+                                          countersignature=target.countersignature,
+                                          trusted_keys=(target.run_key,) if ephemeral else trusted,
+                                          run_key=target.run_key)
     ensure += [objects.build_serving_configmap(model), deployment,
                objects.build_service(model), objects.build_metrics_service(model),
                objects.build_network_policy(model), objects.build_pdb(model)]
@@ -270,6 +281,9 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
     version = training_version(spec)
     refusals, selecting = policy_refusals(model, obs, countersigning=platform_key is not None)
     training, verification = job_states(obs)
+    ephemeral = spec.signing.method == "ephemeral"
+    if ephemeral and training.state == "succeeded" and obs.verify_job is None and not obs.train_run_key:
+        verification = JobState("failed", "NoPerRunKey", runkeys.MISSING)
     if refusals:  # what has not started will not start
         training = training if obs.train_job else _REFUSED
         verification = verification if obs.verify_job or training.state != "succeeded" else _REFUSED
@@ -278,7 +292,8 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
     released, warned = released and not refusals, warned and not refusals
     verified_report = report if is_verified(verification, report) else None
     uploaded_ids = uploaded_version_ids(obs.train_message)
-    target = serving_target(obs.deployment, version, report if released else None, uploaded_ids)
+    target = serving_target(obs.deployment, version, report if released else None, uploaded_ids, obs.verify_job,
+                            ephemeral=ephemeral)
     target = countersigning.countersigned(target, model, obs.deployment,
                                           report if released and not obs.verify_from_record else None,
                                           platform_key, now=now)
@@ -360,6 +375,7 @@ def observe(kube, model: HardenedModel) -> Observed:
     if obs.train_job is not None and job_state(obs.train_job)[0] in ("succeeded", "failed"):
         pods = job_pods(kube, ns, n.train)  # one list for the trainer's message and its image
         obs.train_message = termination_message(pods)
+        obs.train_run_key = runkeys.reported(obs.train_message)  # the pods' message only, never a record's
         obs.train_failures = failed_ranks(pods)
         ran = container_image(pods, "trainer") or {}
         obs.train_image, obs.train_image_id, obs.train_node = ran.get("image"), ran.get("imageID"), ran.get("node")

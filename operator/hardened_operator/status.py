@@ -156,7 +156,8 @@ class ServingTarget:
     Deployment's annotations, so a later pass knows what is served after the Jobs and their messages are gone.
     ``observed_trainer``: what the kubelet ran for the version's training pod, which the init container checks
     the provenance against (issue 27). ``countersignature``: the platform's envelope for this version and the
-    key's public PEM (manifests.commands.Countersignature), when the operator has a platform key."""
+    key's public PEM (manifests.commands.Countersignature), when the operator has a platform key. ``run_key``:
+    signing.method ephemeral's per-run public key, the only one the serving pods may verify it with (runkeys)."""
 
     digest: str
     version: str
@@ -164,6 +165,7 @@ class ServingTarget:
     provenance: dict | None = None
     observed_trainer: dict | None = None
     countersignature: object | None = None
+    run_key: str | None = None
 
 
 def condition(previous: list[dict], type_: str, status: str, reason: str, message: str, *, generation: int,

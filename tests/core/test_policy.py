@@ -402,6 +402,62 @@ class TestTrust:
             "verifiers trust Sigstore's public-good root, not one from the model's namespace"]
         assert lines(model(self.KEYLESS), keyless) == []
 
+    EPHEMERAL = {"signing": {"method": "ephemeral", "privateKeySecret": None, "publicKeySecret": None}}
+
+    def test_an_ephemeral_model_meets_a_policy_that_trusts_per_run_keys(self):
+        assert lines(model(self.EPHEMERAL), policy(trust={"ephemeralKeys": True})) == []
+        assert lines(model(self.EPHEMERAL), policy(trust={"ephemeralKeys": False})) == []  # no trust root: no rule
+
+    def test_a_method_the_policy_does_not_trust_is_refused_naming_every_root_it_trusts(self, pems):
+        p = "HardenedModelPolicy strict: spec.signing.method: "
+        keys = {"publicKeys": [pems[0]]}
+        keyless = {"keyless": [self.IDENTITY]}
+        per_run = {"ephemeralKeys": True}
+        ephemeral = model(self.EPHEMERAL)
+        assert lines(ephemeral, policy(trust=keys)) == [
+            p + '"ephemeral"; the policy trusts its public keys only (trust.publicKeys)']
+        assert lines(ephemeral, policy(trust=keyless)) == [
+            p + '"ephemeral"; the policy trusts keyless identities only (trust.keyless)']
+        assert lines(model(), policy(trust=per_run)) == [
+            p + '"key"; the policy trusts per-run keys only (trust.ephemeralKeys)']
+        assert lines(model(self.KEYLESS), policy(trust=per_run)) == [
+            p + '"keyless"; the policy trusts per-run keys only (trust.ephemeralKeys)']
+        assert lines(ephemeral, policy(trust={**keys, **keyless})) == [
+            p + '"ephemeral"; the policy trusts its public keys (trust.publicKeys) or keyless identities '
+                '(trust.keyless) only']
+        assert lines(model(self.KEYLESS), policy(trust={**keys, **per_run})) == [
+            p + '"keyless"; the policy trusts its public keys (trust.publicKeys) or per-run keys '
+                '(trust.ephemeralKeys) only']
+        assert lines(model(), policy(trust={**keyless, **per_run})) == [
+            p + '"key"; the policy trusts keyless identities (trust.keyless) or per-run keys '
+                '(trust.ephemeralKeys) only']
+
+    def test_the_one_root_lines_of_keys_and_identities_are_unchanged_by_ephemeral_keys_false(self, pems):
+        p = "HardenedModelPolicy strict: spec.signing.method: "
+        assert lines(model(self.KEYLESS), policy(trust={"publicKeys": [pems[0]], "ephemeralKeys": False})) == [
+            p + '"keyless"; the policy trusts its public keys only (trust.publicKeys)']
+        assert lines(model(), policy(trust={"keyless": [self.IDENTITY], "ephemeralKeys": False})) == [
+            p + '"key"; the policy trusts keyless identities only (trust.keyless)']
+
+    def test_a_policy_trusting_keys_and_per_run_keys_admits_both_and_keeps_the_key_rule(self, pems):
+        both = policy(trust={"publicKeys": [pems[0]], "ephemeralKeys": True})
+        assert lines(model(), both) == []
+        assert lines(model(self.EPHEMERAL), both) == []
+        assert lines(model({"signing": {"privateKeySecret": None, "publicKeySecret": None}}), both) == [
+            "HardenedModelPolicy strict: spec.signing.privateKeySecret: not set; a key pair made for the model would "
+            "not verify with the policy's trust.publicKeys: name the Secret with the platform's signing key"]
+        every = policy(trust={"publicKeys": [pems[0]], "keyless": [self.IDENTITY], "ephemeralKeys": True})
+        assert [lines(model(patch), every) for patch in ({}, self.KEYLESS, self.EPHEMERAL)] == [[], [], []]
+
+    def test_an_ephemeral_model_is_judged_by_each_policy_alone(self, pems):
+        """The policies' keys sharing none refuses key models only; each policy refuses on its own account."""
+        a = policy("a", trust={"publicKeys": [pems[0]], "ephemeralKeys": True})
+        b = policy("b", trust={"publicKeys": [pems[1]], "ephemeralKeys": True})
+        assert lines(model(self.EPHEMERAL), a, b) == []
+        assert lines(model(self.EPHEMERAL), a, policy("c", trust={"publicKeys": [pems[0]]})) == [
+            'HardenedModelPolicy c: spec.signing.method: "ephemeral"; the policy trusts its public keys only '
+            '(trust.publicKeys)']
+
     def test_several_policies_trust_only_the_keys_all_of_them_list(self, pems):
         from hardened_model.policy import trusted_public_keys
 

@@ -17,7 +17,7 @@ import time
 import pytest
 import yaml
 
-from cluster import CHART, HELM, OPERATOR_NS, Cluster, wait
+from cluster import CHART, HELM, OPERATOR_NS, Cluster, wait, wait_for_admission
 from helpers import ROOT, free_port
 
 NS = "e2e-first-run"
@@ -30,6 +30,8 @@ def api(cluster: Cluster):
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/hardenedmodels.hardened.dev",
                     "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+    if cluster.get("validatingadmissionpolicy", "hardened-model-operator"):  # the chart's, re-synced to the CRDs
+        wait_for_admission(cluster)
     cluster.kubectl("delete", "clusterkopfpeering", "hardened-model", "--ignore-not-found")
     cluster.namespace(NS)
     cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",

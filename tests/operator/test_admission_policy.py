@@ -100,6 +100,8 @@ PEM = generate_key_pem()[1]
 IDENTITY = {"identity": "trainer@ml.example.com", "oidcIssuer": "https://token.actions.githubusercontent.com"}
 KEYLESS = {"signing": {"method": "keyless", "keyless": IDENTITY, "privateKeySecret": None, "publicKeySecret": None}}
 GENERATED = {"signing": {"privateKeySecret": None, "publicKeySecret": None}}  # a key pair made for the model
+EPHEMERAL = {"signing": {"method": "ephemeral", "privateKeySecret": None, "publicKeySecret": None}}
+PER_RUN = {"ephemeralKeys": True}
 D = "sha256:" + "a" * 64
 E = "sha256:" + "b" * 64
 TRAINER = "ghcr.io/hardened-model/trainer"
@@ -247,6 +249,37 @@ CASES = [
     ("trust-both-keyless-model", {"trust": {"publicKeys": [PEM], "keyless": [IDENTITY]}}, {}, "digits-demo", KEYLESS,
      None),
     ("trust-countersignature-only", {"trust": {"requireCountersignature": True}}, {}, "digits-demo", {}, None),
+    # trust: per-run keys (signing.method ephemeral), alone and with the other roots
+    ("trust-per-run-ephemeral-model", {"trust": PER_RUN}, {}, "digits-demo", EPHEMERAL, None),
+    ("trust-per-run-false-ephemeral-model", {"trust": {"ephemeralKeys": False}}, {}, "digits-demo", EPHEMERAL, None),
+    ("trust-per-run-false-keys-keyless-model", {"trust": {"publicKeys": [PEM], "ephemeralKeys": False}}, {},
+     "digits-demo", KEYLESS, "spec.signing.method"),
+    ("trust-no-root-ephemeral-model", {"trust": {"requireCountersignature": True}}, {}, "digits-demo", EPHEMERAL,
+     None),
+    ("trust-per-run-key-model", {"trust": PER_RUN}, {}, "digits-demo", {}, "spec.signing.method"),
+    ("trust-per-run-keyless-model", {"trust": PER_RUN}, {}, "digits-demo", KEYLESS, "spec.signing.method"),
+    ("trust-keys-ephemeral-model", {"trust": {"publicKeys": [PEM]}}, {}, "digits-demo", EPHEMERAL,
+     "spec.signing.method"),
+    ("trust-keyless-ephemeral-model", {"trust": {"keyless": [IDENTITY]}}, {}, "digits-demo", EPHEMERAL,
+     "spec.signing.method"),
+    ("trust-keys-keyless-ephemeral-model", {"trust": {"publicKeys": [PEM], "keyless": [IDENTITY]}}, {},
+     "digits-demo", EPHEMERAL, "spec.signing.method"),
+    ("trust-keys-per-run-keyless-model", {"trust": {"publicKeys": [PEM], **PER_RUN}}, {}, "digits-demo", KEYLESS,
+     "spec.signing.method"),
+    ("trust-keyless-per-run-key-model", {"trust": {"keyless": [IDENTITY], **PER_RUN}}, {}, "eks-s3-irsa", {},
+     "spec.signing.method"),
+    ("trust-keys-per-run-key-model", {"trust": {"publicKeys": [PEM], **PER_RUN}}, {}, "digits-demo", {}, None),
+    ("trust-keys-per-run-ephemeral-model", {"trust": {"publicKeys": [PEM], **PER_RUN}}, {}, "digits-demo", EPHEMERAL,
+     None),
+    ("trust-keys-per-run-generated-pair", {"trust": {"publicKeys": [PEM], **PER_RUN}}, {}, "digits-demo", GENERATED,
+     "spec.signing.privateKeySecret"),
+    ("trust-keyless-per-run-other-identity", {"trust": {"keyless": [{**IDENTITY, "identity": "other@example.com"}],
+                                                        **PER_RUN}}, {}, "digits-demo", KEYLESS,
+     "spec.signing.keyless"),
+    ("trust-all-roots-ephemeral-model", {"trust": {"publicKeys": [PEM], "keyless": [IDENTITY], **PER_RUN}}, {},
+     "digits-demo", EPHEMERAL, None),
+    ("trust-per-run-other-namespace", {"namespaceSelector": {"matchLabels": {"tenant": "a"}}, "trust": PER_RUN},
+     {"tenant": "b"}, "digits-demo", {}, None),
 ]
 
 
@@ -289,6 +322,18 @@ def test_the_messages_read_as_the_shared_format(vap):
             'images ["a.io/x/","b.io/y"]'
     assert message({"serviceAccounts": []}, {}, base="eks-s3-irsa") == \
         p + 'spec.aws.serviceAccountName: "hardened-model-irsa"; the policy allows none'
+    assert message({"trust": {"publicKeys": [PEM]}}, KEYLESS) == \
+        p + 'spec.signing.method: "keyless"; the policy trusts its public keys only (trust.publicKeys)'
+    assert message({"trust": {"keyless": [IDENTITY]}}, {}) == \
+        p + 'spec.signing.method: "key"; the policy trusts keyless identities only (trust.keyless)'
+    assert message({"trust": PER_RUN}, {}) == \
+        p + 'spec.signing.method: "key"; the policy trusts per-run keys only (trust.ephemeralKeys)'
+    assert message({"trust": {"publicKeys": [PEM], "keyless": [IDENTITY]}}, EPHEMERAL) == \
+        p + 'spec.signing.method: "ephemeral"; the policy trusts its public keys (trust.publicKeys) or keyless ' \
+            'identities (trust.keyless) only'
+    assert message({"trust": {"publicKeys": [PEM], **PER_RUN}}, KEYLESS) == \
+        p + 'spec.signing.method: "keyless"; the policy trusts its public keys (trust.publicKeys) or per-run keys ' \
+            '(trust.ephemeralKeys) only'
 
 
 def test_an_update_is_checked_only_when_it_writes_the_spec(vap):

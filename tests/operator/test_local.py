@@ -187,3 +187,32 @@ def test_gate_failure_names_the_stage_and_serves_nothing(tmp_path):
     assert out.returncode == 3
     assert "stage gates failed" in out.stdout and "minCleanAccuracy" in out.stdout
     assert not (tmp_path / ".hardened/digits-demo/state.json").exists()
+
+
+def test_up_with_a_per_run_key_signs_verifies_and_serves_with_no_private_key_on_disk(tmp_path):
+    """signing.method ephemeral: the trainer's key lives in its memory only; `up` keeps the public half the
+    trainer reported and verifies and serves with it; a second `up` finds the version verified by it."""
+    from sklearn.datasets import load_digits
+
+    doc = tiny_manifest({"signing": {"method": "ephemeral", "privateKeySecret": None, "publicKeySecret": None}})
+    spec = tmp_path / "m.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    port = free_port()
+    out = cli("up", str(spec), "--detach", "--port", str(port), cwd=tmp_path)
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "DEVELOPMENT signing key" not in out.stdout
+        state = tmp_path / ".hardened"
+        [key_file] = (state / "digits-demo/run-keys").iterdir()
+        assert key_file.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+        assert not [p for p in state.rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
+        key = (state / "digits-demo/api-keys").read_text().split()[0]
+        x = (load_digits().images[:1] / 16.0).reshape(1, 1, 8, 8)
+        status, body, _ = http("POST", f"http://127.0.0.1:{port}/v2/models/digits-demo/infer", infer_body(x),
+                               {"Authorization": f"Bearer {key}"})
+        assert status == 200 and body["outputs"][0]["shape"] == [1, 10]
+        assert cli("down", str(spec), cwd=tmp_path).returncode == 0
+        again = cli("up", str(spec), "--detach", "--port", str(free_port()), cwd=tmp_path)
+        assert again.returncode == 0 and "not training again" in again.stdout, again.stdout + again.stderr
+    finally:
+        cli("down", str(spec), cwd=tmp_path)

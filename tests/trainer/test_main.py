@@ -209,3 +209,43 @@ def test_s3_upload_with_kms_and_version_ids(tmp_path, keys, capsys, moto_server)
     dest = download_version(StoreURI.parse("s3://models/hardened"), "digits-demo", version, tmp_path / "dl",
                             client=s3, version_ids=result["versionIds"])
     assert verify_model(dest / "model", dest / "model.sig", TrustPolicy(public_key=str(keys[1]))).verified
+
+
+EPHEMERAL = {"signing": {"method": "ephemeral", "privateKeySecret": None, "publicKeySecret": None}}
+
+
+def test_ephemeral_signing_reports_the_run_key_and_writes_no_private_key(tmp_path, capsys):
+    """signing.method ephemeral (issue 27): the trainer makes a key for this run, signs in memory and reports
+    the public half in its termination message; the model verifies with that key and with no other, and no
+    private key is left in any file the run wrote."""
+    from hardened_model.signing import generate_key_pem
+
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps(build_trainer_config(parse_manifest(tiny_manifest(EPHEMERAL)),
+                                                   output_dir=str(tmp_path / "out"))))
+    code = main(["--config", str(cfg), "--termination-log", str(tmp_path / "termination-log")])
+    assert code == EXIT_OK
+    term = json.loads((tmp_path / "termination-log").read_text())
+    key = term["signingKey"]
+    assert key.startswith("-----BEGIN PUBLIC KEY-----") and term["gatesPassed"] is True
+    out = tmp_path / "out"
+    res = verify_model(out / "model", out / "model.sig", TrustPolicy(public_keys_pem=(key,)))
+    assert res.verified and res.digest == term["digest"], res.reason
+    other = verify_model(out / "model", out / "model.sig", TrustPolicy(public_keys_pem=(generate_key_pem()[1],)))
+    assert not other.verified
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if b"PRIVATE KEY" in p.read_bytes()]
+    result = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
+    assert result["event"] == "result" and result["signingKey"] == key
+
+
+def test_a_termination_message_over_the_kubelets_limit_drops_the_metrics_not_the_json(tmp_path):
+    from hardened_trainer.__main__ import TERMINATION_LIMIT, _termination_message
+
+    payload = {"digest": "d" * 64, "signingKey": "k" * 180, "metrics": {f"m{i}": 0.5 for i in range(600)}}
+    _termination_message(str(tmp_path / "t"), payload)
+    text = (tmp_path / "t").read_text()
+    assert len(text.encode()) <= TERMINATION_LIMIT
+    assert json.loads(text) == {"digest": "d" * 64, "signingKey": "k" * 180, "metricsDropped": True}
+    _termination_message(str(tmp_path / "small"), {"digest": "d", "metrics": {"a": 1}})
+    assert json.loads((tmp_path / "small").read_text()) == {"digest": "d", "metrics": {"a": 1}}

@@ -250,10 +250,15 @@ def run(cfg, *, log, device=None, checkpoint_dir: str | None = None) -> tuple[in
     sig = out / signing.SIGNATURE_NAME
     rt = cfg.signing
     token = pathlib.Path(rt.identity_token_path).read_text().strip() if rt.identity_token_path else None
+    # signing.method ephemeral: a key for this run alone, in this process's memory only; its public half goes
+    # out in the termination message, which the kubelet records in the pod's status and the operator reads
+    private_pem, run_key = signing.generate_key_pem() if spec.signing.method == "ephemeral" else (None, None)
     signing.sign_model(model_dir, sig,
                        private_key=pathlib.Path(rt.private_key_path) if spec.signing.method == "key" else None,
-                       identity_token=token, use_ambient_credentials=rt.use_ambient_credentials,
+                       private_key_pem=private_pem, identity_token=token,
+                       use_ambient_credentials=rt.use_ambient_credentials,
                        trust_config=pathlib.Path(rt.trust_config_path) if rt.trust_config_path else None)
+    del private_pem
     digest, _ = signing.read_signed_manifest(sig)
     store = artifacts.StoreURI.parse(spec.artifacts.store)
     uri = store.version_uri(cfg.model_name, cfg.version)
@@ -265,6 +270,8 @@ def run(cfg, *, log, device=None, checkpoint_dir: str | None = None) -> tuple[in
                "digest": digest, "uri": uri, "localPath": str(out), "versionIds": versions,
                "dataDigest": ds.digest, "trainerImage": os.environ.get(TRAINER_IMAGE_ENV) or None,
                "seconds": round(time.perf_counter() - t0, 2)}
+    if run_key:
+        summary["signingKey"] = run_key
     if result.resumed_from_epoch is not None:
         summary["resumedFromEpoch"] = result.resumed_from_epoch
     if world:  # the operator shows it in status.training
@@ -277,6 +284,7 @@ def run(cfg, *, log, device=None, checkpoint_dir: str | None = None) -> tuple[in
     return (EXIT_OK if passed else EXIT_GATES_FAILED), summary
 
 
+TERMINATION_LIMIT = 4096                      # bytes of a termination log the kubelet keeps
 TRAINER_IMAGE_ENV = "HARDENED_TRAINER_IMAGE"   # the pod's image reference, set by the operator
 POD_ENV = "HARDENED_POD_NAME"                 # the Downward API's metadata.name
 
@@ -319,11 +327,18 @@ def _s3(spec):
 
 
 def _termination_message(path: str, payload: dict) -> None:
-    """Kubernetes reads /dev/termination-log into the Pod status (4 KiB kept): the operator's input."""
+    """Kubernetes reads /dev/termination-log into the Pod status (4 KiB kept): the operator's input. Cut, the
+    JSON would not parse and the operator would lose every field (a per-run signing key among them), so what
+    is over drops the metrics (the verifier reports them again from the signed metrics.json), then the message
+    is cut as before."""
+    text = json.dumps(payload, sort_keys=True)
+    if len(text.encode()) > TERMINATION_LIMIT and "metrics" in payload:
+        text = json.dumps({**{k: v for k, v in payload.items() if k != "metrics"}, "metricsDropped": True},
+                          sort_keys=True)
     try:
         if os.path.exists(os.path.dirname(path) or "."):
             with open(path, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(payload, sort_keys=True)[:4096])
+                fh.write(text.encode()[:TERMINATION_LIMIT].decode(errors="ignore"))
     except OSError:
         pass
 
@@ -385,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     if summary:  # rank 0's; the other ranks leave the termination log to it (one pod may hold them all)
         _termination_message(args.termination_log, {k: summary[k] for k in
                                                     ("gatesPassed", "metrics", "digest", "uri", "versionIds",
-                                                     "dataDigest", "trainerImage", "resumedFromEpoch")
+                                                     "dataDigest", "trainerImage", "resumedFromEpoch",
+                                                     "signingKey")
                                                     if k in summary})
     return code
 

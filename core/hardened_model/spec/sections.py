@@ -484,7 +484,11 @@ class SigningSection(_Base):
 
     mode: Literal["Enforce", "Warn"] = Field(
         default="Enforce", description="Enforce never serves an unverified model; Warn serves it with a Warning condition.")
-    method: Literal["key", "keyless"] = Field(default="key", description="key: EC private key; keyless: Sigstore.")
+    method: Literal["key", "keyless", "ephemeral"] = Field(
+        default="key", description="key: an EC private key from a Secret; keyless: Sigstore; ephemeral: a P-256 key "
+                                   "the trainer makes for this run and never writes down, whose public key the "
+                                   "operator reads from the training pod's status (as the kubelet recorded it) and "
+                                   "the verifiers alone trust (issue 27).")
     private_key_secret: SecretKeyRef | None = Field(
         default=None, description="Secret holding the PEM private key (method key). Omitted with publicKeySecret: "
                                   "a key pair is generated for this model.")
@@ -498,10 +502,13 @@ class SigningSection(_Base):
                 "privateKeySecret and publicKeySecret are set together", "publicKeySecret"),
         CelRule("self.method != 'keyless' || has(self.keyless)",
                 "method keyless needs keyless.identity and keyless.oidcIssuer", "keyless"),
-        CelRule("self.method != 'key' || !has(self.keyless)",
+        CelRule("self.method == 'keyless' || !has(self.keyless)",
                 "keyless is only used with method keyless", "keyless"),
         CelRule("self.method != 'keyless' || !has(self.privateKeySecret)",
                 "method keyless signs without a private key; remove privateKeySecret", "privateKeySecret"),
+        CelRule("self.method != 'ephemeral' || !has(self.privateKeySecret)",
+                "method ephemeral signs with a key made in the training pod; remove privateKeySecret and "
+                "publicKeySecret", "privateKeySecret"),
     )
 
 

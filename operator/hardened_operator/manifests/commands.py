@@ -85,9 +85,14 @@ def _need(layout: Layout, field: str) -> str:
 def _trust(model: HardenedModel, layout: Layout, trusted_keys: tuple[str, ...] | None = None) -> list[str]:
     """What the verifier trusts. ``trusted_keys``: the public keys the HardenedModelPolicies selecting the
     namespace hold (policy.trusted_public_keys), inline, in place of spec.signing.publicKeySecret: the tenant
-    writes that Secret, the cluster admin the policy (issue 27). Only the cluster has policies."""
+    writes that Secret, the cluster admin the policy (issue 27). Only the cluster has policies. Under
+    signing.method ephemeral they are the run's own key, which the trainer reported (the cluster: as the
+    kubelet recorded it in the training pod's status), the one trust root there is."""
     s = model.spec.signing
-    if s.method == "key" and trusted_keys is not None:
+    if s.method == "ephemeral" and not trusted_keys:
+        raise ValueError("signing.method ephemeral: no per-run public key to verify with (the trainer reports it "
+                         "when it has signed)")
+    if s.method in ("key", "ephemeral") and trusted_keys is not None:
         return [arg for pem in trusted_keys for arg in ("--public-key-pem", pem)]
     if s.method == "keyless":
         args = ["--identity", s.keyless.identity, "--oidc-issuer", s.keyless.oidc_issuer]

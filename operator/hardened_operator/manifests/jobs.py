@@ -50,7 +50,7 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
                                                       "items": [{"key": key.key if key else "private.pem",
                                                                  "path": key.key if key else "private.pem"}]}})
         mounts.append({"name": "signing", "mountPath": SIGNING_MOUNT, "readOnly": True})
-    else:  # Sigstore keyless: a projected service-account token with audience "sigstore"
+    elif s.signing.method == "keyless":  # a projected service-account token with audience "sigstore"
         volumes.append({"name": "sigstore-token", "projected": {"sources": [{"serviceAccountToken": {
             "audience": "sigstore", "expirationSeconds": 3600, "path": "token"}}]}})
         mounts.append({"name": "sigstore-token", "mountPath": "/var/run/secrets/sigstore", "readOnly": True})

@@ -229,9 +229,10 @@ def _sigstore_trust(model: HardenedModel) -> dict | None:
 
 def _trust_volumes(model: HardenedModel, trusted_keys: tuple[str, ...] | None) -> tuple[list[dict], list[dict]]:
     """(volumes, mounts) of what the verifiers trust: the public key, or a private Sigstore's trust config.
-    ``trusted_keys``: a HardenedModelPolicy's (commands.verify), passed inline, so no key Secret is mounted."""
+    ``trusted_keys``: a HardenedModelPolicy's (commands.verify), or the per-run key of signing.method
+    ephemeral, passed inline, so no key Secret is mounted."""
     s = model.spec.signing
-    if s.method == "key" and trusted_keys is not None:
+    if s.method == "ephemeral" or s.method == "key" and trusted_keys is not None:
         return [], []
     if s.method == "keyless":
         volume = _sigstore_trust(model)
@@ -280,6 +281,7 @@ def build_serving_configmap(model: HardenedModel) -> dict:
 PROVENANCE_ANNOTATION = "hardened.dev/provenance"
 OBSERVED_TRAINER_ANNOTATION = "hardened.dev/observed-trainer"
 COUNTERSIGNATURE_ANNOTATION = "hardened.dev/countersignature"  # the platform's DSSE envelope (issue 27)
+RUN_KEY_ANNOTATION = "hardened.dev/run-key"  # signing.method ephemeral: the served version's per-run public key
 
 
 def build_deployment(model: HardenedModel, *, digest: str, version: str,
@@ -287,7 +289,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                      provenance: dict | None = None, verifier_image: str = DEFAULT_VERIFIER_IMAGE,
                      observed_trainer: dict[str, str] | None = None,
                      countersignature: Countersignature | None = None,
-                     trusted_keys: tuple[str, ...] | None = None) -> dict:
+                     trusted_keys: tuple[str, ...] | None = None, run_key: str | None = None) -> dict:
     """The serving Deployment for one verified version (``digest`` pinned in every container, and for s3://
     stores the object ``version_ids`` pinned in the init container's download and kept in an annotation;
     ``colocate``: the pvc:// store is ReadWriteOnce, see _colocated). The init container runs the platform's
@@ -296,7 +298,8 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
     the same; the annotations keep it and the platform's ``countersignature`` for passes after the pods go.
     ``trusted_keys``: a HardenedModelPolicy's trust.publicKeys, which the init container and the model server
     verify with (commands.verify); each pass renders the policies' keys of that moment, so a version signed
-    with a key no longer trusted starts no new pod."""
+    with a key no longer trusted starts no new pod. ``run_key``: signing.method ephemeral's per-run public key,
+    the one the pods trust (``trusted_keys`` holds it), kept in an annotation for later passes (runkeys)."""
     s, n = model.spec, names(model)
     layout = cluster_layout(model, version)
     local = layout.artifact_uri is None  # a pvc:// version, read in place
@@ -367,7 +370,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                                   (VERSION_IDS_ANNOTATION, version_ids), (PROVENANCE_ANNOTATION, provenance),
                                   (OBSERVED_TRAINER_ANNOTATION, observed_trainer),
                                   (COUNTERSIGNATURE_ANNOTATION, countersignature and countersignature.envelope))
-                              if v}}),
+                              if v}, **({RUN_KEY_ANNOTATION: run_key} if run_key else {})}),
         "spec": {
             "replicas": s.serving.replicas,
             "selector": {"matchLabels": serving_selector(model)},
