@@ -317,6 +317,60 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def choose_rollback(name: str, status: dict, *, to: str | None) -> str:
+    """The version `hardened-model rollback` pins: ``to`` when it served this model (status.history), else the
+    newest entry that is not the version serving now. ValueError says why there is none."""
+    history = [e for e in (status or {}).get("history") or [] if isinstance(e, dict) and e.get("version")]
+    served = [e["version"] for e in history]
+    if to is not None:
+        if to not in served:
+            raise ValueError(f"--to {to}: HardenedModel {name} never served that version (status.history holds "
+                             f"{', '.join(served) or 'none'})")
+        return to
+    serving = history[0]["version"] if history and not history[0].get("servedTo") else None
+    earlier = [v for v in served if v != serving]
+    if not earlier:
+        raise ValueError(f"HardenedModel {name}: no earlier version in status.history to roll back to "
+                         f"({'only ' + serving + ' served' if serving else 'nothing served yet'})")
+    return earlier[0]
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    import json
+
+    import kubernetes
+    from hardened_model.spec import API_GROUP, API_VERSION, PLURAL
+
+    from .kube import load_config
+
+    load_config()
+    namespace = args.namespace
+    if namespace is None:
+        try:
+            namespace = kubernetes.config.list_kube_config_contexts()[1]["context"].get("namespace") or "default"
+        except (kubernetes.config.ConfigException, KeyError, TypeError):
+            namespace = "default"
+    api = kubernetes.client.CustomObjectsApi()
+    try:
+        model = api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, args.name)
+        version = None if args.clear else choose_rollback(args.name, model.get("status") or {}, to=args.to)
+        api.patch_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, args.name,
+                                           {"spec": {"serving": {"version": version}}})
+    except ValueError as exc:
+        print(f"hardened-model rollback: {exc}", file=sys.stderr)
+        return 2
+    except kubernetes.client.ApiException as exc:
+        reason = (json.loads(exc.body or "{}").get("message") if exc.body else None) or exc.reason
+        print(f"hardened-model rollback: HardenedModel {namespace}/{args.name}: {reason}", file=sys.stderr)
+        return 1
+    if version is None:
+        print(f"{namespace}/{args.name}: spec.serving.version removed: the spec's own version serves again")
+    else:
+        print(f"{namespace}/{args.name}: spec.serving.version = {version}: the operator judges its signed metrics "
+              "against the gates, and its pods verify the artifact again before it serves")
+    return 0
+
+
 # Subcommands that hand their own arguments to another program's parser.
 PASSTHROUGH = {"train"}
 
@@ -376,6 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       "artifacts.endpoint, as the trainer uses, else AWS)")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: sha256sum lines)")
     p.set_defaults(func=_cmd_data_digest)
+
+    p = sub.add_parser("rollback", help="serve an earlier version of a HardenedModel again, without retraining "
+                                        "(sets spec.serving.version)")
+    p.add_argument("name", help="the HardenedModel")
+    p.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's, else default)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--to", metavar="VERSION", help="this version from status.history (default: the newest one "
+                                                     "that is not serving now)")
+    how.add_argument("--clear", action="store_true", help="remove the pin: the spec's own version serves again "
+                                                          "(default: off)")
+    p.set_defaults(func=_cmd_rollback)
 
     p = sub.add_parser("up", help="train, sign, verify and serve a spec on this machine (no cluster)")
     p.add_argument("spec", help="HardenedModel YAML")

@@ -55,6 +55,14 @@ def _pinned(deployment: dict | None, target: ServingTarget, model: HardenedModel
         return None
     try:
         envelope = json.loads(ann.get(COUNTERSIGNATURE_ANNOTATION) or "null")
+    except ValueError:
+        return None
+    return _valid(envelope, target, model, key)
+
+
+def _valid(envelope, target: ServingTarget, model: HardenedModel, key: PlatformKey) -> dict | None:
+    """``envelope`` when it verifies with the current key and names this digest and model, else None."""
+    try:
         statement = countersign.verify(envelope, key.public_pem)
     except (ValueError, countersign.CountersignError):
         return None
@@ -64,15 +72,17 @@ def _pinned(deployment: dict | None, target: ServingTarget, model: HardenedModel
 
 
 def countersigned(target: ServingTarget | None, model: HardenedModel, deployment: dict | None,
-                  released: dict | None, key: PlatformKey | None, *, now: str) -> ServingTarget | None:
+                  released: dict | None, key: PlatformKey | None, *, now: str,
+                  kept: dict | None = None) -> ServingTarget | None:
     """``target`` with the platform's envelope, when there is a key. Reused from the Deployment when it pins
     one for this version; else signed now from ``released`` (the verifier's report of the version just
     released: digest, verdict, observedTrainer). A version already serving whose report is gone (its verify
     pods removed) gets none: the operator signs only what its verifier reported, never a digest read back from
-    a Deployment that someone else may have written."""
+    a Deployment that someone else may have written. ``kept``: the envelope a version's record keeps (a
+    rollback, versions.py), reused when it verifies as the Deployment's would."""
     if key is None or target is None:
         return target
-    envelope = _pinned(deployment, target, model, key)
+    envelope = _pinned(deployment, target, model, key) or (_valid(kept, target, model, key) if kept else None)
     if envelope is None and released is not None and released.get("digest") == target.digest:
         meta = model.metadata
         envelope = key.sign(countersign.build_statement(

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 
-from . import countersigning, records, runkeys
+from . import countersigning, records, runkeys, versions
+from .versions import serving_target, uploaded_version_ids
 from .policies import observe_policies
 from .manifests import jobs, monitoring, objects
 from hardened_model.artifacts import StoreURI
@@ -53,6 +54,12 @@ class Observed:
     train_image: str | None = None              # its image reference in that pod's spec (what the kubelet ran)
     train_node: str | None = None               # the node that pod ran on (spec.nodeName)
     train_run_key: str | None = None            # signing.method ephemeral: the key in that pod's status (runkeys)
+    # spec.serving.version's record (records.read) and the countersignature it keeps (versions.py)
+    pinned_record: tuple = (None, None)
+    pinned_countersignature: dict | None = None
+    # serving.onGateRegression Rollback: every version's record, and the countersignatures they keep, by version
+    version_records: dict = field(default_factory=dict)
+    version_countersignatures: dict = field(default_factory=dict)
     verify_job: dict | None = None
     verify_message: dict | None = None
     # the reports came from the version's record, not its Jobs' pods (gone): trusted for status and release,
@@ -99,13 +106,6 @@ def rollout_complete(dep: dict | None, desired: dict | None, replicas: int) -> t
 def retry_seconds(default: float) -> float:
     """How long kopf waits before retrying a pass; HARDENED_RETRY_SECONDS overrides every default (tests)."""
     return float(os.environ.get("HARDENED_RETRY_SECONDS", default))
-
-
-def _json_or_none(text: str | None):
-    try:
-        return json.loads(text) if text else None
-    except ValueError:
-        return None
 
 
 def _rollout_stuck(dep: dict | None, digest: str | None) -> str | None:
@@ -173,38 +173,6 @@ def observed_trainer(obs: Observed) -> dict[str, str] | None:
             **({"node": obs.train_node} if obs.train_node else {})}
 
 
-def uploaded_version_ids(train_message: dict | None) -> dict[str, str] | None:
-    """The S3 object versions of what the trainer uploaded (s3:// stores): every later download is pinned to them."""
-    return {k: v for k, v in ((train_message or {}).get("versionIds") or {}).items() if v} or None
-
-
-def serving_target(deployment: dict | None, version: str, released: dict | None,
-                   uploaded_ids: dict[str, str] | None, verify_job: dict | None = None, *,
-                   ephemeral: bool = False) -> ServingTarget | None:
-    """The version to serve: the one just verified (``released``: its verifier's report, None unless it may roll
-    out), else the one the Deployment pins already (a failed or unverified version never replaces it), else None.
-    A released version's object versions are the trainer's report or, its pod gone, what the Deployment already
-    pins for this version. Its observed trainer image is the one its verifier checked (the report echoes it),
-    so the init container checks the same, and the annotation keeps it once the Jobs are gone.
-    ``ephemeral``: signing.method ephemeral, whose serving pods trust the key ``verify_job`` verified the
-    version with, or the one the Deployment pins; a version with neither is no target (runkeys)."""
-    ann = (deployment or {}).get("metadata", {}).get("annotations") or {}
-    pinned_ids = _json_or_none(ann.get(objects.VERSION_IDS_ANNOTATION))
-    if released is not None:
-        run_key = runkeys.verified_with(verify_job) if ephemeral else None
-        if not ephemeral or run_key:
-            return ServingTarget(released["digest"], version,
-                                 uploaded_ids or (pinned_ids if ann.get("hardened.dev/version") == version else None),
-                                 released.get("provenance") or None, released.get("observedTrainer") or None,
-                                 run_key=run_key)
-    run_key = runkeys.pinned(deployment, objects.RUN_KEY_ANNOTATION) if ephemeral else None
-    if deployment is not None and ann.get("hardened.dev/digest") and (not ephemeral or run_key):
-        return ServingTarget(ann["hardened.dev/digest"], ann.get("hardened.dev/version", version), pinned_ids,
-                             _json_or_none(ann.get(objects.PROVENANCE_ANNOTATION)),
-                             _json_or_none(ann.get(objects.OBSERVED_TRAINER_ANNOTATION)), run_key=run_key)
-    return None
-
-
 def policy_refusals(model: HardenedModel, obs: Observed, *, countersigning: bool) -> tuple[list[str], list[str]]:
     """(every refusal line, the names of the policies that select the model's namespace). A policy the operator
     cannot read refuses every model (fail closed, as sigstore's policy-controller does): a rule it does not
@@ -225,19 +193,25 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
     ensured on every pass, so drift is put back. The verifiers trust the policies' public keys of this pass
     (trust.publicKeys), when any selecting policy lists some."""
     trusted = trusted_public_keys(obs.policies, obs.namespace_labels)
+    n = objects.names(model)
+    pinned = versions.pin(model, n.version)  # an earlier version serves: the spec's neither trains nor verifies
     ensure: list[dict] = []
-    if obs.train_job is None:  # the NetworkPolicy first: the Job's pods are fenced in before they start
+    if obs.train_job is None and not pinned:  # the NetworkPolicy first: the Job's pods are fenced in before they start
         # before the Job: its pods reach each other and resolve node 0 through these
         peers = [o for o in (jobs.build_training_peers_policy(model), jobs.build_training_service(model)) if o]
         ensure += [objects.build_jobs_network_policy(model), jobs.build_training_configmap(model), *peers,
                    jobs.build_training_job(model, colocate=obs.colocate)]
     ephemeral = model.spec.signing.method == "ephemeral"
-    if training.state == "succeeded" and obs.verify_job is None and (obs.train_run_key or not ephemeral):
+    if training.state == "succeeded" and obs.verify_job is None and (obs.train_run_key or not ephemeral) \
+            and not pinned:
         ensure.append(jobs.build_verify_job(model, version_ids=uploaded_ids, colocate=obs.colocate,
                                             verifier_image=verifier_image, observed_trainer=observed_trainer(obs),
                                             trusted_keys=(obs.train_run_key,) if ephemeral else trusted))
+    kept = target.countersignature.envelope if target and target.version == n.version and target.countersignature \
+        else None
     record = records.build(model, train_message=obs.train_message, observed_trainer=observed_trainer(obs),
-                           verify_message=obs.verify_message if obs.verify_job is not None else None)
+                           verify_message=obs.verify_message if obs.verify_job is not None else None,
+                           countersignature=kept)
     if record is not None:  # kept as long as the model, whatever becomes of the Jobs' pods
         ensure.append(record)
     if target is None:
@@ -284,24 +258,39 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
     ephemeral = spec.signing.method == "ephemeral"
     if ephemeral and training.state == "succeeded" and obs.verify_job is None and not obs.train_run_key:
         verification = JobState("failed", "NoPerRunKey", runkeys.MISSING)
+    pinned = versions.pin(model, version)
+    if pinned:  # spec.serving.version: that earlier version serves, the spec's own neither trains nor rolls out
+        held = JobState("pending", "NotStarted", f"not started: spec.serving.version pins version {pinned}")
+        training = training if obs.train_job else held
+        verification = verification if obs.verify_job else held
     if refusals:  # what has not started will not start
         training = training if obs.train_job else _REFUSED
         verification = verification if obs.verify_job or training.state != "succeeded" else _REFUSED
     report = judged(obs.verify_message or {}, spec.gates, obs.verify_job)
     released, warned = release(verification, report, warn_mode=spec.signing.mode == "Warn")
-    released, warned = released and not refusals, warned and not refusals
+    released, warned = released and not refusals and not pinned, warned and not refusals and not pinned
     verified_report = report if is_verified(verification, report) else None
     uploaded_ids = uploaded_version_ids(obs.train_message)
-    target = serving_target(obs.deployment, version, report if released else None, uploaded_ids, obs.verify_job,
-                            ephemeral=ephemeral)
-    target = countersigning.countersigned(target, model, obs.deployment,
-                                          report if released and not obs.verify_from_record else None,
-                                          platform_key, now=now)
+    pin_refused = regressed = None
+    if pinned:
+        target, pin_refused = versions.pinned_target(model, pinned, obs, previous.get("history"), platform_key,
+                                                     now=now)
+    else:
+        target = serving_target(obs.deployment, version, report if released else None, uploaded_ids,
+                                obs.verify_job, ephemeral=ephemeral)
+        target = countersigning.countersigned(target, model, obs.deployment,
+                                              report if released and not obs.verify_from_record else None,
+                                              platform_key, now=now)
+        target, regressed = versions.on_regression(model, obs, target, report, version,
+                                                   previous.get("history"), platform_key, now=now)
     ensure, desired_dep = ([], None) if refusals else desired_children(model, obs, training, target, uploaded_ids,
                                                                       verifier_image=verifier_image)
     complete, ready_replicas = rollout_complete(obs.deployment, desired_dep, spec.serving.replicas)
     problems = pod_problems(obs.serving_pods) if target and not complete else []
-    current = target is not None and target.version == version
+    current = target is not None and target.version == (pinned or version)
+    # the spec's own version serves, but its verdict no longer releases it: a gate raised since (onGateRegression)
+    regression = current and not pinned and not released and verification.state in ("succeeded", "failed")
+    served_report = obs.pinned_record[1] if pinned and current else verified_report
 
     conditions = {"PolicyAllowed": policy_condition(refusals, selecting=selecting,
                                                     namespace=model.metadata.namespace or ""),
@@ -316,20 +305,25 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
     phase, failed, why = current_phase(
         conditions, training=training, verification=verification, released=released, complete=complete,
         stuck=None if complete or target is None else _rollout_stuck(obs.deployment, target.digest),
-        deployment=n.serving, kept_version=target.version if target and (refusals or not current) else None)
+        deployment=n.serving,
+        kept_version=target.version if target and (refusals or not current or regression) else None,
+        pinned=pinned is not None, pin_refused=pin_refused)
     conditions["Ready"] = ready_condition(why, serving=conditions["ServingReady"],
-                                          rolled_out=complete and current and not refusals, warned=warned)
+                                          rolled_out=complete and current and not refusals and not regression,
+                                          warned=warned)
     prev_fail = previous.get("lastFailure") or {}
     status = build_status(
         previous, generation=model.metadata.generation or 0, phase=phase, now=now, conditions=conditions,
         training=training_status(obs.train_job, job_name=n.train, config_digest=version,
                                  image_id=obs.train_image_id, report=obs.train_message),
-        metrics=metrics_status(verified_report),
+        metrics=metrics_status(served_report),
         artifact=artifact_status(objects.version_location(model)[0], verified_report, version_ids=uploaded_ids),
         serving=serving_status(target, url=_service_url(model), ready_replicas=ready_replicas),
         lastFailure=last_failure(prev_fail, failed, why, settled=phase == "Serving" and current, now=now),
         history=history_status(previous.get("history"), target, complete=complete, now=now,
-                               metrics=metrics_status(verified_report) if current else None))
+                               metrics=metrics_status(served_report) if current else None,
+                               stopped=f"rolled back to version {pinned} (spec.serving.version)" if pinned
+                               else regressed))
     events = _events(previous, warned=warned, version=version, report=report, problems=bool(problems),
                      serving=conditions["ServingReady"], phase=phase, why=why, policy=conditions["PolicyAllowed"])
     newly_failed = failed if failed and (prev_fail.get("stage"), prev_fail.get("reason")) != (failed, why.reason) \
@@ -363,7 +357,8 @@ def _events(previous: dict, *, warned: bool, version: str, report: dict, problem
 
 
 # -------------------------------------------------------------------- I/O
-def observe(kube, model: HardenedModel) -> Observed:
+def observe(kube, model: HardenedModel, history: list[dict] | None = None) -> Observed:
+    """What one pass reads; ``history``: the model's status.history (the versions a rollback may serve)."""
     from .kube import container_image, failed_ranks, job_pods, termination_message
 
     ns, n = model.metadata.namespace, objects.names(model)
@@ -383,6 +378,16 @@ def observe(kube, model: HardenedModel) -> Observed:
         obs.verify_message = termination_message(job_pods(kube, ns, n.verify))
     if obs.verify_job is not None and obs.verify_message is None:  # the pods are gone: the record remains
         records.restore(obs, *records.read(kube.get("ConfigMap", ns, n.record), n.version))
+    pinned = versions.pin(model, n.version)
+    if pinned:  # a rollback: what that version's record says (versions.rollback trusts it for gates only)
+        record = kube.get("ConfigMap", ns, records.name(model, pinned))
+        obs.pinned_record = records.read(record, pinned)
+        obs.pinned_countersignature = records.kept_countersignature(record, pinned)
+    if model.spec.serving.on_gate_regression == "Rollback":  # versions.on_regression may need any that served
+        for kept in {e.get("version") for e in history or [] if isinstance(e, dict) and e.get("version")}:
+            record = kube.get("ConfigMap", ns, records.name(model, kept))
+            obs.version_records[kept] = records.read(record, kept)
+            obs.version_countersignatures[kept] = records.kept_countersignature(record, kept)
     observe_policies(kube, model, obs)
     return obs
 
@@ -503,7 +508,7 @@ def handle_model(body: dict, *, kube, patch, event, metrics, now=_now) -> str:
             event("Warning", "InvalidSpec", message)
         metrics.reconciles.labels("invalid").inc()
         raise kopf.PermanentError(f"invalid spec: {message}")
-    obs = observe(kube, model)
+    obs = observe(kube, model, previous.get("history"))
     # a refused spec gets nothing, generated Secrets included; its status names the policy, not a missing Secret
     key = countersigning.platform_key()
     refused = policy_refusals(model, obs, countersigning=key is not None)[0]

@@ -21,20 +21,42 @@ from hardened_model.spec import HardenedModel
 from .manifests import objects
 
 TRAINING_KEY, VERIFICATION_KEY = "training.json", "verification.json"
+COUNTERSIGNATURE_KEY = "countersignature.json"  # the platform's envelope, kept for a rollback (versions.py)
+
+
+def name(model: HardenedModel, version: str) -> str:
+    """The record ConfigMap of ``version`` of the model (objects.names(model).record for the spec's own)."""
+    return f"{model.metadata.name}-version-{version}"
 
 
 def build(model: HardenedModel, *, train_message: dict | None, observed_trainer: dict | None,
-          verify_message: dict | None) -> dict | None:
+          verify_message: dict | None, countersignature: dict | None = None) -> dict | None:
     """The record of the spec's version once its verification reported (None before: a running version has
-    nothing to keep). The JSON is canonical (sorted keys), so an unchanged report patches nothing."""
+    nothing to keep). The JSON is canonical (sorted keys), so an unchanged report patches nothing.
+    ``countersignature``: the platform's envelope for the version, once made: a rollback to it needs one, and
+    the envelope vouches for itself (the init container verifies it with the platform key), so keeping it in a
+    ConfigMap that others may write gives nothing away."""
     if not verify_message:
         return None
     n = objects.names(model)
     training = {"report": train_message or {}, "observedTrainer": observed_trainer or None}
     meta = objects._meta(model, n.record, "record", annotations={"hardened.dev/version": n.version})
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
-            "data": {TRAINING_KEY: json.dumps(training, sort_keys=True),
-                     VERIFICATION_KEY: json.dumps(verify_message, sort_keys=True)}}
+    data = {TRAINING_KEY: json.dumps(training, sort_keys=True),
+            VERIFICATION_KEY: json.dumps(verify_message, sort_keys=True)}
+    if countersignature:
+        data[COUNTERSIGNATURE_KEY] = json.dumps(countersignature, sort_keys=True)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+
+
+def kept_countersignature(configmap: dict | None, version: str) -> dict | None:
+    """The envelope a record of ``version`` keeps, if any (unverified: countersigning verifies it)."""
+    if ((configmap or {}).get("metadata", {}).get("annotations") or {}).get("hardened.dev/version") != version:
+        return None
+    try:
+        envelope = json.loads(((configmap or {}).get("data") or {}).get(COUNTERSIGNATURE_KEY) or "null")
+    except ValueError:
+        return None
+    return envelope if isinstance(envelope, dict) else None
 
 
 def read(configmap: dict | None, version: str) -> tuple[dict | None, dict | None]:

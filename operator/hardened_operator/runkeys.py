@@ -54,6 +54,12 @@ def pinned(deployment: dict | None, annotation: str) -> str | None:
     return _ec_public_pem(((deployment or {}).get("metadata", {}).get("annotations") or {}).get(annotation))
 
 
+def history_key(entry: dict) -> str | None:
+    """The per-run key a status.history entry keeps for the version it names (written by the operator from the
+    Deployment it served with; a rollback trusts it, not the version's record)."""
+    return _ec_public_pem(entry.get("runKey"))
+
+
 MISSING = ("the training pod's status holds no per-run public key (signing.method ephemeral), so nothing can "
            "verify this version: its pod is gone, or it did not report one. Delete the training Job to train "
            "the version again")

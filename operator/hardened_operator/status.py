@@ -110,6 +110,8 @@ class HistoryEntry(_Status):
     stopped: str | None = Field(default=None, description="Why it stopped serving.")
     metrics: MetricsStatus | None = Field(default=None, description="Its verified figures, when this operator "
                                                                     "verified it.")
+    run_key: str | None = Field(default=None, description="signing.method ephemeral: the per-run public key it "
+                                                          "served with, which a rollback to it trusts.")
 
 
 HISTORY_LIMIT = 10
@@ -378,7 +380,8 @@ def serving_condition(target: ServingTarget | None, *, complete: bool, ready_rep
 
 def current_phase(conditions: dict[str, Cond], *, training: JobState, verification: JobState, released: bool,
                   complete: bool, stuck: str | None, deployment: str,
-                  kept_version: str | None) -> tuple[str, str | None, Cond]:
+                  kept_version: str | None, pinned: bool = False,
+                  pin_refused: str | None = None) -> tuple[str, str | None, Cond]:
     """(phase, the stage that failed or None, the condition that explains the phase: Ready's reason and message).
 
     A policy's refusal outranks everything: the operator then does nothing for the spec (issue 27). Otherwise a
@@ -386,7 +389,9 @@ def current_phase(conditions: dict[str, Cond], *, training: JobState, verificati
     needs the user even while the next version trains. ``released``: the verified version may roll out (gates
     passed, or failed under signing.mode Warn). ``stuck``: the Deployment controller's verdict on the target's
     rollout. ``kept_version``: the version that keeps serving, said on a failure (for a policy's refusal also
-    the spec's own version, which serves on although the policy now refuses it).
+    the spec's own version, which serves on although the policy now refuses it). ``pinned``: spec.serving.version
+    pins an earlier version, which is then all there is to serve (the spec's own neither trains nor rolls out);
+    ``pin_refused``: why that version cannot serve (versions.rollback).
     """
     serving = conditions["ServingReady"]
     policy = conditions.get("PolicyAllowed")
@@ -406,6 +411,10 @@ def current_phase(conditions: dict[str, Cond], *, training: JobState, verificati
         why = Cond("False", "RolloutStuck", f"Deployment {deployment} did not progress ({stuck}); the pods of the "
                                             "previous version keep serving; kubectl describe pods shows why the new "
                                             "ones do not start")
+    elif pin_refused:
+        failed, phase, why = "rollback", "Failed", Cond("False", "RollbackRefused", pin_refused)
+    elif pinned:
+        failed, phase, why = None, "Serving" if complete else "RollingOut", serving
     elif training.state == "failed":
         failed, phase, why = "training", "Failed", conditions["TrainingSucceeded"]
     elif verification.state in ("succeeded", "failed") and not released:
@@ -446,10 +455,11 @@ def last_failure(previous: dict, failed: str | None, why: Cond, *, settled: bool
 
 
 def history_status(previous: list[dict] | None, target: ServingTarget | None, *, complete: bool,
-                   metrics: dict | None, now: str) -> list[dict] | None:
+                   metrics: dict | None, now: str, stopped: str | None = None) -> list[dict] | None:
     """status.history, newest first, at most HISTORY_LIMIT: a version enters once its rollout completed (it
     serves every replica); the one it replaced gets servedTo and why. ``metrics``: the entering version's
-    verified figures (metrics_status), when this pass has them."""
+    verified figures (metrics_status), when this pass has them; ``stopped``: why the one it replaced stopped, when
+    not simply replaced (a rollback)."""
     entries = [dict(e) for e in previous or [] if isinstance(e, dict) and e.get("digest")]
     if target is None or not complete:
         return entries or None
@@ -459,9 +469,10 @@ def history_status(previous: list[dict] | None, target: ServingTarget | None, *,
             head["metrics"] = metrics
         return entries
     if head and not head.get("servedTo"):
-        head.update(servedTo=now, stopped=f"replaced by version {target.version}")
+        head.update(servedTo=now, stopped=stopped or f"replaced by version {target.version}")
     entries.insert(0, {"version": target.version, "digest": target.digest, "servedFrom": now,
-                       **({"metrics": metrics} if metrics else {})})
+                       **({"metrics": metrics} if metrics else {}), **({"runKey": target.run_key} if target.run_key
+                                                                         else {})})
     return entries[:HISTORY_LIMIT]
 
 

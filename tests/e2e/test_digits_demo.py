@@ -441,6 +441,73 @@ def test_a_trainer_that_forges_its_provenance_is_refused_while_the_served_versio
           f"{FIGURES['forger_restored_to_ready_s']:.1f}s")
 
 
+def _rollback(api: Cluster, *args: str) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "hardened_operator.cli", "rollback", MODEL, "-n", NS, *args],
+                         capture_output=True, text=True, env=api.env, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def _serves(api: Cluster, digest: str, generation: int, timeout: float = 600) -> None:
+    """Wait until the operator saw ``generation`` and the model is Ready serving ``digest``."""
+    def done():
+        st = status(api)
+        ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), {})
+        return st.get("observedGeneration", 0) >= generation and ready.get("status") == "True" \
+            and (st.get("serving") or {}).get("servedDigest") == digest
+    wait(done, timeout, f"Ready serving {digest[:16]}", interval=1)
+
+
+def test_a_rollback_serves_the_earlier_version_again_without_training(demo: Demo):
+    """Issue 29 point 3: a second version trains and serves; `hardened-model rollback` pins the first one
+    (spec.serving.version): it serves again with no training Job, its pods verify it again (digest and the
+    platform countersignature its record kept); `rollback --clear` returns to the second, again untrained."""
+    from hardened_model.countersign import verify as verify_envelope
+
+    api = demo.api
+    st = status(api)
+    v1, d1, generation = st["training"]["configDigest"], st["serving"]["servedDigest"], st["observedGeneration"]
+    # one replica: the 2-CPU node then has room for the training pod beside the serving one
+    api.kubectl("-n", NS, "patch", "hm", MODEL, "--type=merge", "-p",
+                json.dumps({"spec": {"training": {"seed": 1}, "serving": {"replicas": 1}}}))
+    wait(lambda: status(api).get("observedGeneration") == generation + 1, 60, "the operator to see the new seed")
+    wait(lambda: (status(api).get("serving") or {}).get("servedDigest") not in (None, d1)
+         and status(api).get("phase") == "Serving", 900, "the second version serving", interval=2)
+    st = status(api)
+    v2, d2 = st["training"]["configDigest"], st["serving"]["servedDigest"]
+    assert [e["version"] for e in st["history"][:2]] == [v2, v1]
+    trainings = {j["metadata"]["name"] for j in api.items("jobs", NS, TRAIN_SELECTOR)}
+
+    t0 = time.monotonic()
+    assert v1 in _rollback(api)
+    _serves(api, d1, generation + 2)
+    FIGURES["rollback_to_ready_s"] = time.monotonic() - t0
+    st = status(api)
+    assert {j["metadata"]["name"] for j in api.items("jobs", NS, TRAIN_SELECTOR)} == trainings  # no training
+    assert st["history"][0]["version"] == v1 and st["history"][1]["version"] == v2
+    assert st["history"][1]["stopped"] == f"rolled back to version {v1} (spec.serving.version)"
+    dep = api.get("deployment", MODEL, NS)
+    args = next(c for c in dep["spec"]["template"]["spec"]["initContainers"] if c["name"] == "verify-model")["args"]
+    assert args[args.index("--expect-digest") + 1] == d1
+    statement = verify_envelope(args[args.index("--countersignature") + 1],
+                                args[args.index("--platform-public-key-pem") + 1])
+    assert statement["subject"][0]["digest"]["sha256"] == d1
+    demo.routed()
+    wait(lambda: demo.infer(infer_body(digits(1)))[0] == 200, 60, "the Service to answer 200", interval=1)
+
+    t0 = time.monotonic()
+    assert "removed" in _rollback(api, "--clear")
+    _serves(api, d2, generation + 3)
+    FIGURES["unpin_to_ready_s"] = time.monotonic() - t0
+    assert {j["metadata"]["name"] for j in api.items("jobs", NS, TRAIN_SELECTOR)} == trainings
+    assert status(api)["history"][0]["version"] == v2
+    print(f"rollback -> Ready {FIGURES['rollback_to_ready_s']:.1f}s, --clear -> Ready "
+          f"{FIGURES['unpin_to_ready_s']:.1f}s, no training Job either way")
+
+
 def test_deleting_the_model_garbage_collects_every_child(demo: Demo):
     api = demo.api
     api.kubectl("-n", NS, "delete", "hm", MODEL, "--wait=true", "--timeout=60s", timeout=90)

@@ -577,3 +577,26 @@ def test_status_says_a_run_resumed_and_its_world():
         "True", "Succeeded", "training Job j completed (resumed from its checkpoint of epoch 3)")
     st = training_status(None, job_name="j", config_digest="v", image_id=None, report=report)
     assert (st["resumedFromEpoch"], st["worldSize"]) == (3, 2)
+
+
+def test_scratch_requests_ephemeral_storage_and_caps_the_tmp_volume():
+    """resources.scratch: the trainer's /tmp (examples beyond its memory budget) is requested from the scheduler
+    and capped; without it nothing is requested, as before."""
+    doc = example("digits-demo")
+    doc["spec"]["training"]["resources"] = {"cpu": "1", "memory": "2Gi", "scratch": "40Gi"}
+    doc["spec"]["serving"]["resources"] = {"cpu": "500m", "memory": "1Gi", "scratch": "2Gi"}
+    m = parse_manifest(doc)
+    pod = build_training_job(m)["spec"]["template"]["spec"]
+    [trainer] = pod["containers"]
+    assert trainer["resources"]["requests"]["ephemeral-storage"] == "40Gi" == \
+        trainer["resources"]["limits"]["ephemeral-storage"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "40Gi"}} in pod["volumes"]
+    dep = build_deployment(m, digest="d" * 64, version="v")["spec"]["template"]["spec"]
+    assert next(c for c in dep["containers"] if c["name"] == "model")["resources"]["limits"][
+        "ephemeral-storage"] == "2Gi"
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}} in dep["volumes"]
+    for obj in (build_training_job(m), build_deployment(m, digest="d" * 64, version="v")):
+        kubernetes_validate.validate(obj, "1.30", strict=True)
+    plain = build_training_job(model())["spec"]["template"]["spec"]
+    assert "ephemeral-storage" not in plain["containers"][0]["resources"]["requests"]
+    assert {"name": "tmp", "emptyDir": {}} in plain["volumes"]

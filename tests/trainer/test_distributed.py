@@ -199,6 +199,33 @@ def test_every_rank_takes_every_step_and_reports_the_same_epsilon(two_rank_epoch
     assert all(max(g["sizes"]) <= len(range(r, n, WORLD)) for r, g in enumerate(got))  # its own shard
 
 
+def plain_epoch_on_file_backed_rows():
+    """A plain (non-DP) epoch on a file-backed split: which sampler each rank got, and the rows it drew."""
+    data = digits()
+    spec = spec_with({"training": {"adversarial": {"enabled": False}, "privacy": {"enabled": False},
+                                   "batchSize": 32}, "gates": {"maxEpsilon": None}})
+    x = file_backed(data.x_train)
+    run = build_run(spec, x, data.y_train, device=CPU, log=quiet)
+    rows = [list(b) for b in run.loader.batch_sampler] if run.loader.batch_sampler is not None else []
+    train_one_epoch(run, spec, epoch=1, start=0.0)
+    return {"sampler": type(run.loader.batch_sampler).__name__, "rows": rows, "n": len(x), "steps": run.steps}
+
+
+def test_plain_ranks_on_file_backed_rows_draw_poisson_batches_of_their_shard(tmp_path):
+    """Without DP-SGD a file-backed split is not shuffled by torch's DistributedSampler (a list of every row per
+    rank) but drawn like the DP path, O(batch): the same number of steps on every rank (DDP all-reduces each),
+    never an empty batch, each batch sorted rows of the rank's own shard, about batchSize / world rows."""
+    got = values(spawn(tmp_path, plain_epoch_on_file_backed_rows))
+    steps = {len(g["rows"]) for g in got}
+    assert len(steps) == 1 and all(g["sampler"] == "PoissonShard" for g in got), [g["sampler"] for g in got]
+    for r, g in enumerate(got):
+        assert all(b and b == sorted(b) and all(i % WORLD == r for i in b) for b in g["rows"]), r
+        mean = sum(map(len, g["rows"])) / len(g["rows"])
+        assert 8 <= mean <= 24, (r, mean)  # batch 32 over 2 ranks: 16 expected
+    alone = plain_epoch_on_file_backed_rows()
+    assert alone["sampler"] == "PoissonShard" and len(alone["rows"]) == steps.pop()
+
+
 # ------------------------------------------------------------------ c. accuracy
 # 2 ranks may end at most 5 points below 1 process. Measured with seeds 0-3 (the test runs seed 0): 1 process
 # 0.88-0.93 (DP-SGD) and 0.94-0.96 (plain), 2 ranks 0.90-0.92 and 0.95-0.97; at one seed the two differ by at

@@ -23,7 +23,8 @@ Poisson sample of the whole training set, the sampling the accountant charges fo
 Each rank's optimizer charges its own accountant with the same (noise, q) every step, so every rank holds
 the same history; train_one_epoch checks that they agree (agreed_epsilon) and reports rank 0's ε.
 
-Without DP-SGD: torch's DistributedDataParallel and a shuffled shard per rank (batch ceil(B / W) per rank).
+Without DP-SGD: torch's DistributedDataParallel and a shuffled shard per rank (batch ceil(B / W) per rank);
+on a file-backed split (rows.py) Poisson batches of the shard at the global rate instead, never empty.
 
 Checkpoints (``--checkpoint-dir``): rank 0 writes one file at the end of every epoch (tmp, then os.replace)
 holding what training reads next: weights, optimizer, accountant history, weight average, step count and
@@ -247,6 +248,13 @@ def prepare(run, spec) -> None:
 
     run.net = DistributedDataParallel(run.net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     loader = run.loader
+    if run.mapped:  # a file-backed split: no list of every row (DistributedSampler's, 36 bytes a row per rank):
+        # Poisson batches of this rank's shard at the global rate, drawn in O(batch), never empty (DDP steps them)
+        q = min(t.batch_size / len(loader.dataset), 1.0)
+        run.loader = DataLoader(loader.dataset, pin_memory=loader.pin_memory, batch_sampler=PoissonShard(
+            num_samples=len(loader.dataset), sample_rate=q, steps=max(int(1 / q), 1), rank=rank(),
+            world=world_size(), generator=run.generator, binomial=True, nonempty=True))
+        return
     run.loader = DataLoader(loader.dataset, batch_size=math.ceil(t.batch_size / world_size()),
                             sampler=ShuffledShard(loader.dataset, num_replicas=world_size(), rank=rank(),
                                                   shuffle=True, seed=t.seed),

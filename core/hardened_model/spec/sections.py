@@ -252,6 +252,12 @@ class Resources(_Base):
     gpus: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu count (requests = limits).")
     cpu: Quantity = Field(default="1", description="CPU request, e.g. 500m or 2.")
     memory: Quantity = Field(default="2Gi", description="Memory request and limit, e.g. 4Gi.")
+    scratch: Quantity | None = Field(
+        default=None,
+        description="Room for the pod's scratch folder (/tmp, an emptyDir): the container's ephemeral-storage "
+                    "request and limit and the emptyDir's sizeLimit, so the scheduler picks a node with that much "
+                    "disk. The trainer keeps examples beyond its memory budget there (about twice their float32 "
+                    "size) and an s3:// data file while it reads it. Absent: no request, the node's disk is shared.")
 
 
 class Adversarial(_Base):
@@ -675,6 +681,18 @@ class ServingSection(_Base):
                                   "omitted: a Secret with one random key is generated.")
     tls: Tls | None = None
     output: Output = _obj(Output)
+    version: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{12}$",
+        description="Serve this earlier version (status.history) instead of the spec's own: a rollback without "
+                    "retraining (`hardened-model rollback NAME`). Its signed metrics are judged against the gates "
+                    "again and its artifact verified again before it serves; the spec's own version neither trains "
+                    "nor rolls out meanwhile. Absent, or the spec's own version: the spec's version serves.")
+    on_gate_regression: Literal["Warn", "Rollback"] = Field(
+        default="Warn",
+        description="When the version serving fails spec.gates as they are now (a gate tightened after it was "
+                    "verified): Warn keeps it serving, Ready False naming the gate; Rollback serves the newest "
+                    "earlier version in status.history that passes them (re-verified as a serving.version pin "
+                    "is), until the gates pass again.")
 
     cel_rules = (
         CelRule("self.auth.apiKeys || !has(self.apiKeysSecret)", "apiKeysSecret needs auth.apiKeys", "apiKeysSecret"),

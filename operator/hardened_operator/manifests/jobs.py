@@ -14,7 +14,7 @@ from . import commands
 from .objects import (CONTAINER_SECURITY, DEFAULT_VERIFIER_IMAGE, POD_SECURITY, SIGNING_MOUNT, SIGSTORE_TRUST_MOUNT,
                       TRAINER_COMMAND, TRAINER_CONFIG_MOUNT, _aws_env, _colocated, _meta, _program, _resources,
                       _sigstore_trust, _store_volume, _verify_container, _weights_volume, cluster_layout, labels,
-                      names, signing_secret_name, version_location)
+                      names, scratch_volume, signing_secret_name, version_location)
 
 TORCHRUN_COMMAND = ["python", "-m", commands.TORCHRUN]  # the trainer image's Python, launching the ranks
 
@@ -41,7 +41,7 @@ def build_training_job(model: HardenedModel, *, colocate: bool = False) -> dict:
     s, n = model.spec, names(model)
     t = s.training
     volumes = [{"name": "config", "configMap": {"name": n.train}},
-               {"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+               {"name": "work", "emptyDir": {}}, scratch_volume(t.resources)]
     mounts = [{"name": "config", "mountPath": TRAINER_CONFIG_MOUNT, "readOnly": True},
               {"name": "work", "mountPath": "/work"}, {"name": "tmp", "mountPath": "/tmp"}]
     if s.signing.method == "key":

@@ -103,7 +103,14 @@ def _resources(r, *, gpu: bool) -> dict:
     if gpu and r.gpus:
         requests["nvidia.com/gpu"] = str(r.gpus)
         limits["nvidia.com/gpu"] = str(r.gpus)
+    if r.scratch is not None:  # the /tmp emptyDir's room (scratch_volume caps the volume to it)
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = str(r.scratch)
     return {"requests": requests, "limits": limits}
+
+
+def scratch_volume(r) -> dict:
+    """The pod's /tmp emptyDir, capped at ``r.scratch`` (Resources) when it is set."""
+    return {"name": "tmp", "emptyDir": {"sizeLimit": str(r.scratch)} if r.scratch is not None else {}}
 
 
 def _aws_env(model: HardenedModel) -> list[dict]:
@@ -308,7 +315,7 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                                       countersignature=countersignature, trusted_keys=trusted_keys)
     init = {**init, "name": "verify-model"}
     volumes = volumes + [
-        {"name": "tmp", "emptyDir": {}}, {"name": "models", "emptyDir": {}},
+        scratch_volume(s.serving.resources), {"name": "models", "emptyDir": {}},
         {"name": "serving-config", "configMap": {"name": n.serving_config}}]
     edge_volumes, edge_mounts = _edge(model)
     volumes += edge_volumes
