@@ -317,18 +317,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def choose_rollback(name: str, status: dict, *, to: str | None) -> str:
+def choose_rollback(name: str, status: dict, *, to: str | None, own: str | None = None) -> str | None:
     """The version `hardened-model rollback` pins: ``to`` when it served this model (status.history), else the
-    newest entry that is not the version serving now. ValueError says why there is none."""
+    newest entry that is neither the version serving now nor one a rollback went away from (so a second
+    rollback goes further back, not forth). None when that is the spec's ``own`` version: the pin is then
+    removed rather than left to take effect at the next spec change. ValueError says why there is none."""
     history = [e for e in (status or {}).get("history") or [] if isinstance(e, dict) and e.get("version")]
     served = [e["version"] for e in history]
     if to is not None:
         if to not in served:
             raise ValueError(f"--to {to}: HardenedModel {name} never served that version (status.history holds "
                              f"{', '.join(served) or 'none'})")
-        return to
+        return None if to == own else to
     serving = history[0]["version"] if history and not history[0].get("servedTo") else None
-    earlier = [v for v in served if v != serving]
+    left = {e["version"] for e in history if str(e.get("stopped") or "").startswith("rolled back")}
+    earlier = [v for v in served if v != serving and v not in left]
+    if earlier and earlier[0] == own:
+        return None
     if not earlier:
         raise ValueError(f"HardenedModel {name}: no earlier version in status.history to roll back to "
                          f"({'only ' + serving + ' served' if serving else 'nothing served yet'})")
@@ -353,7 +358,14 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     api = kubernetes.client.CustomObjectsApi()
     try:
         model = api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, args.name)
-        version = None if args.clear else choose_rollback(args.name, model.get("status") or {}, to=args.to)
+        from hardened_model.contracts import training_version
+        from hardened_model.spec import SpecError, parse_spec
+
+        try:
+            own = training_version(parse_spec(model.get("spec") or {}))
+        except SpecError:
+            own = None
+        version = None if args.clear else choose_rollback(args.name, model.get("status") or {}, to=args.to, own=own)
         api.patch_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, args.name,
                                            {"spec": {"serving": {"version": version}}})
     except ValueError as exc:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from kubernetes.client.exceptions import ApiException
 
 from . import countersigning, records, runkeys, versions
-from .versions import serving_target, uploaded_version_ids
+from .versions import uploaded_version_ids
 from .policies import observe_policies
 from .manifests import jobs, monitoring, objects
 from hardened_model.artifacts import StoreURI
@@ -57,6 +57,7 @@ class Observed:
     # spec.serving.version's record (records.read) and the countersignature it keeps (versions.py)
     pinned_record: tuple = (None, None)
     pinned_countersignature: dict | None = None
+    own_countersignature: dict | None = None    # the one the spec's version's record keeps (records.restore's)
     # serving.onGateRegression Rollback: every version's record, and the countersignatures they keep, by version
     version_records: dict = field(default_factory=dict)
     version_countersignatures: dict = field(default_factory=dict)
@@ -222,7 +223,7 @@ def desired_children(model: HardenedModel, obs: Observed, training: JobState, ta
                                           observed_trainer=target.observed_trainer,
                                           countersignature=target.countersignature,
                                           trusted_keys=(target.run_key,) if ephemeral else trusted,
-                                          run_key=target.run_key)
+                                          run_key=target.run_key, gates=target.gates)
     ensure += [objects.build_serving_configmap(model), deployment,
                objects.build_service(model), objects.build_metrics_service(model),
                objects.build_network_policy(model), objects.build_pdb(model)]
@@ -276,11 +277,8 @@ def decide(model: HardenedModel, obs: Observed, previous: dict, *, now: str,
         target, pin_refused = versions.pinned_target(model, pinned, obs, previous.get("history"), platform_key,
                                                      now=now)
     else:
-        target = serving_target(obs.deployment, version, report if released else None, uploaded_ids,
-                                obs.verify_job, ephemeral=ephemeral)
-        target = countersigning.countersigned(target, model, obs.deployment,
-                                              report if released and not obs.verify_from_record else None,
-                                              platform_key, now=now)
+        target = versions.released_target(model, obs, version, report, released, uploaded_ids, platform_key,
+                                          now=now)
         target, regressed = versions.on_regression(model, obs, target, report, version,
                                                    previous.get("history"), platform_key, now=now)
     ensure, desired_dep = ([], None) if refusals else desired_children(model, obs, training, target, uploaded_ids,
@@ -377,7 +375,9 @@ def observe(kube, model: HardenedModel, history: list[dict] | None = None) -> Ob
     if obs.verify_job is not None and job_state(obs.verify_job)[0] in ("succeeded", "failed"):
         obs.verify_message = termination_message(job_pods(kube, ns, n.verify))
     if obs.verify_job is not None and obs.verify_message is None:  # the pods are gone: the record remains
-        records.restore(obs, *records.read(kube.get("ConfigMap", ns, n.record), n.version))
+        record = kube.get("ConfigMap", ns, n.record)
+        records.restore(obs, *records.read(record, n.version))
+        obs.own_countersignature = records.kept_countersignature(record, n.version)
     pinned = versions.pin(model, n.version)
     if pinned:  # a rollback: what that version's record says (versions.rollback trusts it for gates only)
         record = kube.get("ConfigMap", ns, records.name(model, pinned))

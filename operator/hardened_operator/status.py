@@ -168,6 +168,9 @@ class ServingTarget:
     observed_trainer: dict | None = None
     countersignature: object | None = None
     run_key: str | None = None
+    # the init container judges the signed metrics.json against the spec's gates too: a version served again
+    # (a rollback) whose record's figures anyone who may write ConfigMaps could have edited (versions.py)
+    gates: bool = False
 
 
 def condition(previous: list[dict], type_: str, status: str, reason: str, message: str, *, generation: int,

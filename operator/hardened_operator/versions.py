@@ -19,7 +19,7 @@ from hardened_model.spec import HardenedModel
 from hardened_model.countersign import PlatformKey
 from . import countersigning, runkeys
 from .manifests import objects
-from .status import ServingTarget
+from .status import ServingTarget, metrics_status
 
 
 def _json_or_none(text: str | None):
@@ -55,9 +55,11 @@ def serving_target(deployment: dict | None, version: str, released: dict | None,
                                  run_key=run_key)
     run_key = runkeys.pinned(deployment, objects.RUN_KEY_ANNOTATION) if ephemeral else None
     if deployment is not None and ann.get("hardened.dev/digest") and (not ephemeral or run_key):
+        inits = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("initContainers") or []
         return ServingTarget(ann["hardened.dev/digest"], ann.get("hardened.dev/version", version), pinned_ids,
                              _json_or_none(ann.get(objects.PROVENANCE_ANNOTATION)),
-                             _json_or_none(ann.get(objects.OBSERVED_TRAINER_ANNOTATION)), run_key=run_key)
+                             _json_or_none(ann.get(objects.OBSERVED_TRAINER_ANNOTATION)), run_key=run_key,
+                             gates=any("--gates" in (c.get("args") or []) for c in inits))
     return None
 
 
@@ -94,7 +96,10 @@ def rollback(model: HardenedModel, pinned: str, *, history: list[dict] | None,
     if verification.get("digest") != entry["digest"]:
         return Rollback(pinned, None, f"{field}: its record names digest {str(verification.get('digest'))[:16]}, "
                                       f"status.history {entry['digest'][:16]}: the record was changed")
-    failed = [r.describe() for r in check_gates(verification["metrics"], model.spec.gates) if not r.passed]
+    if entry.get("metrics") and metrics_status(verification) != entry["metrics"]:
+        return Rollback(pinned, None, f"{field}: its record's metrics differ from those status.history kept when "
+                                      "it served: the record was changed")
+    failed = gate_failures(model, verification["metrics"])
     if failed:
         return Rollback(pinned, None, f"{field}: fails the spec's gates now: {'; '.join(failed)}")
     run_key = None
@@ -105,7 +110,7 @@ def rollback(model: HardenedModel, pinned: str, *, history: list[dict] | None,
                                           "(signing.method ephemeral), so nothing could verify it")
     ids = {k: v for k, v in (((training or {}).get("report") or {}).get("versionIds") or {}).items() if v} or None
     return Rollback(pinned, ServingTarget(entry["digest"], pinned, ids, verification.get("provenance") or None,
-                                          verification.get("observedTrainer") or None, run_key=run_key))
+                                          verification.get("observedTrainer") or None, run_key=run_key, gates=True))
 
 
 NO_COUNTERSIGNATURE = ("its record keeps no platform countersignature that verifies for this model and digest "
@@ -169,3 +174,22 @@ def on_regression(model: HardenedModel, obs, target: ServingTarget | None, repor
             return candidate, (f"rolled back to version {earlier}: version {target.version} fails the gates now "
                                f"({'; '.join(failed)}; serving.onGateRegression Rollback)")
     return target, None
+
+
+def released_target(model: HardenedModel, obs, version: str, report: dict, released: bool,
+                    uploaded_ids: dict[str, str] | None, key: PlatformKey | None, *, now: str) -> ServingTarget | None:
+    """Without a pin: the version just released, else what the Deployment serves (serving_target),
+    countersigned when there is a platform key. A release read back from the version's record (its Jobs' pods
+    gone) is signed with the envelope that record keeps, or not rolled out: the platform signs only what its
+    verifier said in this pass, and a record's digest is not that. ``obs``: a reconcile.Observed."""
+    ephemeral = model.spec.signing.method == "ephemeral"
+    target = serving_target(obs.deployment, version, report if released else None, uploaded_ids, obs.verify_job,
+                            ephemeral=ephemeral)
+    target = countersigning.countersigned(target, model, obs.deployment,
+                                          report if released and not obs.verify_from_record else None, key,
+                                          now=now, kept=obs.own_countersignature)
+    if key is not None and released and target is not None and target.countersignature is None:
+        target = countersigning.countersigned(serving_target(obs.deployment, version, None, None,
+                                                             ephemeral=ephemeral), model, obs.deployment, None,
+                                              key, now=now)
+    return target

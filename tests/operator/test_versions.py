@@ -239,3 +239,53 @@ def test_warn_or_no_earlier_version_passing_keeps_the_serving_version_and_says_w
     ready = conditions(d)["Ready"]
     assert ready["status"] == "False" and "minRobustAccuracy: 0.6000 (FAILED, threshold 0.7)" in ready["message"]
     assert ready["message"].endswith(f"version {V2} keeps serving")
+
+
+def test_a_pinned_version_is_judged_again_on_its_signed_metrics_and_a_record_whose_figures_changed_is_refused():
+    """The record's figures are not signed: the init container of a version served again judges the signed
+    metrics.json against the gates (--gates), and a record whose metrics differ from what status.history kept
+    when the version served is refused."""
+    m = model(V1)
+    history = [HISTORY[0], {**HISTORY[1], "metrics": {**METRICS}}]
+    obs = serving_v2(m, pinned_record=records.read(record(), V1))
+    [dep] = [o for o in decide(m, obs, {"history": history}, now=LATER).ensure if o["kind"] == "Deployment"]
+    init = dep["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert json.loads(init[init.index("--gates") + 1]) == {k: v for k, v in m.spec.gates.model_dump(
+        by_alias=True).items() if v is not None}
+    obs.deployment = rolled_out(dep)  # a later pass keeps the flag: no second rollout
+    assert [o for o in decide(m, obs, {"history": history}, now=LATER).ensure if o["kind"] == "Deployment"] == [dep]
+    edited = serving_v2(m, pinned_record=records.read(record(metrics={**METRICS, "robustAccuracy": 0.99}), V1))
+    d = decide(m, edited, {"history": history}, now=LATER)
+    assert "metrics differ from those status.history kept" in conditions(d)["Ready"]["message"]
+
+
+def test_a_release_read_back_from_a_record_rolls_out_only_with_the_envelope_that_record_keeps():
+    """The platform signs only what its verifier said in this pass: a version released from its record (the
+    Jobs' pods gone) whose record keeps no countersignature for it does not replace the serving one."""
+    from hardened_model import countersign
+
+    key = PlatformKey.from_pem(generate_key_pem()[0])
+    m = model()
+    v1_dep = next(o for o in decide(model(V1), serving_v2(m, pinned_record=records.read(record(), V1)),
+                                    {"history": HISTORY}, now=LATER).ensure if o["kind"] == "Deployment")
+    gone = Observed(train_job=job(), verify_job=job(), verify_from_record=True, deployment=rolled_out(v1_dep),
+                    verify_message={"verified": True, "digest": D2, "gatesPassed": True, "metrics": METRICS})
+    [dep] = [o for o in decide(m, gone, {"history": HISTORY}, now=LATER, platform_key=key).ensure
+             if o["kind"] == "Deployment"]
+    assert dep["metadata"]["annotations"]["hardened.dev/digest"] == D1  # kept serving
+    gone.own_countersignature = key.sign(countersign.build_statement(
+        digest=D2, namespace=m.metadata.namespace or "", name=m.metadata.name, version=V2,
+        verdict={"verified": True}, observed_trainer=None, time=NOW))
+    [dep] = [o for o in decide(m, gone, {"history": HISTORY}, now=LATER, platform_key=key).ensure
+             if o["kind"] == "Deployment"]
+    assert dep["metadata"]["annotations"]["hardened.dev/digest"] == D2
+
+
+def test_a_second_rollback_goes_further_back_and_the_own_version_clears_the_pin():
+    after = {"history": [{"version": V1, "digest": D1, "servedFrom": LATER},
+                         {**HISTORY[0], "servedTo": LATER, "stopped": f"rolled back to version {V1} (x)"},
+                         HISTORY[1], {"version": "cccccccccccc", "digest": "cc" * 32, "servedFrom": "2026-12-01T00:00:00Z",
+                                      "servedTo": "2026-12-03T05:00:00Z"}]}
+    assert choose_rollback("m", after, to=None, own=V2) == "cccccccccccc"
+    assert choose_rollback("m", {"history": HISTORY}, to=None, own=V1) is None
+    assert choose_rollback("m", {"history": HISTORY}, to=V2, own=V2) is None

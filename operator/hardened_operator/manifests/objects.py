@@ -296,7 +296,8 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
                      provenance: dict | None = None, verifier_image: str = DEFAULT_VERIFIER_IMAGE,
                      observed_trainer: dict[str, str] | None = None,
                      countersignature: Countersignature | None = None,
-                     trusted_keys: tuple[str, ...] | None = None, run_key: str | None = None) -> dict:
+                     trusted_keys: tuple[str, ...] | None = None, run_key: str | None = None,
+                     gates: bool = False) -> dict:
     """The serving Deployment for one verified version (``digest`` pinned in every container, and for s3://
     stores the object ``version_ids`` pinned in the init container's download and kept in an annotation;
     ``colocate``: the pvc:// store is ReadWriteOnce, see _colocated). The init container runs the platform's
@@ -306,11 +307,12 @@ def build_deployment(model: HardenedModel, *, digest: str, version: str,
     ``trusted_keys``: a HardenedModelPolicy's trust.publicKeys, which the init container and the model server
     verify with (commands.verify); each pass renders the policies' keys of that moment, so a version signed
     with a key no longer trusted starts no new pod. ``run_key``: signing.method ephemeral's per-run public key,
-    the one the pods trust (``trusted_keys`` holds it), kept in an annotation for later passes (runkeys)."""
+    the one the pods trust (``trusted_keys`` holds it), kept in an annotation for later passes (runkeys).
+    ``gates``: the init container also judges the signed metrics against spec.gates (a version served again)."""
     s, n = model.spec, names(model)
     layout = cluster_layout(model, version)
     local = layout.artifact_uri is None  # a pvc:// version, read in place
-    init, volumes = _verify_container(model, digest=digest, version=version, gates=False, version_ids=version_ids,
+    init, volumes = _verify_container(model, digest=digest, version=version, gates=gates, version_ids=version_ids,
                                       verifier_image=verifier_image, observed_trainer=observed_trainer,
                                       countersignature=countersignature, trusted_keys=trusted_keys)
     init = {**init, "name": "verify-model"}
